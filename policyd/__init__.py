@@ -1,0 +1,1 @@
+"""The sendguard policy daemon: Postfix SMTP access policy delegation (check_policy_service)."""

@@ -1,0 +1,147 @@
+"""The ``sendguard`` command: start either service or both, check a config, show status.
+
+Each sub-command is a thin shell over the service's own module; what a
+service does lives there, not here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from typing import Sequence
+
+from sendguard import __version__, logs
+from sendguard.config import Config, ConfigError, load
+
+EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h, as Postfix's own tools use it
+
+
+def _load(path: str | None) -> Config:
+    config = load(path)
+    logs.setup(config.general.log_level)
+    return config
+
+
+def _wait_for_signal() -> None:
+    """Block the main thread until SIGTERM or SIGINT."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(3600):
+        pass
+
+
+def cmd_policyd(args: argparse.Namespace) -> int:
+    """Run the policy daemon alone (its own metrics endpoint)."""
+    config = _load(args.config)
+    from sendguard import metrics_http
+    from sendguard_policyd import service
+
+    metrics_http.serve(config.policyd.metrics_listen)
+    handle = service.start(config)
+    try:
+        _wait_for_signal()
+    finally:
+        handle.stop()
+    return 0
+
+
+def cmd_milter(args: argparse.Namespace) -> int:
+    """Run the milter alone (its own metrics endpoint)."""
+    config = _load(args.config)
+    from sendguard import metrics_http
+    from sendguard_milter import service
+
+    metrics_http.serve(config.milter.metrics_listen)
+    service.run(config)  # blocks in libmilter's main loop until SIGTERM/SIGINT
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run both services in one process, one metrics endpoint (policyd.metrics_listen)."""
+    config = _load(args.config)
+    from sendguard import metrics_http
+    from sendguard_milter import service as milter_service
+    from sendguard_policyd import service as policyd_service
+
+    metrics_http.serve(config.policyd.metrics_listen)
+    handle = policyd_service.start(config)
+    try:
+        milter_service.run(config)
+    finally:
+        handle.stop()
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate a config file as start-up would, and print the effective configuration."""
+    from sendguard import effective
+
+    config = load(args.file)
+    sys.stdout.write(effective.render(config))
+    print(f"# {args.file}: OK", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show, per stream, the warmup day, cap in force, window counts and held backlog."""
+    from sendguard_policyd import status
+
+    config = load(args.config)
+    sys.stdout.write(status.render(config))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Print the decision the milter would take for a sender and client, and why."""
+    from sendguard_milter import explain
+
+    config = load(args.config)
+    sys.stdout.write(explain.explain(config, from_addr=args.from_addr, client=args.client, sasl=args.sasl, headers=args.header))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``sendguard`` command."""
+    parser = argparse.ArgumentParser(prog="sendguard", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"sendguard {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", "-c", metavar="FILE", help="config file (default: embedded defaults)")
+        return p
+
+    with_config(sub.add_parser("policyd", help="run the policy daemon")).set_defaults(func=cmd_policyd)
+    with_config(sub.add_parser("milter", help="run the milter")).set_defaults(func=cmd_milter)
+    with_config(sub.add_parser("run", help="run both services in one process")).set_defaults(func=cmd_run)
+    check = sub.add_parser("check-config", help="validate a config and print the effective configuration")
+    check.add_argument("file", metavar="FILE")
+    check.set_defaults(func=cmd_check_config)
+    with_config(sub.add_parser("status", help="per-stream warmup, caps, counts and backlog")).set_defaults(
+        func=cmd_status
+    )
+    explain = with_config(sub.add_parser("explain", help="what the milter would do with a message, and why"))
+    explain.add_argument("--from", dest="from_addr", required=True, metavar="ADDR", help="RFC 5322 From address")
+    explain.add_argument("--client", required=True, metavar="IP", help="SMTP client address")
+    explain.add_argument("--sasl", metavar="USER", help="SASL login name, if the client authenticated")
+    explain.add_argument(
+        "--header", action="append", default=[], metavar="'Name: value'", help="a header the message carries"
+    )
+    explain.set_defaults(func=cmd_explain)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sendguard`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"sendguard: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""The Prometheus endpoint both services share.
+
+Metrics are registered on prometheus_client's default registry by each part at
+import time; this module only serves them. ``sendguard run`` serves one endpoint
+for both services (at ``policyd.metrics_listen``); each service run alone serves
+its own.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import start_http_server
+
+from sendguard.config import parse_hostport
+
+
+def serve(listen: str):
+    """Start serving /metrics on ``host:port`` in a daemon thread; return the server."""
+    host, port = parse_hostport(listen)
+    server, _thread = start_http_server(port, addr=host)
+    return server

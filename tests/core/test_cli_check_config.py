@@ -1,0 +1,56 @@
+"""`sendguard check-config`: the same check as start-up, run as the installed command."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+
+def sendguard(*args: str) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("sendguard")
+    assert exe, "the sendguard command is not installed (pip install -e .)"
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_valid_config_prints_effective_configuration(tmp_path):
+    (tmp_path / "t.start").write_text(f"{int(time.time()) - 3 * 86400}\n")
+    cfg = tmp_path / "sendguard.toml"
+    cfg.write_text(
+        "[general]\n"
+        f"state_dir = '{tmp_path}'\n"
+        "[streams.trucking]\n"
+        "ramp = [[0, 50], [2, 150]]\n"
+        "daily_cap = 4000\n"
+        "start_file = 't.start'\n"
+        "[streams.trucking.match]\n"
+        "server_port = [25]\n"
+        "client_address = ['172.18.0.5']\n"
+    )
+    result = sendguard("check-config", str(cfg))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "[streams.trucking]" in out
+    assert "daily_cap = 4000" in out
+    assert f'start_file = "{tmp_path}/t.start"' in out
+    assert "# match: port 25, client 172.18.0.5/32" in out
+    assert "[policyd]" in out and "[milter]" in out
+    assert f"{cfg}: OK" in result.stderr
+
+
+def test_invalid_config_exits_78_with_file_key_reason(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[streams.a.match]\nserver_port = [25]\n[streams.b.match]\nserver_port = [25]\n")
+    result = sendguard("check-config", str(cfg))
+    assert result.returncode == 78
+    assert result.stdout == ""
+    assert f"sendguard: config error: {cfg}: streams.b.match: overlaps stream 'a'" in result.stderr
+
+
+def test_services_refuse_to_start_on_a_bad_config(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[policyd]\nlisten = 'nowhere'\n")
+    for command in ("policyd", "milter", "run"):
+        result = sendguard(command, "--config", str(cfg))
+        assert result.returncode == 78, (command, result.stderr)
+        assert "policyd.listen: 'nowhere' is not HOST:PORT" in result.stderr
