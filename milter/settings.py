@@ -1,23 +1,277 @@
-"""The ``[milter]``, ``[signing]`` and ``[links]`` sections. (Placeholder: the milter's owner fills it in.)"""
+"""The ``[milter]``, ``[milter.bulk]`` and ``[signing]`` sections (``[links]`` is parsed by link_settings).
+
+Everything that can be checked at start-up is checked here, so a config that
+starts is a config that signs: listen syntax, networks (an open scope needs an
+explicit override), every key file (readable, not world-readable, RSA of at
+least 1024 bits), every signing-table row (its key exists and its d= aligns
+with the From domains it serves) and the signed-header lists.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from sendguard.config import General, Section
+from sendguard.config import General, Section, check_hostport, check_network
+
+from .bulk import DEFAULT_HEADERS, DEFAULT_PRECEDENCE, BulkRules
+from .dkim_sign import NEVER_SIGN
+from .keys import KeyLoadError, KeySpec, load_key
+from .link_rewrite import LinkPolicy
+from .signing_table import SigningTable, TableRow, alignment_problem, normalise_domain
+from .trusted_scope import LOOPBACK, TrustedScope
+
+#: Headers signed when present (From is mandatory). RFC 6376 §5.4.1's list plus one-click unsubscribe.
+DEFAULT_SIGNED_HEADERS = (
+    "From", "Reply-To", "Sender", "Subject", "Date", "To", "Cc", "Message-ID", "In-Reply-To",
+    "References", "MIME-Version", "Content-Type", "Content-Transfer-Encoding", "Content-ID",
+    "Content-Description", "List-Id", "List-Unsubscribe", "List-Unsubscribe-Post", "Feedback-ID",
+)  # fmt: skip
+
+#: Reply codes a refusal may use, with the enhanced status code that goes with each.
+REFUSAL_CODES = {550: "5.7.1", 451: "4.7.1"}
+
+_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
+_SELECTOR_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_HEADER_RE = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")
 
 
 @dataclass(frozen=True)
 class MilterSettings:
-    """Settings of the milter."""
+    """Settings of the milter (``[milter]`` + ``[signing]`` + ``[links]``)."""
 
     listen: str = "inet:8891@127.0.0.1"
     metrics_listen: str = "127.0.0.1:9467"
+    #: libmilter's I/O timeout towards Postfix, seconds.
+    timeout: int = 600
+    scope: TrustedScope = field(default_factory=lambda: TrustedScope(tuple(ipaddress.ip_network(n) for n in LOOPBACK)))
+    refusal_code: int = 550
+    bulk: BulkRules = field(default_factory=BulkRules)
+    keys: tuple[KeySpec, ...] = ()
+    table: SigningTable = field(default_factory=SigningTable)
+    signed_headers: tuple[str, ...] = DEFAULT_SIGNED_HEADERS
+    oversign_headers: tuple[str, ...] = ("From",)
+    #: Seconds between checks for changed key files (0: only SIGHUP reloads).
+    key_check_interval: float = 10.0
+    links: Any = field(default_factory=LinkPolicy)
+    #: The streams (parsed by sendguard.streams), kept here for the milter's bulk and link rules.
+    streams: tuple[Any, ...] = field(default=(), metadata={"effective": False})
+
+    @property
+    def refusal_xcode(self) -> str:
+        """The enhanced status code of a refusal (5.7.1 or 4.7.1)."""
+        return REFUSAL_CODES[self.refusal_code]
+
+    def key_spec(self, name: str) -> KeySpec | None:
+        """The key named ``name``."""
+        for spec in self.keys:
+            if spec.name == name:
+                return spec
+        return None
+
+
+def milter_socket(value: str) -> str:
+    """Turn a listen address into libmilter's connection spec; raise ValueError with the reason.
+
+    Accepts libmilter's ``inet:PORT@HOST``, ``inet6:PORT@HOST``, ``unix:/path``
+    (also ``local:/path``), and OpenDKIM/Postfix-style ``inet:HOST:PORT``.
+    """
+    scheme, sep, rest = value.partition(":")
+    scheme = scheme.lower()
+    if not sep or not rest:
+        raise ValueError(f"{value!r} is not a milter socket (inet:PORT@HOST, inet:HOST:PORT or unix:/path)")
+    if scheme in ("unix", "local"):
+        if not rest.startswith("/"):
+            raise ValueError(f"{value!r}: a unix socket path must be absolute")
+        return f"unix:{rest}"
+    if scheme in ("inet", "inet6"):
+        if "@" in rest:
+            port, _, host = rest.partition("@")
+        else:
+            host, _, port = rest.rpartition(":")
+            host = host.strip("[]")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r}: {port!r} is not a port")
+        if not host:
+            raise ValueError(f"{value!r}: no host (listening on every address must be written out, e.g. inet:8891@0.0.0.0)")
+        if ":" in host and scheme == "inet":
+            scheme = "inet6"
+        return f"{scheme}:{int(port)}@{host}"
+    raise ValueError(f"{value!r}: unknown socket type {scheme!r} (inet, inet6 or unix)")
+
+
+def _check_socket(value: str) -> str | None:
+    try:
+        milter_socket(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _check_header_name(value: str) -> str | None:
+    return None if _HEADER_RE.match(value) else f"{value!r} is not a header field name"
+
+
+def _parse_scope(section: Section) -> TrustedScope:
+    nets = section.get_list("trusted_hosts", str, list(LOOPBACK), check_network)
+    allow_open = section.get("allow_open_trusted_hosts", bool, False)
+    networks = tuple(ipaddress.ip_network(n, strict=False) for n in nets)
+    for i, net in enumerate(networks):
+        if net.prefixlen == 0 and not allow_open:
+            raise section.error(
+                f"trusted_hosts[{i}]",
+                f"{net} trusts every client on the Internet to have its mail signed;"
+                " set allow_open_trusted_hosts = true if that is really meant",
+            )
+    return TrustedScope(
+        networks=networks,
+        trust_sasl=section.get("trust_sasl", bool, True),
+        trust_local_submission=section.get("trust_local_submission", bool, True),
+    )
+
+
+def _parse_bulk(section: Section) -> BulkRules:
+    headers = section.get_list("headers", str, list(DEFAULT_HEADERS), _check_header_name)
+    precedence = section.get_list("precedence", str, list(DEFAULT_PRECEDENCE))
+    senders = section.get_list("senders", str, [], lambda s: None if s.strip() else "empty sender")
+    section.finish()
+    lowered = [s.strip().lower() for s in senders]
+    return BulkRules(
+        headers=tuple(headers),
+        precedence=tuple(p.strip().lower() for p in precedence),
+        sender_addresses=frozenset(s for s in lowered if "@" in s),
+        sender_domains=frozenset(s for s in lowered if "@" not in s),
+    )
+
+
+def _parse_keys(signing: Section, base: Path) -> tuple[KeySpec, ...]:
+    specs: list[KeySpec] = []
+    for name, section in signing.tables("keys"):
+        domain = normalise_domain(section.get("domain", str))
+        if not _DOMAIN_RE.match(domain):
+            raise section.error("domain", f"{domain!r} is not a domain name with at least two labels")
+        selector = section.get("selector", str)
+        if not _SELECTOR_RE.match(selector):
+            raise section.error("selector", f"{selector!r} is not a DKIM selector (letters, digits, '-', '.')")
+        key_file = Path(section.get("key_file", str))
+        if not key_file.is_absolute():
+            key_file = base / key_file
+        algorithm = section.get("algorithm", str, "rsa-sha256")
+        if algorithm != "rsa-sha256":
+            raise section.error("algorithm", f"{algorithm!r} is not supported (only rsa-sha256)")
+        section.finish()
+        spec = KeySpec(name=name, domain=domain, selector=selector, key_file=key_file, algorithm=algorithm)
+        try:
+            load_key(spec)
+        except KeyLoadError as exc:
+            raise section.error("key_file", str(exc)) from None
+        specs.append(spec)
+    return tuple(specs)
+
+
+def _parse_table(signing: Section, keys: tuple[KeySpec, ...]) -> SigningTable:
+    table = signing.sub("table")
+    by_name = {k.name: k for k in keys}
+    rows: list[TableRow] = []
+    seen: set[str] = set()
+    for pattern, key_name in table.data.items():
+        table.has(pattern)
+        if not isinstance(key_name, str):
+            raise table.error(
+                pattern,
+                "expected the name of a [signing.keys.NAME] table (quote domains: \"send.example.net\" = \"send\")",
+            )
+        wildcard = pattern.startswith("*.")
+        domain = normalise_domain(pattern[2:] if wildcard else pattern)
+        if not _DOMAIN_RE.match(domain):
+            raise table.error(pattern, "expected a domain (example.net) or a wildcard (*.example.net)")
+        norm = ("*." if wildcard else "") + domain
+        if norm in seen:
+            raise table.error(pattern, "listed twice")
+        seen.add(norm)
+        spec = by_name.get(key_name)
+        if spec is None:
+            known = ", ".join(sorted(by_name)) or "none defined"
+            raise table.error(pattern, f"no key named {key_name!r} in [signing.keys] ({known})")
+        row = TableRow(pattern=norm, key=key_name)
+        problem = alignment_problem(row, spec.domain)
+        if problem:
+            raise table.error(pattern, problem)
+        rows.append(row)
+    return SigningTable(tuple(rows))
+
+
+def _parse_signing(top: Section, base: Path) -> tuple[tuple[KeySpec, ...], SigningTable, tuple[str, ...], tuple[str, ...]]:
+    signing = top.sub("signing")
+    keys = _parse_keys(signing, base)
+    table = _parse_table(signing, keys)
+    signed = signing.get_list("signed_headers", str, list(DEFAULT_SIGNED_HEADERS), _check_header_name)
+    if "from" not in {h.lower() for h in signed}:
+        raise signing.error("signed_headers", "must include From (RFC 6376 requires it)")
+    oversign = signing.get_list("oversign_headers", str, ["From"], _check_header_name)
+    for key, names in (("signed_headers", signed), ("oversign_headers", oversign)):
+        for i, h in enumerate(names):
+            if h.lower() in NEVER_SIGN:
+                raise signing.error(f"{key}[{i}]", f"{h} changes in transit and must not be signed")
+    # From is always oversigned: a second From added later must break the signature.
+    if "from" not in {h.lower() for h in oversign}:
+        oversign = ["From", *oversign]
+    signing.finish()
+    return keys, table, _dedupe(signed), _dedupe(oversign)
+
+
+def _dedupe(names: list[str]) -> tuple[str, ...]:
+    seen: set[str] = set()
+    out = []
+    for n in names:
+        if n.lower() not in seen:
+            seen.add(n.lower())
+            out.append(n)
+    return tuple(out)
+
+
+def _parse_links(top: Section) -> Any:
+    try:
+        from .link_settings import parse_links
+    except ImportError:  # link_settings not present yet: links use their defaults
+        top.sub("links")
+        return LinkPolicy()
+    return parse_links(top.sub("links"))
 
 
 def parse_milter(top: Section, general: General, streams: list[Any]) -> MilterSettings:
-    """Parse ``[milter]``, ``[signing]`` and ``[links]``."""
-    for name in ("milter", "signing", "links"):
-        top.sub(name)
-    return MilterSettings()
+    """Parse ``[milter]``, ``[milter.bulk]``, ``[signing]`` and ``[links]``."""
+    base = Path(top.file).resolve().parent if top.file != "<embedded defaults>" else Path.cwd()
+    section = top.sub("milter")
+    listen = section.get("listen", str, "inet:8891@127.0.0.1", _check_socket)
+    metrics = section.get("metrics_listen", str, "127.0.0.1:9467", check_hostport)
+    timeout = section.get("timeout", int, 600, lambda v: None if 0 < v <= 86400 else "must be 1..86400 seconds")
+    code = section.get(
+        "refusal_code", int, 550, lambda v: None if v in REFUSAL_CODES else "must be 550 (permanent) or 451 (temporary)"
+    )
+    interval = section.get(
+        "key_check_interval", (int, float), 10.0, lambda v: None if v >= 0 else "cannot be negative"
+    )
+    scope = _parse_scope(section)
+    bulk = _parse_bulk(section.sub("bulk"))
+    section.finish()
+    keys, table, signed, oversign = _parse_signing(top, base)
+    links = _parse_links(top)
+    return MilterSettings(
+        listen=milter_socket(listen),
+        metrics_listen=metrics,
+        timeout=timeout,
+        scope=scope,
+        refusal_code=code,
+        bulk=bulk,
+        keys=keys,
+        table=table,
+        signed_headers=signed,
+        oversign_headers=oversign,
+        key_check_interval=float(interval),
+        links=links,
+        streams=tuple(streams),
+    )

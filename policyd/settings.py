@@ -1,20 +1,74 @@
-"""The ``[policyd]`` section. (Placeholder: the policy daemon's owner fills it in.)"""
+"""The ``[policyd]`` section: where the daemon listens, where it keeps counters, how it answers.
+
+Every key has a default that works next to a stock Postfix on the same host
+(TCP 127.0.0.1:10040, metrics on 127.0.0.1:9466, counters in
+``{state_dir}/policyd.sqlite``). The reference is docs/policyd.md.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
-from sendguard.config import General, Section, check_hostport
+from sendguard.config import General, Section, check_hostport, check_one_of
+
+#: Every protocol_state Postfix sends (SMTPD_POLICY_README).
+PROTOCOL_STATES = ("CONNECT", "EHLO", "HELO", "MAIL", "RCPT", "DATA", "END-OF-MESSAGE", "VRFY", "ETRN")
+
+#: The actions a configured answer may start with (access(5)); anything else Postfix would log as an error.
+_ACTION_WORDS = ("DUNNO", "DEFER_IF_PERMIT", "DEFER_IF_REJECT", "DEFER", "REJECT", "HOLD", "WARN", "OK", "PERMIT")
 
 
 @dataclass(frozen=True)
 class PolicydSettings:
-    """Settings of the policy daemon."""
+    """Settings of the policy daemon (see docs/policyd.md for each key)."""
 
     listen: str = "127.0.0.1:10040"
     metrics_listen: str = "127.0.0.1:9466"
     database: str = ""
+    #: An extra unix-domain socket to listen on ("" = none).
+    socket: str = ""
+    socket_mode: int = 0o666
+    #: What END-OF-MESSAGE of mail in no stream gets: "dunno" (pass, uncounted) or "defer".
+    unmatched: str = "dunno"
+    #: What a message over its stream's cap gets. Only "defer" for now ("hold" is the next issue).
+    over_cap_action: str = "defer"
+    #: The full answer to a request that cannot be understood.
+    bad_request_action: str = "DUNNO"
+    #: The protocol states the restriction lists are expected to query at; others are warned about.
+    expected_states: tuple[str, ...] = ("RCPT", "END-OF-MESSAGE")
+    #: Domains (and ``label.*`` patterns) added to the built-in Yahoo/Verizon-Media family.
+    family_extra_domains: tuple[str, ...] = ()
+    #: Close a connection after this many idle seconds (Postfix's own max_idle is 300 s).
+    idle_timeout: float = 330.0
+    #: SQLite ``synchronous``: "normal" (fast, durable across process crashes) or "full" (also power loss).
+    sqlite_synchronous: str = "normal"
+
+
+def _check_action(value: str) -> str | None:
+    if "\n" in value or "\r" in value:
+        return "an answer cannot contain a line break"
+    word = value.split(" ", 1)[0]
+    if word.upper() not in _ACTION_WORDS and not (len(word) == 3 and word.isdigit() and word[0] in "45"):
+        return f"{value!r} is not a Postfix access action ({', '.join(_ACTION_WORDS)} or 4NN/5NN text)"
+    return None
+
+
+def _check_mode(value: str) -> str | None:
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        return f"{value!r} is not an octal file mode like \"0660\""
+    return None if 0 <= mode <= 0o777 else f"{value!r} is not a file mode"
+
+
+def _check_family_entry(value: str) -> str | None:
+    entry = value.strip().lower()
+    if not entry or entry.startswith(".") or " " in entry or "@" in entry:
+        return f"{value!r} is not a domain (or label.* pattern)"
+    if "*" in entry and not (entry.endswith(".*") and "*" not in entry[:-2]):
+        return f"{value!r}: a wildcard is only allowed as 'label.*' (every country domain of label)"
+    return None
 
 
 def parse_policyd(top: Section, general: General) -> PolicydSettings:
@@ -23,5 +77,31 @@ def parse_policyd(top: Section, general: General) -> PolicydSettings:
     listen = section.get("listen", str, "127.0.0.1:10040", check_hostport)
     metrics = section.get("metrics_listen", str, "127.0.0.1:9466", check_hostport)
     database = section.get("database", str, os.path.join(general.state_dir, "policyd.sqlite"))
+    socket = section.get("socket", str, "")
+    mode = section.get("socket_mode", str, "0666", _check_mode)
+    unmatched = section.get("unmatched", str, "dunno", check_one_of("dunno", "defer"))
+    over_cap = section.get("over_cap_action", str, "defer", check_one_of("defer"))
+    bad = section.get("bad_request_action", str, "DUNNO", _check_action)
+    states = section.get_list("expected_states", str, ["RCPT", "END-OF-MESSAGE"], check_one_of(*PROTOCOL_STATES))
+    extra = section.get_list("family_extra_domains", str, [], _check_family_entry)
+    idle = section.get(
+        "idle_timeout", float, 330.0, lambda v: None if 1 <= v <= 86400 else "must be between 1 and 86400 seconds"
+    )
+    sync = section.get("sqlite_synchronous", str, "normal", check_one_of("normal", "full"))
+    if not database:
+        raise section.error("database", "cannot be empty")
     section.finish()
-    return PolicydSettings(listen=listen, metrics_listen=metrics, database=database)
+    return PolicydSettings(
+        listen=listen,
+        metrics_listen=metrics,
+        database=database,
+        socket=socket,
+        socket_mode=int(mode, 8),
+        unmatched=unmatched,
+        over_cap_action=over_cap,
+        bad_request_action=bad,
+        expected_states=tuple(states),
+        family_extra_domains=tuple(e.strip().lower() for e in extra),
+        idle_timeout=float(idle),
+        sqlite_synchronous=sync,
+    )

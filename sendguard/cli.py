@@ -14,8 +14,11 @@ from typing import Sequence
 
 from sendguard import __version__, logs
 from sendguard.config import Config, ConfigError, load
+from sendguard.metrics_http import ListenError
 
+EXIT_USAGE = 64  # EX_USAGE from sysexits.h
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h, as Postfix's own tools use it
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: a listener could not be opened
 
 
 def _load(path: str | None) -> Config:
@@ -99,7 +102,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from sendguard_milter import explain
 
     config = load(args.config)
-    sys.stdout.write(explain.explain(config, from_addr=args.from_addr, client=args.client, sasl=args.sasl, headers=args.header))
+    try:
+        text = explain.explain(
+            config,
+            from_addr=args.from_addr,
+            client=args.client,
+            sasl=args.sasl,
+            headers=args.header,
+            port=args.port,
+            sender=args.sender,
+        )
+    except ValueError as exc:
+        print(f"sendguard explain: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(text)
     return 0
 
 
@@ -126,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--from", dest="from_addr", required=True, metavar="ADDR", help="RFC 5322 From address")
     explain.add_argument("--client", required=True, metavar="IP", help="SMTP client address")
     explain.add_argument("--sasl", metavar="USER", help="SASL login name, if the client authenticated")
+    explain.add_argument("--port", type=int, metavar="PORT", help="Postfix port the client connected to (for port-based streams)")
+    explain.add_argument("--sender", metavar="ADDR", help="envelope sender (default: the From address)")
     explain.add_argument(
         "--header", action="append", default=[], metavar="'Name: value'", help="a header the message carries"
     )
@@ -141,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sendguard: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except ListenError as exc:
+        print(f"sendguard: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
 
 
 if __name__ == "__main__":

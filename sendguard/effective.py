@@ -52,16 +52,21 @@ def _fields(obj: Any) -> list[tuple[str, Any]]:
     return out
 
 
-def _table(name: str, obj: Any, lines: list[str]) -> None:
+def _table(name: str, obj: Any, lines: list[str], array: bool = False) -> None:
     scalars = [(k, v) for k, v in _fields(obj) if not _is_table(v) and not _is_table_list(v)]
     tables = [(k, v) for k, v in _fields(obj) if _is_table(v) or _is_table_list(v)]
-    lines.append(f"\n[{name}]")
+    lines.append(f"\n[[{name}]]" if array else f"\n[{name}]")
     for key, value in scalars:
-        lines.append(f"{key} = {_value(value)}")
+        if value is None:
+            lines.append(f"# {key} = (unset)")
+        elif key.endswith("_mode") and isinstance(value, int) and not isinstance(value, bool):
+            lines.append(f'{key} = "{value:04o}"')
+        else:
+            lines.append(f"{key} = {_value(value)}")
     for key, value in tables:
         if _is_table_list(value):
             for item in value:
-                _table(f"{name}.{key}", item, lines)
+                _table(f"{name}.{key}", item, lines, array=True)
         else:
             _table(f"{name}.{key}", value, lines)
 

@@ -13,8 +13,15 @@ from prometheus_client import start_http_server
 from sendguard.config import parse_hostport
 
 
+class ListenError(Exception):
+    """The metrics endpoint could not be opened (address in use, not local, no permission)."""
+
+
 def serve(listen: str):
     """Start serving /metrics on ``host:port`` in a daemon thread; return the server."""
     host, port = parse_hostport(listen)
-    server, _thread = start_http_server(port, addr=host)
+    try:
+        server, _thread = start_http_server(port, addr=host)
+    except OSError as exc:
+        raise ListenError(f"cannot serve metrics on {listen}: {exc.strerror or exc}") from None
     return server

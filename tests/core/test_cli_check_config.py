@@ -54,3 +54,27 @@ def test_services_refuse_to_start_on_a_bad_config(tmp_path):
         result = sendguard(command, "--config", str(cfg))
         assert result.returncode == 78, (command, result.stderr)
         assert "policyd.listen: 'nowhere' is not HOST:PORT" in result.stderr
+
+
+def test_metrics_port_in_use_is_one_clear_line(tmp_path):
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    listen_port = free.getsockname()[1]
+    free.close()
+    cfg = tmp_path / "sendguard.toml"
+    cfg.write_text(
+        f"[general]\nstate_dir = '{tmp_path}'\n[policyd]\n"
+        f"metrics_listen = '127.0.0.1:{port}'\nlisten = '127.0.0.1:{listen_port}'\n"
+    )
+    try:
+        result = sendguard("policyd", "--config", str(cfg))
+    finally:
+        busy.close()
+    assert result.returncode == 69
+    assert result.stderr.strip().endswith(f"sendguard: cannot serve metrics on 127.0.0.1:{port}: Address already in use")

@@ -1,0 +1,235 @@
+"""The milter itself: one ``Milter.Base`` object per SMTP connection.
+
+It collects what the decision needs — client address and port, ``{daemon_port}``,
+``{auth_authen}``, the envelope sender, every header as raw bytes and the raw
+body — and at end of message: repairs links (in-scope mail only), decides, signs
+or refuses, and logs one line with the queue id. Header values and the body are
+taken as bytes (``@Milter.decode('bytes')``) and never re-encoded, so 8-bit
+headers and bodies are signed exactly as they will be sent.
+
+If the milter itself fails (an exception of its own), the message is answered
+``451 4.3.0``: Postfix keeps or retries it, and unsigned bulk mail never leaves.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from typing import Any
+
+import Milter
+
+from sendguard import logs
+
+from . import dkim_sign, link_log, link_metrics, link_rewrite, metrics
+from .decision import Decision, Facts, after_signing_error, decide, find_long_line
+from .keys import KeyStore
+from .refusal import INTERNAL_ERROR, reply_args
+from .trusted_scope import is_local_submission
+
+log = logs.get("milter")
+
+_NEWLINE = re.compile(rb"\r?\n")
+_SIG_PREFIX = b"DKIM-Signature: "
+
+
+class Runtime:
+    """What every connection shares: the settings and the keys in service."""
+
+    def __init__(self, settings: Any, keys: KeyStore) -> None:
+        self.settings = settings
+        self.keys = keys
+
+
+def header_block(headers: list[tuple[str, bytes]]) -> bytes:
+    """The header section as it will be sent (CRLF line ends), from the values the MTA passed."""
+    out = []
+    for name, value in headers:
+        raw_name = name.encode("utf-8", "surrogateescape") if isinstance(name, str) else name
+        value = _NEWLINE.sub(b"\r\n", value)
+        # Without SMFIP_HDR_LEADSPC the MTA strips the space after the colon; put one back.
+        sep = b":" if value[:1] in (b" ", b"\t") else b": "
+        out.append(raw_name + sep + value + b"\r\n")
+    return b"".join(out)
+
+
+def link_policy(settings: Any, stream: Any) -> link_rewrite.LinkPolicy:
+    """The link policy for a message: ``[links]``, with the stream's mode if it sets one."""
+    return settings.links.with_mode(getattr(stream, "links", None))
+
+
+class SendguardMilter(Milter.Base):
+    """One SMTP connection (libmilter calls it from its own thread per connection)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.hostname: str | None = None
+        self.client_addr: str | None = None
+        self.client_port: int | None = None
+        self.daemon_port: str | None = None
+        self._new_message()
+
+    def _new_message(self) -> None:
+        self.envelope_sender: str | None = None
+        self.sasl_user: str | None = None
+        self.headers: list[tuple[str, bytes]] = []
+        self.chunks: list[bytes] = []
+
+    # -- callbacks -------------------------------------------------------------------
+
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        """Remember who the client is; every client may talk, the decision is at end of message."""
+        self.hostname = hostname
+        port = self.getsymval("{client_port}")
+        self.client_port = int(port) if port and port.isdigit() else None
+        if family in (socket.AF_INET, socket.AF_INET6) and isinstance(hostaddr, tuple):
+            self.client_addr = str(hostaddr[0])
+            self.client_port = int(hostaddr[1])
+        elif family in (socket.AF_INET, socket.AF_INET6) and isinstance(hostaddr, str):
+            self.client_addr = hostaddr
+        else:  # a unix-socket client or no address: what Postfix says in {client_addr}
+            self.client_addr = self.getsymval("{client_addr}")
+        self.daemon_port = self.getsymval("{daemon_port}")
+        return Milter.CONTINUE
+
+    @Milter.decode("bytes")
+    def envfrom(self, mailfrom: bytes, *params: bytes) -> int:
+        """A new message starts: reset, and note the envelope sender and SASL login."""
+        self._new_message()
+        self.envelope_sender = mailfrom.decode("utf-8", "surrogateescape").strip().strip("<>")
+        self.sasl_user = self.getsymval("{auth_authen}") or None
+        if self.daemon_port is None:
+            self.daemon_port = self.getsymval("{daemon_port}")
+        return Milter.CONTINUE
+
+    @Milter.decode("bytes")
+    def header(self, name: str, value: bytes) -> int:
+        """Collect each header exactly as received."""
+        self.headers.append((name, value))
+        return Milter.CONTINUE
+
+    def body(self, chunk: bytes) -> int:
+        """Collect the raw body."""
+        self.chunks.append(chunk)
+        return Milter.CONTINUE
+
+    def eom(self) -> int:
+        """Repair links, decide, sign or refuse. Never lets an exception pass bulk mail unsigned."""
+        started = time.perf_counter()
+        queue_id = self.getsymval("i") or "NOQUEUE"
+        try:
+            return self._end_of_message(queue_id)
+        except Exception:
+            log.exception("%s: internal error, answering %s %s", queue_id, INTERNAL_ERROR[0], INTERNAL_ERROR[1])
+            metrics.INTERNAL_ERRORS.inc()
+            metrics.MESSAGES.labels(outcome="tempfailed").inc()
+            self.setreply(*INTERNAL_ERROR)
+            return Milter.TEMPFAIL
+        finally:
+            metrics.EOM_SECONDS.observe(time.perf_counter() - started)
+
+    def abort(self) -> int:
+        """The client went away mid-message: forget it."""
+        self._new_message()
+        return Milter.CONTINUE
+
+    # -- end of message ------------------------------------------------------------
+
+    def facts(self, long_line: tuple[int, int] | None = None) -> Facts:
+        """The decision's view of the current message."""
+        return Facts(
+            client_addr=self.client_addr,
+            sasl_user=self.sasl_user,
+            local_submission=is_local_submission(self.hostname, self.client_addr, self.client_port),
+            daemon_port=self.daemon_port,
+            envelope_sender=self.envelope_sender,
+            headers=list(self.headers),
+            long_line=long_line,
+        )
+
+    def _end_of_message(self, queue_id: str) -> int:
+        settings = self.runtime.settings
+        get_key = self.runtime.keys.get
+        body = b"".join(self.chunks)
+        first = decide(settings, get_key, self.facts())
+
+        new_body: bytes | None = None
+        if first.scope.trusted:
+            # Only our own outgoing mail is repaired; inbound mail passes untouched.
+            policy = link_policy(settings, first.stream)
+            if policy.mode != "off":
+                result = link_rewrite.rewrite_message(self.headers, body, policy)
+                link_log.log_result(log, queue_id, result, policy.mode)
+                link_metrics.record(result, policy.mode)
+                if result.body is not None and result.body != body:
+                    new_body = result.body
+                    body = new_body
+
+        block = header_block(self.headers)
+        decision = decide(settings, get_key, self.facts(find_long_line(block, body)))
+        signature: bytes | None = None
+        if decision.action == "sign":
+            try:
+                signature = self._sign(decision, block + b"\r\n" + body)
+            except Exception as exc:  # a message we cannot sign is a decision, not a crash
+                log.error("%s: signing failed: %s: %s", queue_id, type(exc).__name__, exc)
+                decision = after_signing_error(decision, f"{type(exc).__name__}: {exc}", self.client_addr)
+
+        return self._apply(queue_id, decision, new_body, signature)
+
+    def _sign(self, decision: Decision, message: bytes) -> bytes:
+        settings = self.runtime.settings
+        key = decision.key
+        include = dkim_sign.header_list([n for n, _ in self.headers], settings.signed_headers, settings.oversign_headers)
+        return dkim_sign.sign(
+            message,
+            domain=key.spec.domain,
+            selector=key.spec.selector,
+            private_key=key.private_key,
+            include_headers=include,
+        )
+
+    def _apply(self, queue_id: str, decision: Decision, new_body: bytes | None, signature: bytes | None) -> int:
+        settings = self.runtime.settings
+        bulk = "bulk (" + ", ".join(decision.bulk) + ")" if decision.bulk else "not bulk"
+        stream = f" stream={decision.stream.name}" if decision.stream is not None else ""
+        who = f"client={self.client_addr} from=<{decision.sender_from.address or ''}>{stream}"
+
+        if decision.action == "refuse":
+            refusal = decision.refusal
+            assert refusal is not None
+            rcode, xcode, text = reply_args(refusal, settings.refusal_code, settings.refusal_xcode)
+            self.setreply(rcode, xcode, text)
+            metrics.REFUSALS.labels(reason=refusal.reason).inc()
+            metrics.MESSAGES.labels(outcome="refused").inc()
+            log.warning("%s: refuse: %s: %s %s %s; %s", queue_id, refusal.reason, rcode, xcode, text, who)
+            return Milter.REJECT if rcode.startswith("5") else Milter.TEMPFAIL
+
+        if new_body is not None:
+            self.replacebody(new_body)
+
+        if decision.action == "sign" and signature is not None:
+            value = signature[len(_SIG_PREFIX) :].rstrip(b"\r\n").replace(b"\r\n", b"\n")
+            # Index 0: the signature goes on top, above every header it covers.
+            self.addheader("DKIM-Signature", value.decode("ascii"), 0)
+            spec = decision.key.spec
+            metrics.SIGNATURES.labels(domain=spec.domain, selector=spec.selector).inc()
+            metrics.MESSAGES.labels(outcome="signed").inc()
+            for note in decision.notes:
+                log.warning("%s: sign: %s", queue_id, note)
+            log.info(
+                "%s: sign: d=%s s=%s row=%s; %s; %s; %s",
+                queue_id, spec.domain, spec.selector, decision.row.pattern, decision.scope.why, bulk, who,
+            )  # fmt: skip
+            return Milter.CONTINUE
+
+        metrics.PASSED_UNSIGNED.labels(reason=decision.reason).inc()
+        metrics.MESSAGES.labels(outcome="passed").inc()
+        detail = "; ".join(decision.notes)
+        level = log.info if decision.reason == "not_in_scope" else log.warning
+        level(
+            "%s: pass unsigned: %s%s; %s; %s; %s",
+            queue_id, decision.reason, f": {detail}" if detail else "", decision.scope.why, bulk, who,
+        )  # fmt: skip
+        return Milter.CONTINUE

@@ -1,0 +1,177 @@
+"""DKIM private keys: loading, the checks that stop start-up, and live reloading.
+
+A key is checked the same way at start-up and on every reload: it must be
+readable, not world-readable, an RSA key of at least 1024 bits in PEM form
+(PKCS#1 or PKCS#8, unencrypted). At start-up a failure is a config error; on a
+reload (SIGHUP or a changed file) a failure keeps the old key in service and is
+logged and counted, so a half-written key file can never stop signing.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from sendguard import logs
+
+#: The shortest RSA key accepted (RFC 8301 makes 1024 the floor for verifiers).
+MIN_KEY_BITS = 1024
+
+log = logs.get("milter")
+
+
+class KeyLoadError(Exception):
+    """A key file that cannot serve: the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """One ``[signing.keys.NAME]`` entry: which key file signs as which d= and s=."""
+
+    name: str
+    domain: str
+    selector: str
+    key_file: Path
+    algorithm: str = "rsa-sha256"
+
+
+@dataclass(frozen=True)
+class LoadedKey:
+    """A key that passed every check, ready to sign."""
+
+    spec: KeySpec
+    private_key: rsa.RSAPrivateKey
+    bits: int
+    #: (device, inode, size, mtime_ns) of the file when it was read: a change means reload.
+    file_id: tuple[int, int, int, int]
+
+    def dns_txt(self) -> str:
+        """The TXT record to publish at ``SELECTOR._domainkey.DOMAIN``."""
+        der = self.private_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode("ascii")
+
+
+def _file_id(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def load_key(spec: KeySpec) -> LoadedKey:
+    """Read and check the key file of ``spec``; raise :class:`KeyLoadError` with the reason."""
+    path = spec.key_file
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            data = fh.read()
+    except FileNotFoundError:
+        raise KeyLoadError(f"key file {path} does not exist") from None
+    except PermissionError:
+        raise KeyLoadError(f"key file {path} is not readable by this user (uid {os.getuid()})") from None
+    except OSError as exc:
+        raise KeyLoadError(f"key file {path} cannot be read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise KeyLoadError(f"key file {path} is not a regular file")
+    if st.st_mode & stat.S_IROTH:
+        # A private key anyone on the host can read is a key anyone can sign with.
+        raise KeyLoadError(f"key file {path} is world-readable (mode {stat.S_IMODE(st.st_mode):04o}); chmod o-rwx it")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise KeyLoadError(f"key file {path} is encrypted; sendguard needs an unencrypted PEM key") from None
+    except (ValueError, Exception) as exc:  # cryptography raises ValueError or UnsupportedAlgorithm
+        raise KeyLoadError(f"key file {path} does not hold a PEM private key ({type(exc).__name__})") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise KeyLoadError(f"key file {path} holds a {type(key).__name__.lstrip('_')}, not an RSA key")
+    if key.key_size < MIN_KEY_BITS:
+        raise KeyLoadError(f"key file {path} holds a {key.key_size}-bit RSA key; at least {MIN_KEY_BITS} bits are required")
+    return LoadedKey(spec=spec, private_key=key, bits=key.key_size, file_id=_file_id(st))
+
+
+ReloadObserver = Callable[[str, str], None]  # (key name, result: "ok" | "failed" | "unchanged")
+
+
+class KeyStore:
+    """The keys in service, by name; reloadable while the milter keeps running.
+
+    Readers take a reference to a :class:`LoadedKey` (immutable) and sign with
+    it; a reload swaps in a new object, so a message in flight finishes with the
+    key it started with and no connection is ever dropped.
+    """
+
+    def __init__(self, specs: Iterable[KeySpec], observer: ReloadObserver | None = None) -> None:
+        self._lock = threading.Lock()
+        self._specs = {spec.name: spec for spec in specs}
+        self._observer = observer
+        keys: dict[str, LoadedKey] = {}
+        for spec in self._specs.values():
+            keys[spec.name] = load_key(spec)  # at start-up every failure is fatal
+        self._keys = keys
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def get(self, name: str) -> LoadedKey | None:
+        """The key in service under ``name`` (None if it never loaded)."""
+        return self._keys.get(name)
+
+    def names(self) -> list[str]:
+        """Every configured key name."""
+        return list(self._specs)
+
+    def reload(self, only_changed: bool = False) -> dict[str, str]:
+        """Re-read the key files; keep the old key when a new one fails. Returns name -> result."""
+        results: dict[str, str] = {}
+        with self._lock:
+            keys = dict(self._keys)
+            for name, spec in self._specs.items():
+                old = keys.get(name)
+                if only_changed and old is not None:
+                    try:
+                        if _file_id(os.stat(spec.key_file)) == old.file_id:
+                            continue
+                    except OSError:
+                        pass  # gone or unreadable: load_key below says why
+                try:
+                    new = load_key(spec)
+                except KeyLoadError as exc:
+                    results[name] = "failed"
+                    if old is not None:
+                        log.error("key %s: reload failed, keeping the key loaded before: %s", name, exc)
+                    else:
+                        log.error("key %s: reload failed and no key is loaded: %s", name, exc)
+                    continue
+                keys[name] = new
+                results[name] = "ok"
+                log.info("key %s: reloaded %s (%d bits, d=%s s=%s)", name, spec.key_file, new.bits, spec.domain, spec.selector)
+            self._keys = keys
+        if self._observer is not None:
+            for name, result in results.items():
+                self._observer(name, result)
+        return results
+
+    def watch(self, interval: float) -> None:
+        """Start a daemon thread that reloads keys whose files changed, every ``interval`` seconds."""
+        if interval <= 0 or self._watcher is not None:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.reload(only_changed=True)
+                except Exception:  # never let the watcher die silently
+                    log.exception("key watcher: unexpected error")
+
+        self._watcher = threading.Thread(target=loop, name="sendguard-key-watch", daemon=True)
+        self._watcher.start()
+
+    def stop(self) -> None:
+        """Stop the watcher thread."""
+        self._stop.set()

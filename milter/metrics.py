@@ -1,0 +1,49 @@
+"""The milter's Prometheus metrics (registered on the default registry at import).
+
+Labels stay low-cardinality: outcome, reason, signing domain and selector (a
+handful, from the config), key name. Never a queue id, address or URL.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+MESSAGES = Counter(
+    "sendguard_milter_messages_total",
+    "Messages by what the milter did: signed, passed (unsigned), refused, tempfailed (internal error).",
+    ["outcome"],
+)
+SIGNATURES = Counter(
+    "sendguard_milter_signatures_total",
+    "DKIM signatures added, by signing domain (d=) and selector (s=).",
+    ["domain", "selector"],
+)
+REFUSALS = Counter(
+    "sendguard_milter_refusals_total",
+    "Bulk messages refused because they would leave unsigned (or with a broken signature), by reason.",
+    ["reason"],
+)
+PASSED_UNSIGNED = Counter(
+    "sendguard_milter_passed_unsigned_total",
+    "Non-bulk messages passed without a signature, by reason (not_in_scope is inbound mail).",
+    ["reason"],
+)
+KEY_RELOADS = Counter(
+    "sendguard_milter_key_reloads_total",
+    "Key file reloads (SIGHUP or a changed file), by key name and result (ok, failed).",
+    ["key", "result"],
+)
+INTERNAL_ERRORS = Counter(
+    "sendguard_milter_internal_errors_total",
+    "End-of-message failures inside the milter (answered with a temporary failure).",
+)
+EOM_SECONDS = Histogram(
+    "sendguard_milter_eom_seconds",
+    "Time spent at end of message: link rewriting, decision and signing.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
+
+def count_reload(key: str, result: str) -> None:
+    """KeyStore observer: count one reload attempt."""
+    KEY_RELOADS.labels(key=key, result=result).inc()

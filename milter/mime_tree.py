@@ -1,0 +1,204 @@
+"""Locate the leaf parts of a MIME message on its raw bytes.
+
+The milter must be able to replace the content of one part and leave every
+other byte of the message exactly as it arrived: preamble, epilogue,
+boundaries, part headers and untouched parts. So nothing here re-serialises a
+parsed message; :func:`leaf_parts` only returns, for every leaf part, where its
+content lies in the raw body and how it is declared (type, charset, transfer
+encoding, disposition).
+
+Anything that cannot be walked with certainty raises :class:`BrokenMime` with a
+short, fixed reason (used as a metric label) and a human detail.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email.message import Message
+from typing import Sequence
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_UNFOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
+class BrokenMime(Exception):
+    """The message's structure cannot be trusted; ``reason`` is a fixed label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+@dataclass(frozen=True)
+class MimeLimits:
+    """Bounds that keep the walk cheap on hostile or absurd input."""
+
+    max_depth: int = 10
+    max_parts: int = 500
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """One non-multipart part: its content is ``body[start:end]``."""
+
+    index: int
+    content_type: str
+    charset: str | None
+    transfer_encoding: str
+    attachment: bool
+    start: int
+    end: int
+
+
+def _text(value: bytes | str) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    return _UNFOLD.sub("", value)
+
+
+def _header_fields(block: bytes) -> dict[str, str]:
+    """The first occurrence of each Content-* field in a raw header block."""
+    fields: dict[str, str] = {}
+    name = None
+    value: list[str] = []
+    for line in block.decode("latin-1").splitlines():
+        if line[:1] in (" ", "\t"):
+            if name is not None:
+                value.append(line)
+            continue
+        if name is not None and name not in fields:
+            fields[name] = " ".join(value)
+        head, sep, rest = line.partition(":")
+        name = head.strip().lower() if sep and head.strip().lower().startswith("content-") else None
+        value = [rest]
+    if name is not None and name not in fields:
+        fields[name] = " ".join(value)
+    return fields
+
+
+def _describe(fields: dict[str, str], default_type: str) -> tuple[str, dict[str, str], str, bool]:
+    msg = Message()
+    msg.set_default_type(default_type)
+    if "content-type" in fields:
+        msg["Content-Type"] = fields["content-type"]
+    ctype = msg.get_content_type()
+    params = {}
+    for key in ("boundary", "charset"):
+        value = msg.get_param(key)
+        if isinstance(value, tuple):  # RFC 2231 form
+            value = value[2]
+        if value is not None:
+            params[key] = str(value)
+    cte = fields.get("content-transfer-encoding", "").strip().strip('"').lower()
+    disposition = fields.get("content-disposition", "").strip().lower()
+    return ctype, params, cte, disposition.startswith("attachment")
+
+
+@dataclass(frozen=True)
+class _Delimiter:
+    start: int  # the first '-'
+    end: int  # after the boundary (and "--", and transport padding), before the line break
+    closing: bool
+
+
+# What may follow "--boundary" on a delimiter line: "--" when closing, padding, the line break.
+_DELIMITER_TAIL = re.compile(rb"(--)?[ \t]*(?=\r?\n|\Z)")
+
+
+def _delimiters(body: bytes, boundary: bytes, start: int, end: int) -> list[_Delimiter]:
+    """The delimiter lines of one multipart, up to and including the closing one."""
+    needle = b"--" + boundary
+    found = []
+    pos = body.find(needle, start, end)
+    while pos >= 0:
+        # A literal search (fast) and then the checks: at a line start, nothing but
+        # "--" and padding after it ("--b" must not match the line "--bc").
+        if pos == start or body[pos - 1] == 0x0A:
+            tail = _DELIMITER_TAIL.match(body, pos + len(needle), end)
+            if tail is not None:
+                found.append(_Delimiter(pos, tail.end(), tail.group(1) is not None))
+                if tail.group(1):
+                    break
+        pos = body.find(needle, pos + len(needle), end)
+    return found
+
+
+def _line_end(body: bytes, pos: int, end: int) -> int:
+    """The position just after the line break at ``pos`` (if there is one)."""
+    if body.startswith(b"\r\n", pos) and pos + 2 <= end:
+        return pos + 2
+    if body.startswith(b"\n", pos) and pos + 1 <= end:
+        return pos + 1
+    return pos
+
+
+def _before_line_break(body: bytes, pos: int, floor: int) -> int:
+    """Step back over the line break that belongs to the delimiter starting at ``pos``."""
+    if pos - 2 >= floor and body[pos - 2 : pos] == b"\r\n":
+        return pos - 2
+    if pos - 1 >= floor and body[pos - 1 : pos] == b"\n":
+        return pos - 1
+    return pos
+
+
+def leaf_parts(headers: Sequence[tuple[str, bytes | str]], body: bytes, limits: MimeLimits) -> list[Leaf]:
+    """Every leaf part of the message in depth-first order, with its content span."""
+    fields: dict[str, str] = {}
+    for name, value in headers:
+        key = name.strip().lower()
+        if key.startswith("content-") and key not in fields:
+            fields[key] = _text(value)
+    out: list[Leaf] = []
+    _walk(fields, "text/plain", body, 0, len(body), 0, limits, out)
+    return out
+
+
+def _walk(
+    fields: dict[str, str],
+    default_type: str,
+    body: bytes,
+    start: int,
+    end: int,
+    depth: int,
+    limits: MimeLimits,
+    out: list[Leaf],
+) -> None:
+    ctype, params, cte, attachment = _describe(fields, default_type)
+    if not ctype.startswith("multipart/"):
+        if len(out) >= limits.max_parts:
+            raise BrokenMime("too_many_parts", f"more than {limits.max_parts} parts")
+        out.append(Leaf(len(out), ctype, params.get("charset"), cte, attachment, start, end))
+        return
+    if depth >= limits.max_depth:
+        raise BrokenMime("too_deep", f"multiparts nested deeper than {limits.max_depth}")
+    if cte not in ("", "7bit", "8bit", "binary"):
+        # RFC 2045 forbids encoding a multipart; its boundaries would be hidden.
+        raise BrokenMime("encoded_multipart", f"{ctype} with Content-Transfer-Encoding {cte}")
+    boundary = params.get("boundary")
+    if not boundary:
+        raise BrokenMime("no_boundary", f"{ctype} without a boundary parameter")
+    delims = _delimiters(body, boundary.encode("latin-1", "replace"), start, end)
+    if not delims:
+        raise BrokenMime("boundary_not_found", f"{ctype} boundary {boundary!r} never occurs")
+    if not delims[-1].closing:
+        raise BrokenMime("unterminated_multipart", f"{ctype} boundary {boundary!r} is never closed")
+    if len(delims) < 2:
+        raise BrokenMime("empty_multipart", f"{ctype} has no parts")
+    child_default = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
+    for opening, closing in zip(delims, delims[1:]):
+        part_start = _line_end(body, opening.end, end)
+        part_end = max(part_start, _before_line_break(body, closing.start, part_start))
+        if body.startswith(b"\r\n", part_start) or body.startswith(b"\n", part_start):
+            child_fields: dict[str, str] = {}
+            content_start = _line_end(body, part_start, part_end)
+        else:
+            # Searched up to the delimiter itself: a part that is all headers
+            # ends them with the line break the delimiter line then claims.
+            blank = _HEADER_END.search(body, part_start, closing.start)
+            if blank is None:
+                raise BrokenMime("bad_part_headers", f"a part of {ctype} has no end of headers")
+            child_fields = _header_fields(body[part_start : blank.start()])
+            content_start = min(blank.end(), part_end)
+        _walk(child_fields, child_default, body, content_start, part_end, depth + 1, limits, out)

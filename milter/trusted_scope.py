@@ -1,0 +1,72 @@
+"""The signing scope: which clients' mail is ours to sign.
+
+Stated in one place, the way OpenDKIM's InternalHosts works: a message is in
+scope when its client address is inside ``trusted_hosts`` (default loopback
+only), or the client authenticated with SASL, or it was submitted locally with
+sendmail(1). Everything else is inbound mail and is never signed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: The default scope: this host only.
+LOOPBACK = ("127.0.0.0/8", "::1/128")
+
+
+def parse_client_address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address as Postfix reports it (``IPv6:`` prefix and IPv4-mapped IPv6 allowed), or None."""
+    text = value.strip().strip("[]")
+    if text[:5].lower() == "ipv6:":
+        text = text[5:]
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def is_local_submission(hostname: str | None, client_addr: str | None, client_port: int | None) -> bool:
+    """Whether Postfix is replaying a sendmail(1)/pickup submission to its non_smtpd_milters.
+
+    Postfix's cleanup presents such mail as client ``localhost``, address
+    ``127.0.0.1``, port 0; a real SMTP connection never has port 0.
+    """
+    return hostname == "localhost" and client_addr == "127.0.0.1" and client_port == 0
+
+
+@dataclass(frozen=True)
+class ScopeResult:
+    """Whether the client is in scope, and the one-phrase reason."""
+
+    trusted: bool
+    why: str
+
+
+@dataclass(frozen=True)
+class TrustedScope:
+    """``[milter] trusted_hosts``, ``trust_sasl`` and ``trust_local_submission`` together."""
+
+    networks: tuple[IPNetwork, ...]
+    trust_sasl: bool = True
+    trust_local_submission: bool = True
+
+    def check(self, client_addr: str | None, sasl_user: str | None = None, local: bool = False) -> ScopeResult:
+        """Decide whether mail from this client is in the signing scope."""
+        if local and self.trust_local_submission:
+            return ScopeResult(True, "local submission (sendmail/pickup)")
+        if sasl_user and self.trust_sasl:
+            return ScopeResult(True, f"SASL authenticated as {sasl_user}")
+        addr = parse_client_address(client_addr or "")
+        if addr is not None:
+            for net in self.networks:
+                if addr.version == net.version and addr in net:
+                    return ScopeResult(True, f"client {addr} in trusted_hosts {net}")
+        if addr is None:
+            return ScopeResult(False, f"client address {client_addr!r} unknown")
+        return ScopeResult(False, "client not in trusted_hosts")

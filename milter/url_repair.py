@@ -1,0 +1,196 @@
+"""Classify one link and produce its repaired text, byte for byte.
+
+A link arrives as the exact text found in a message part (an HTML attribute
+value, a bare URL in plain text, or the URL inside Listmonk's
+``{{ TrackLink "…" }}`` form). Its *logical* URL is that text with character
+references decoded (``&amp;`` → ``&``), because Listmonk stores and renders
+tracked URLs with ``&amp;`` (listmonk #844) and a browser follows the decoded
+form. Every decision is taken on the logical URL; every edit is made on the
+original text, so whatever is not changed stays exactly as it was: percent
+encodings, fragments, entity spelling, non-ASCII characters.
+
+Two repairs exist:
+
+* ``marker_stripped``: a literal ``@TrackLink`` is removed. A delivered message
+  is never processed by Listmonk again, so a literal marker only damages the
+  URL. It is removed from per-subscriber links always, from every link when
+  ``strip_all`` is set.
+* ``query_repaired``: a URL whose query begins with ``&`` because a template
+  token that should have carried the ``?`` rendered after capture
+  (``/order/slug&utm_source=x``) gets ``?`` in place of that first ``&``.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+#: The marker, as Listmonk writes it and as an HTML editor may escape its ``@``.
+_MARKER = "@TrackLink"
+
+# Only references closed by ';' are decoded: HTML keeps "&copy=2" in an
+# attribute as written, and a guessed decoding must never move an edit.
+_CHAR_REF = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+
+# An unrendered template token, raw or percent-encoded by a WYSIWYG editor.
+_TOKEN = re.compile(r"\{\{.*?\}\}|%7[Bb]%7[Bb].*?%7[Dd]%7[Dd]")
+
+# Listmonk's own click redirect: /link/<link uuid>/<campaign uuid>[/<subscriber uuid>].
+_LISTMONK_REDIRECT = re.compile(r"/link/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}/")
+
+# The first name=value pair after an '&'-first query: the name holds no '/',
+# which keeps a path such as /a&b/c (legal, if odd) out of the repair.
+_QUERY_PAIR = re.compile(r"[^/=&#?\s]+=")
+
+_NOT_URL = re.compile(r"[ \t\n\r\f\v\"'<>]")  # ASCII only, as in link_prescan's bytes pattern
+_SCHEME = re.compile(r"(?i)https?://")
+
+#: Longest path kept for logs.
+PATH_LOG_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class UrlVerdict:
+    """What :func:`repair_url` found and did to one link."""
+
+    text: str  # the link text after repair (equal to the input when nothing changed)
+    marker_stripped: bool
+    query_repaired: bool
+    per_subscriber: bool
+    has_marker: bool
+    host: str
+    path: str
+
+    @property
+    def changed(self) -> bool:
+        """Whether the text differs from the input."""
+        return self.marker_stripped or self.query_repaired
+
+
+def _logical(raw: str) -> tuple[str, list[tuple[int, int]] | None]:
+    """The decoded URL and, per logical character, the raw span it came from (None: the same)."""
+    if "&" not in raw:
+        return raw, None
+    chars: list[str] = []
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    for m in _CHAR_REF.finditer(raw):
+        for i in range(pos, m.start()):
+            chars.append(raw[i])
+            spans.append((i, i + 1))
+        decoded = html.unescape(m.group())
+        if len(decoded) == 1:
+            chars.append(decoded)
+            spans.append((m.start(), m.end()))
+        else:
+            # Unknown or multi-character reference: keep it as plain text.
+            for i in range(m.start(), m.end()):
+                chars.append(raw[i])
+                spans.append((i, i + 1))
+        pos = m.end()
+    for i in range(pos, len(raw)):
+        chars.append(raw[i])
+        spans.append((i, i + 1))
+    return "".join(chars), spans
+
+
+def _query_names(query: str) -> list[str]:
+    names = []
+    for pair in query.split("&"):
+        name = pair.partition("=")[0]
+        if name:
+            names.append(unquote(name).strip().lower())
+    return names
+
+
+def _split(url: str) -> tuple[str, str, int, int]:
+    """Host, path, and the index of the first '?' and of the query-starting '&' (or -1)."""
+    m = _SCHEME.match(url)
+    end_frag = url.find("#")
+    if end_frag < 0:
+        end_frag = len(url)
+    qmark = url.find("?", 0, end_frag)
+    if not m:
+        return "", "", qmark, -1
+    rest_start = m.end()
+    path_start = rest_start
+    while path_start < end_frag and url[path_start] not in "/?":
+        path_start += 1
+    host = url[rest_start:path_start].rpartition("@")[2]
+    amp = -1
+    if qmark < 0:
+        first_amp = url.find("&", path_start, end_frag)
+        # White space, a quote or a tag character before the '&' means this is
+        # not one URL (link_prescan relies on the same rule).
+        if first_amp > path_start and not _NOT_URL.search(url, rest_start, first_amp):
+            if _QUERY_PAIR.match(url, first_amp + 1):
+                amp = first_amp
+    path_end = qmark if qmark >= 0 else (amp if amp >= 0 else end_frag)
+    return host, url[path_start:path_end], qmark, amp
+
+
+def repair_url(raw: str, per_subscriber_params: frozenset[str], strip_all: bool) -> UrlVerdict:
+    """Classify the link text ``raw`` and return its repaired text.
+
+    ``per_subscriber_params`` holds lower-case query parameter names. The
+    returned text differs from ``raw`` only where a marker was removed or the
+    query-starting ``&`` (or its ``&amp;`` spelling) became ``?``.
+    """
+    logical, spans = _logical(raw)
+    has_marker = _MARKER in logical
+    clean = logical.replace(_MARKER, "") if has_marker else logical
+    host, path, qmark, amp = _split(clean)
+    if len(path) > PATH_LOG_LIMIT:
+        path = path[:PATH_LOG_LIMIT] + "…"
+
+    if _LISTMONK_REDIRECT.match(path):
+        return UrlVerdict(raw, False, False, False, has_marker, host, path)
+
+    per_subscriber = bool(_TOKEN.search(clean))
+    if not per_subscriber:
+        end_frag = clean.find("#")
+        end_frag = len(clean) if end_frag < 0 else end_frag
+        start = qmark + 1 if qmark >= 0 else (amp + 1 if amp >= 0 else -1)
+        if start > 0:
+            per_subscriber = any(n in per_subscriber_params for n in _query_names(clean[start:end_frag]))
+
+    strip = has_marker and (per_subscriber or strip_all)
+    edits: list[tuple[int, int, str]] = []
+    if strip:
+        # Marker positions come from the logical URL, so "&#64;TrackLink" in
+        # HTML is removed whole, exactly as a browser would have read it.
+        i = logical.find(_MARKER)
+        while i >= 0:
+            last = i + len(_MARKER) - 1
+            edits.append((spans[i][0], spans[last][1], "") if spans else (i, last + 1, ""))
+            i = logical.find(_MARKER, i + len(_MARKER))
+    if amp >= 0:
+        # Map the '&' of the marker-free URL back to the logical URL, then to raw.
+        logical_amp = _index_with_markers(logical, amp) if has_marker else amp
+        s, e = spans[logical_amp] if spans else (logical_amp, logical_amp + 1)
+        edits.append((s, e, "?"))
+    if not edits:
+        return UrlVerdict(raw, False, False, per_subscriber, has_marker, host, path)
+    edits.sort()
+    out = []
+    pos = 0
+    for s, e, rep in edits:
+        out.append(raw[pos:s])
+        out.append(rep)
+        pos = e
+    out.append(raw[pos:])
+    return UrlVerdict("".join(out), strip, amp >= 0, per_subscriber, has_marker, host, path)
+
+
+def _index_with_markers(logical: str, clean_index: int) -> int:
+    """Index in ``logical`` of the character at ``clean_index`` once markers are removed."""
+    removed = 0
+    pos = 0
+    while True:
+        i = logical.find(_MARKER, pos)
+        if i < 0 or i - removed > clean_index:
+            return clean_index + removed
+        removed += len(_MARKER)
+        pos = i + len(_MARKER)

@@ -1,0 +1,285 @@
+"""The decision: what the daemon answers Postfix for one request.
+
+* RCPT: a recipient in the Yahoo/Verizon-Media family gets ``HOLD`` whatever the
+  stream (even mail in no stream); the hold is recorded by ``instance`` so the
+  message's END-OF-MESSAGE request never counts it. Everything else: ``DUNNO``.
+* END-OF-MESSAGE: the stream is chosen, and the message's ``recipient_count``
+  is checked against the rolling hour and day and counted in one atomic step.
+  It passes (``DUNNO``) and is counted, or gets ``DEFER_IF_PERMIT 4.7.1`` with
+  the stream, the cap and when room frees, and is not counted. A message
+  held at RCPT gets ``DUNNO`` (the hold stands) and is not counted.
+* Any other state: ``DUNNO``. A state outside ``expected_states`` is warned
+  about (log and metric): a hook in the wrong restriction list is a silent
+  failure otherwise.
+
+Every function takes ``now`` (epoch seconds) so tests drive the clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from sendguard import logs
+from sendguard.streams import MATCH_ATTRIBUTES, Stream, match_stream
+from sendguard_policyd import metrics
+from sendguard_policyd.counter_store import (
+    ALREADY_COUNTED,
+    ALREADY_HELD,
+    COUNTED,
+    OVER_DAILY,
+    OVER_HOURLY,
+    STATE_FAMILY_HOLD,
+    TOO_LARGE,
+    CounterStore,
+)
+from sendguard_policyd.family import FamilyMatcher
+from sendguard_policyd.settings import PROTOCOL_STATES, PolicydSettings
+from sendguard_policyd.sqlite_store import StoreError
+from sendguard_policyd.warmup import Warmup
+
+log = logs.get("policyd")
+
+NO_STREAM = "none"  # the stream label of mail that matches no stream
+#: An unexpected protocol state is logged at most once per this many seconds per state.
+UNEXPECTED_LOG_INTERVAL = 600.0
+#: Distinct attribute combinations whose stream is remembered (cleared when full).
+STREAM_CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One answer: the action text for Postfix and what to count and log about it."""
+
+    action: str
+    #: The ``action`` metric label: dunno, hold, defer_if_permit.
+    label: str
+    stream: str = NO_STREAM
+
+
+DUNNO = "DUNNO"
+
+
+class Decider:
+    """Decides requests for one configuration against one counter store."""
+
+    def __init__(
+        self,
+        settings: PolicydSettings,
+        streams: list[Stream],
+        store: CounterStore,
+        family: FamilyMatcher | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.streams = streams
+        self.store = store
+        self.family = family if family is not None else FamilyMatcher.with_extra(settings.family_extra_domains)
+        self.warmups = {s.name: Warmup(s) for s in streams}
+        self.expected = frozenset(settings.expected_states)
+        self._clock = clock
+        self._unexpected_logged: dict[str, float] = {}
+        self._stream_cache: dict[tuple[str, ...], Stream | None] = {}
+        self._decision_counters: dict[tuple[str, str], object] = {}
+        self._unexpected_since: dict[str, int] = {}
+
+    def decide(self, attrs: Mapping[str, str], now: float) -> Decision:
+        """The answer to one parsed request at ``now`` (counted in the decisions metric)."""
+        state = attrs["protocol_state"]
+        if state not in self.expected:
+            self._warn_unexpected(state, attrs)
+        stream = self._stream_of(attrs)
+        if state == "RCPT":
+            decision = self._rcpt(attrs, now, stream)
+        elif state == "END-OF-MESSAGE":
+            decision = self._end_of_message(attrs, now, stream)
+        else:
+            decision = Decision(DUNNO, "dunno", stream.name if stream else NO_STREAM)
+        key = (decision.stream, decision.label)
+        counter = self._decision_counters.get(key)
+        if counter is None:
+            counter = self._decision_counters[key] = metrics.DECISIONS.labels(*key)
+        counter.inc()  # type: ignore[attr-defined]
+        return decision
+
+    def _stream_of(self, attrs: Mapping[str, str]) -> Stream | None:
+        """The request's stream; memoised on the attributes rules can read (they repeat all day)."""
+        key = tuple(attrs.get(name, "") for name in MATCH_ATTRIBUTES)
+        try:
+            return self._stream_cache[key]
+        except KeyError:
+            pass
+        if len(self._stream_cache) >= STREAM_CACHE_SIZE:
+            self._stream_cache.clear()
+        stream = self._stream_cache[key] = match_stream(self.streams, attrs)
+        return stream
+
+    # -- RCPT: the family hold -------------------------------------------------------------------
+
+    def _rcpt(self, attrs: Mapping[str, str], now: float, stream: Stream | None) -> Decision:
+        name = stream.name if stream else NO_STREAM
+        recipient = attrs.get("recipient", "")
+        rule = self.family.rule_for(recipient) if recipient else None
+        if rule is None:
+            return Decision(DUNNO, "dunno", name)
+        return self._family_hold(attrs, now, recipient, rule, name)
+
+    def _family_hold(self, attrs: Mapping[str, str], now: float, recipient: str, rule: str, stream: str) -> Decision:
+        qid = _qid(attrs)
+        try:
+            first = self.store.mark_family_hold(attrs.get("instance", ""), stream, now, attrs.get("queue_id", ""), rule)
+        except StoreError as exc:
+            # The HOLD itself does not need the store; only END-OF-MESSAGE's "not counted" does,
+            # and a message not found held there is counted: over-counting is the safe side.
+            metrics.STORE_ERRORS.inc()
+            log.error("%s: cannot record family hold (%s); holding anyway", qid, exc)
+            first = True
+        if first:  # the holds metric counts messages, not the HOLD answers to each family recipient
+            metrics.HOLDS.labels("family").inc()
+        domain = recipient.rpartition("@")[2]
+        log.info("%s: hold: recipient %s: yahoo family rule %s (stream %s)", qid, recipient, rule, stream)
+        return Decision(
+            f"HOLD sendguard: recipient domain {domain} is in the Yahoo/Verizon-Media family (rule {rule});"
+            " held, never sent",
+            "hold",
+            stream,
+        )
+
+    def _held_before(self, attrs: Mapping[str, str], qid: str, name: str) -> Decision:
+        # Postfix applied the HOLD at RCPT already; DUNNO here does not undo it, and nothing is counted.
+        log.info("%s: pass: stream %s: held for the yahoo family at RCPT, not counted", qid, name)
+        return Decision(DUNNO, "dunno", name)
+
+    # -- END-OF-MESSAGE: the caps ------------------------------------------------------------------
+
+    def _end_of_message(self, attrs: Mapping[str, str], now: float, stream: Stream | None) -> Decision:
+        qid = _qid(attrs)
+        name = stream.name if stream else NO_STREAM
+        # Postfix names the recipient here only when the message has exactly one. With more,
+        # the RCPT hook has held it already and the store knows (ALREADY_HELD below).
+        recipient = attrs.get("recipient", "")
+        rule = self.family.rule_for(recipient) if recipient else None
+        if rule is not None:
+            if self._state_of(attrs) == STATE_FAMILY_HOLD:
+                return self._held_before(attrs, qid, name)
+            return self._family_hold(attrs, now, recipient, rule, name)  # no RCPT hook: hold now
+        if stream is None:
+            return self._unmatched(attrs, qid)
+        count = _recipient_count(attrs, qid)
+        warmup = self.warmups[stream.name]
+        caps = warmup.caps(now, self._clock())
+        instance = attrs.get("instance", "")
+        try:
+            adm = self.store.admit(stream.name, instance, count, now, caps.hourly, caps.daily, attrs.get("queue_id", ""))
+        except StoreError as exc:
+            metrics.STORE_ERRORS.inc()
+            log.error("%s: defer: stream %s: counter store failed: %s", qid, name, exc)
+            return Decision(
+                "DEFER_IF_PERMIT 4.3.0 sendguard: counter store unavailable, try again later", "defer_if_permit", name
+            )
+        hour_cap = _fmt_cap(caps.hourly)
+        day_cap = _fmt_cap(caps.daily)
+        if adm.outcome == COUNTED:
+            metrics.COUNTED_RECIPIENTS.labels(name).inc(count)
+            log.info(
+                "%s: pass: stream %s: %d recipient(s) counted, hour %d/%s, day %d/%s, warmup day %s",
+                qid, name, count, adm.hour_count, hour_cap, adm.day_count, day_cap, caps.warmup_day,
+            )  # fmt: skip
+            return Decision(DUNNO, "dunno", name)
+        if adm.outcome == ALREADY_COUNTED:
+            log.info("%s: pass: stream %s: instance %s was counted before (Postfix retry), not counted again",
+                     qid, name, instance)  # fmt: skip
+            return Decision(DUNNO, "dunno", name)
+        if adm.outcome == ALREADY_HELD:
+            return self._held_before(attrs, qid, name)
+        if adm.outcome == TOO_LARGE:
+            cap = caps.hourly if caps.hourly is not None and count > caps.hourly else caps.daily
+            text = (
+                f"4.7.1 sendguard: stream {name}: message has {count} recipients, more than the cap of {cap};"
+                " it can never pass whole, send it in smaller parts"
+            )
+            log.warning("%s: defer: stream %s: %d recipients exceed the cap of %s", qid, name, count, cap)
+            return Decision("DEFER_IF_PERMIT " + text, "defer_if_permit", name)
+        if adm.outcome == OVER_HOURLY:
+            what = f"hourly cap of {hour_cap} recipients per rolling 60 minutes (warmup day {caps.warmup_day})"
+            used = adm.hour_count
+        else:
+            assert adm.outcome == OVER_DAILY, adm.outcome
+            what = f"daily cap of {day_cap} recipients per rolling 24 hours"
+            used = adm.day_count
+        when = _fmt_room(adm.room_at, now)
+        log.info("%s: defer: stream %s: %d used of the %s; %d more would exceed it; %s",
+                 qid, name, used, what, count, when)  # fmt: skip
+        return Decision(
+            f"DEFER_IF_PERMIT 4.7.1 sendguard: stream {name} is at its {what}; {when}, try again later",
+            "defer_if_permit",
+            name,
+        )
+
+    def _unmatched(self, attrs: Mapping[str, str], qid: str) -> Decision:
+        if self.settings.unmatched == "dunno":
+            log.debug("%s: pass: no stream matches, not capped", qid)
+            return Decision(DUNNO, "dunno")
+        if self._state_of(attrs) == STATE_FAMILY_HOLD:
+            # A deferral now would undo the family hold Postfix already applied at RCPT.
+            return self._held_before(attrs, qid, NO_STREAM)
+        log.info("%s: defer: no stream matches (client %s, sender %s, port %s) and unmatched = defer",
+                 qid, attrs.get("client_address", ""), attrs.get("sender", ""), attrs.get("server_port", ""))  # fmt: skip
+        return Decision(
+            "DEFER_IF_PERMIT 4.7.1 sendguard: this mail matches no sending stream; not accepted", "defer_if_permit"
+        )
+
+    def _state_of(self, attrs: Mapping[str, str]) -> str | None:
+        try:
+            return self.store.message_state(attrs.get("instance", ""))
+        except StoreError as exc:
+            metrics.STORE_ERRORS.inc()
+            log.error("%s: cannot read the message's record: %s", _qid(attrs), exc)
+            return None
+
+    # -- the wrong-hook warning -----------------------------------------------------------------
+
+    def _warn_unexpected(self, state: str, attrs: Mapping[str, str]) -> None:
+        label = state if state in PROTOCOL_STATES else "other"
+        metrics.UNEXPECTED_STATES.labels(label).inc()
+        seen = self._unexpected_since.get(label, 0) + 1
+        self._unexpected_since[label] = seen
+        clock = self._clock()
+        last = self._unexpected_logged.get(label)
+        if last is None or clock - last >= UNEXPECTED_LOG_INTERVAL:
+            self._unexpected_logged[label] = clock
+            self._unexpected_since[label] = 0
+            log.warning(
+                "%s: request at protocol_state %s, which expected_states (%s) does not list:"
+                " check_policy_service is hooked into an unexpected restriction list; answering DUNNO"
+                " (%d such requests since the last warning)",
+                _qid(attrs), state[:40], ", ".join(sorted(self.expected)), seen,
+            )  # fmt: skip
+
+
+def _qid(attrs: Mapping[str, str]) -> str:
+    return attrs.get("queue_id") or "NOQUEUE"
+
+
+def _recipient_count(attrs: Mapping[str, str], qid: str) -> int:
+    raw = attrs.get("recipient_count", "")
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    # Postfix always sends a positive count at END-OF-MESSAGE; a missing or zero one is counted as
+    # one recipient, so a broken client can never send uncounted.
+    log.warning("%s: END-OF-MESSAGE with recipient_count=%r; counting 1 recipient", qid, raw[:20])
+    return 1
+
+
+def _fmt_cap(cap: int | None) -> str:
+    return "unlimited" if cap is None else str(cap)
+
+
+def _fmt_room(room_at: float | None, now: float) -> str:
+    if room_at is None:
+        return "no room frees under the current warmup step"
+    stamp = dt.datetime.fromtimestamp(room_at, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    minutes = max(0, int((room_at - now + 59) // 60))
+    return f"room frees at {stamp} (in {minutes} min)"

@@ -1,0 +1,145 @@
+"""The policy daemon's Prometheus metrics.
+
+Counters are registered on the default registry at import (the CLI serves it).
+The per-stream gauges (rolling counts, cap in force, warmup day, held backlog)
+are computed at scrape time from the counter store by a custom collector, so
+they are right even when another process did the counting; the running service
+binds the collector's source with :func:`bind` and clears it on stop.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Iterable, Protocol, Sequence
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from sendguard import logs
+
+log = logs.get("policyd")
+
+DECISIONS = Counter(
+    "sendguard_policyd_decisions",
+    "Answers given to Postfix, by stream ('none': no stream matched) and action.",
+    ["stream", "action"],
+)
+HOLDS = Counter("sendguard_policyd_holds", "HOLD answers, by reason (family: Yahoo/Verizon-Media family).", ["reason"])
+COUNTED_RECIPIENTS = Counter(
+    "sendguard_policyd_counted_recipients", "Recipients counted against a stream's caps.", ["stream"]
+)
+BAD_REQUESTS = Counter("sendguard_policyd_bad_requests", "Requests answered with bad_request_action, by cause.", ["reason"])
+UNEXPECTED_STATES = Counter(
+    "sendguard_policyd_unexpected_protocol_state",
+    "Requests at a protocol_state not in expected_states: a hook in the wrong restriction list.",
+    ["protocol_state"],
+)
+STORE_ERRORS = Counter("sendguard_policyd_store_errors", "Counter store failures (answered with a deferral).")
+CONNECTIONS = Gauge("sendguard_policyd_connections", "Open Postfix connections.")
+REQUEST_SECONDS = Histogram(
+    "sendguard_policyd_request_duration_seconds",
+    "Time from a complete request to its reply being queued.",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0),
+)
+
+
+class StreamGauges(Protocol):
+    """What a scrape needs of one stream (``status.StreamStatus`` provides it)."""
+
+    name: str
+    warmup_day: int | None
+    hourly_cap: int | None
+    daily_cap: int | None
+    hour: int
+    day: int
+    held: int
+
+
+class StreamCollector(Collector):
+    """Yields the per-stream gauges from whatever source is bound (nothing when none is)."""
+
+    def __init__(self) -> None:
+        self._source: Callable[[], Sequence[StreamGauges]] | None = None
+        self._lock = threading.Lock()
+
+    def bind(self, source: Callable[[], Sequence[StreamGauges]] | None) -> None:
+        """Set (or clear, with None) the function a scrape reads."""
+        with self._lock:
+            self._source = source
+
+    def unbind(self, source: Callable[[], Sequence[StreamGauges]]) -> None:
+        """Clear the source if it is still ``source``."""
+        with self._lock:
+            if self._source is source:
+                self._source = None
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        """No fixed description: the families depend on the bound source."""
+        return []
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        """Read the source once and yield every per-stream family."""
+        with self._lock:
+            source = self._source
+        if source is None:
+            return
+        up = GaugeMetricFamily("sendguard_policyd_store_up", "1 when the counter store could be read at this scrape.")
+        try:
+            rows = source()
+        except Exception as exc:  # a scrape must not fail because the store is busy or gone
+            log.warning("metrics scrape: counter store unreadable: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        families = {
+            "hour": GaugeMetricFamily(
+                "sendguard_policyd_rolling_hour_recipients", "Recipients counted in the last 60 minutes.", labels=["stream"]
+            ),
+            "day": GaugeMetricFamily(
+                "sendguard_policyd_rolling_day_recipients", "Recipients counted in the last 24 hours.", labels=["stream"]
+            ),
+            "hourly_cap": GaugeMetricFamily(
+                "sendguard_policyd_hourly_cap_recipients",
+                "Rolling-hour cap in force (ramp step for the warmup day, at most hourly_ceiling).",
+                labels=["stream"],
+            ),
+            "daily_cap": GaugeMetricFamily(
+                "sendguard_policyd_daily_cap_recipients", "Rolling-24-hour cap (daily_cap).", labels=["stream"]
+            ),
+            "warmup_day": GaugeMetricFamily(
+                "sendguard_policyd_warmup_day", "Whole days since the stream's warmup start.", labels=["stream"]
+            ),
+            "held": GaugeMetricFamily(
+                "sendguard_policyd_held_backlog_messages",
+                "Over-cap messages held and waiting for release.",
+                labels=["stream"],
+            ),
+        }
+        for row in rows:
+            families["hour"].add_metric([row.name], row.hour)
+            families["day"].add_metric([row.name], row.day)
+            families["held"].add_metric([row.name], row.held)
+            if row.hourly_cap is not None:
+                families["hourly_cap"].add_metric([row.name], row.hourly_cap)
+            if row.daily_cap is not None:
+                families["daily_cap"].add_metric([row.name], row.daily_cap)
+            if row.warmup_day is not None:
+                families["warmup_day"].add_metric([row.name], row.warmup_day)
+        yield from families.values()
+
+
+COLLECTOR = StreamCollector()
+REGISTRY.register(COLLECTOR)
+
+
+def bind(source: Callable[[], Sequence[StreamGauges]] | None) -> None:
+    """Point the per-stream gauges at a live source (None: stop exporting them)."""
+    COLLECTOR.bind(source)
+
+
+def unbind(source: Callable[[], Sequence[StreamGauges]]) -> None:
+    """Stop exporting ``source``, unless another service has been bound since."""
+    COLLECTOR.unbind(source)

@@ -1,0 +1,106 @@
+"""Start and stop the policy daemon: the store, the decider, the listening sockets, the live gauges.
+
+:func:`start` returns once every socket is bound (a bind failure stops start-up
+with the config key at fault) and serves in a background thread, so that
+``sendguard run`` can run the milter's main loop in the main thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from sendguard import logs
+from sendguard.config import Config, ConfigError, parse_hostport
+from sendguard_policyd import metrics
+from sendguard_policyd.decide import Decider
+from sendguard_policyd.server import PolicyServer
+from sendguard_policyd.sqlite_store import SQLiteCounterStore, StoreError
+from sendguard_policyd.status import StreamStatus, snapshot
+
+log = logs.get("policyd")
+
+
+@dataclass
+class Handle:
+    """A running policy daemon."""
+
+    #: The bound TCP address (useful when listen named port 0).
+    host: str
+    port: int
+    unix_socket: str
+    store: SQLiteCounterStore
+    decider: Decider
+    _loop: asyncio.AbstractEventLoop = field(repr=False)
+    _thread: threading.Thread = field(repr=False)
+    _server: PolicyServer = field(repr=False)
+    _gauges: Callable[[], list[StreamStatus]] = field(repr=False)
+    _stopped: bool = False
+
+    def stop(self) -> None:
+        """Close the sockets and connections, stop the loop, close the store (idempotent)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        metrics.unbind(self._gauges)
+        try:
+            asyncio.run_coroutine_threadsafe(self._server.close(), self._loop).result(timeout=10)
+        except Exception as exc:  # stopping must finish even if a connection misbehaves
+            log.warning("policyd: error while closing sockets: %s", exc)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+        self.store.close()
+        log.info("policyd stopped")
+
+
+def start(config: Config) -> Handle:
+    """Start the policy daemon for ``config``; return a :class:`Handle` (non-blocking)."""
+    settings = config.policyd
+    try:
+        store = SQLiteCounterStore(settings.database, settings.sqlite_synchronous)
+    except (StoreError, OSError) as exc:
+        raise ConfigError(config.file, "policyd.database", str(exc)) from None
+    decider = Decider(settings, config.streams, store)
+    loop = asyncio.new_event_loop()
+    server = PolicyServer(decider, loop, settings.idle_timeout, settings.bad_request_action)
+    thread = threading.Thread(target=loop.run_forever, name="sendguard-policyd", daemon=True)
+    thread.start()
+
+    async def bind() -> tuple[str, int]:
+        host, port = parse_hostport(settings.listen)
+        try:
+            bound = await server.listen_tcp(host, port)
+        except OSError as exc:
+            raise ConfigError(config.file, "policyd.listen", f"cannot listen on {settings.listen}: {exc.strerror or exc}")
+        if settings.socket:
+            try:
+                await server.listen_unix(settings.socket, settings.socket_mode)
+            except OSError as exc:
+                raise ConfigError(config.file, "policyd.socket", f"cannot listen on {settings.socket}: {exc.strerror or exc}")
+        return bound
+
+    try:
+        host, port = asyncio.run_coroutine_threadsafe(bind(), loop).result(timeout=30)
+    except BaseException:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+        store.close()
+        raise
+    warmups = decider.warmups
+
+    def gauges() -> list[StreamStatus]:
+        return snapshot(config.streams, store.reader(), warmups, time.time())
+
+    metrics.bind(gauges)
+    log.info(
+        "policyd listening on %s:%d%s, counters in %s, streams: %s",
+        host, port, f" and {settings.socket}" if settings.socket else "", settings.database,
+        ", ".join(s.name for s in config.streams) or "(none)",
+    )  # fmt: skip
+    return Handle(host, port, settings.socket, store, decider, loop, thread, server, gauges)

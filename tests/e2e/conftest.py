@@ -1,0 +1,136 @@
+"""The end-to-end stack: a real Postfix, sendguard, a sink and the injectors, in containers.
+
+One session fixture (``stack``) detects the engine, generates the DKIM test
+keys, builds the images once, brings ``docker-compose.test.yml`` up once and
+tears it down at the end. Every test talks to it through the :class:`Stack`
+helpers: submit over SMTP from an injector container, read what the sink
+stored, look into Postfix's queue and logs, scrape the metrics endpoint.
+
+There is no skip: without a working engine the fixture fails with what to do.
+Set ``SENDGUARD_E2E_KEEP=1`` to leave the stack running after the run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+# The helpers live next to this file; importlib mode keeps it off sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from e2e_stack import (  # noqa: E402
+    COMPOSE_FILE,
+    CONTAINERS,
+    PROJECT,
+    REPO,
+    SENDGUARD_UID,
+    TIMINGS,
+    Engine,
+    Stack,
+    container,
+    detect_engine,
+    generate_keys,
+    wait_for_stack,
+)
+
+# -- fixtures -------------------------------------------------------------------------------------------
+
+
+def _local_ca_certs() -> str:
+    """PEM text of the host's locally added CAs (a TLS-re-signing proxy to PyPI), for the image build."""
+    certs = sorted(Path("/usr/local/share/ca-certificates").glob("**/*.crt"))
+    return "".join(p.read_text() for p in certs if p.is_file())
+
+
+def _compose(engine: Engine, env: dict[str, str], *args: str, timeout: float = 1800) -> None:
+    cmd = [*engine.compose, "-f", str(COMPOSE_FILE), "-p", PROJECT, *args]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=timeout)
+    TIMINGS[f"compose {args[0]}"] = TIMINGS.get(f"compose {args[0]}", 0) + time.monotonic() - started
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"`{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stdout.decode(errors='replace')[-3000:]}"
+            f"\n{proc.stderr.decode(errors='replace')[-3000:]}"
+        )
+
+
+_STACK: Stack | None = None
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    """The running end-to-end stack, built and started once per test run."""
+    global _STACK
+    engine = detect_engine()
+    work = Path(tempfile.mkdtemp(prefix="sendguard-e2e-"))
+    keys, spool = work / "keys", work / "spool"
+    keys.mkdir()
+    spool.mkdir()
+    spool.chmod(0o777)
+    dns = generate_keys(keys)
+    env = dict(os.environ)
+    env["SENDGUARD_E2E_KEYS"] = str(keys)
+    env["SENDGUARD_E2E_SPOOL"] = str(spool)
+    env["SENDGUARD_BUILD_CA_CERTS"] = _local_ca_certs()
+    if os.geteuid() == 0:
+        # The keys are 0600, as the milter demands; give them to the image's user.
+        for p in (keys, *keys.iterdir()):
+            os.chown(p, SENDGUARD_UID, SENDGUARD_UID)
+        keys.chmod(0o700)
+    else:
+        # A rootless engine: run sendguard as the invoking user, who owns the keys.
+        env["SENDGUARD_E2E_UID"] = str(os.getuid())
+
+    _compose(engine, env, "down", "-t", "2")  # leftovers of an aborted run
+    _compose(engine, env, "build")
+    _STACK = Stack(engine=engine, spool=spool, dns=dns)
+    try:
+        _compose(engine, env, "up", "-d")
+        started = time.monotonic()
+        wait_for_stack(_STACK)
+        TIMINGS["stack ready after up"] = time.monotonic() - started
+        yield _STACK
+    finally:
+        if os.environ.get("SENDGUARD_E2E_KEEP") != "1":
+            _compose(engine, env, "down", "-t", "5")
+            shutil.rmtree(work, ignore_errors=True)
+        _STACK = None
+
+
+@pytest.fixture
+def token() -> str:
+    """A unique string to find one test's messages in the sink, the queue and the logs."""
+    return "e2e-" + uuid.uuid4().hex[:12]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On a failure, attach every container's log to the report."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and _STACK is not None and "container" in item.keywords:
+        for service in CONTAINERS:
+            try:
+                text = _STACK.logs(service)
+            except Exception as exc:  # the engine itself may be what failed
+                text = f"(could not read the log: {exc})"
+            report.sections.append((f"{_STACK.engine.cli} logs {container(service)}", text[-12000:]))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print how long the image builds and the stack start took."""
+    if TIMINGS:
+        terminalreporter.write_sep("-", "container stack timings")
+        for name, seconds in TIMINGS.items():
+            terminalreporter.write_line(f"{name}: {seconds:.1f}s")
+
+

@@ -1,0 +1,144 @@
+"""[milter] and [signing]: defaults, and every check that must stop start-up with FILE: KEY: REASON."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from sendguard.config import ConfigError, load, parse
+from sendguard_milter.settings import milter_socket
+
+
+
+def test_defaults_without_a_config():
+    s = parse({}).milter
+    assert s.listen == "inet:8891@127.0.0.1"
+    assert s.metrics_listen == "127.0.0.1:9467"
+    assert [str(n) for n in s.scope.networks] == ["127.0.0.0/8", "::1/128"]
+    assert s.refusal_code == 550 and s.refusal_xcode == "5.7.1"
+    assert s.keys == () and s.table.rows == ()
+    assert s.oversign_headers == ("From",)
+
+
+@pytest.mark.parametrize(
+    "given, spec",
+    [
+        ("inet:8891@127.0.0.1", "inet:8891@127.0.0.1"),
+        ("inet:127.0.0.1:8891", "inet:8891@127.0.0.1"),
+        ("inet:0.0.0.0:8891", "inet:8891@0.0.0.0"),
+        ("inet:[::1]:8891", "inet6:8891@::1"),
+        ("unix:/run/sendguard/milter.sock", "unix:/run/sendguard/milter.sock"),
+    ],
+)
+def test_listen_forms(given, spec):
+    assert milter_socket(given) == spec
+
+
+@pytest.mark.parametrize("bad", ["8891", "inet:x@127.0.0.1", "unix:relative.sock", "tcp:1@h", "inet:8891"])
+def test_bad_listen_is_refused(bad):
+    with pytest.raises(ConfigError) as err:
+        parse({"milter": {"listen": bad}})
+    assert "milter.listen" in str(err.value)
+
+
+def test_the_brief_deployment_loads(write_config):
+    s = load(write_config()).milter
+    assert [(k.name, k.domain, k.selector) for k in s.keys] == [("send", "send.example.net", "send"), ("mail", "example.net", "mail")]
+    assert s.table.lookup("send.example.net").key == "send"
+    assert s.table.lookup("example.net").key == "mail"
+    assert s.table.lookup("x.send.example.net").key == "mail"  # the wildcard *.example.net
+    assert s.table.lookup("example.org") is None
+
+
+@pytest.mark.parametrize("net", ["0.0.0.0/0", "::/0"])
+def test_open_scope_is_refused_unless_overridden(net):
+    with pytest.raises(ConfigError) as err:
+        parse({"milter": {"trusted_hosts": [net]}})
+    assert "milter.trusted_hosts[0]" in str(err.value) and "allow_open_trusted_hosts" in str(err.value)
+    s = parse({"milter": {"trusted_hosts": [net], "allow_open_trusted_hosts": True}}).milter
+    assert str(s.scope.networks[0]) == net
+
+
+def test_unknown_keys_are_refused():
+    with pytest.raises(ConfigError, match="milter.trusted_host: unknown key"):
+        parse({"milter": {"trusted_host": ["127.0.0.1"]}})
+    with pytest.raises(ConfigError, match="signing.oversign: unknown key"):
+        parse({"signing": {"oversign": ["Subject"]}})
+
+
+def _signing(tmp_path, key_file, table=None, domain="send.example.net"):
+    return {
+        "signing": {
+            "keys": {"send": {"domain": domain, "selector": "send", "key_file": str(key_file)}},
+            "table": table if table is not None else {"send.example.net": "send"},
+        }
+    }
+
+
+def test_world_readable_key_stops_start_up(tmp_path, write_key):
+    write_key(tmp_path / "k", mode=0o644)
+    with pytest.raises(ConfigError) as err:
+        parse(_signing(tmp_path, tmp_path / "k"))
+    assert "signing.keys.send.key_file" in str(err.value) and "world-readable" in str(err.value)
+
+
+def test_short_key_stops_start_up(tmp_path, write_key):
+    # cryptography will not generate keys under 1024 bits; openssl will.
+    subprocess.run(["openssl", "genrsa", "-out", str(tmp_path / "k"), "512"], check=True, capture_output=True)
+    os.chmod(tmp_path / "k", 0o600)
+    with pytest.raises(ConfigError, match="512-bit RSA key; at least 1024 bits"):
+        parse(_signing(tmp_path, tmp_path / "k"))
+
+
+def test_unparseable_missing_and_non_file_keys_stop_start_up(tmp_path, write_key):
+    (tmp_path / "garbage").write_text("not a key\n")
+    os.chmod(tmp_path / "garbage", 0o600)
+    with pytest.raises(ConfigError, match="does not hold a PEM private key"):
+        parse(_signing(tmp_path, tmp_path / "garbage"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse(_signing(tmp_path, tmp_path / "nope"))
+    (tmp_path / "dir").mkdir(mode=0o700)
+    with pytest.raises(ConfigError, match="signing.keys.send.key_file"):
+        parse(_signing(tmp_path, tmp_path / "dir"))
+
+
+def test_misaligned_table_row_stops_start_up(tmp_path, write_key):
+    write_key(tmp_path / "k")
+    with pytest.raises(ConfigError) as err:
+        parse(_signing(tmp_path, tmp_path / "k", table={"example.org": "send"}))
+    assert "signing.table.example.org" in str(err.value) and "does not align" in str(err.value)
+    # d=send.example.net cannot sign the parent domain's mail either.
+    with pytest.raises(ConfigError, match="does not align"):
+        parse(_signing(tmp_path, tmp_path / "k", table={"example.net": "send"}))
+    # ... but may sign its own subdomains.
+    s = parse(_signing(tmp_path, tmp_path / "k", table={"*.send.example.net": "send"})).milter
+    assert s.table.lookup("a.send.example.net").key == "send"
+
+
+def test_table_row_naming_an_unknown_key(tmp_path, write_key):
+    write_key(tmp_path / "k")
+    with pytest.raises(ConfigError, match="no key named 'nokey'"):
+        parse(_signing(tmp_path, tmp_path / "k", table={"send.example.net": "nokey"}))
+
+
+def test_unquoted_domain_in_table_gets_a_hint(tmp_path, write_key):
+    write_key(tmp_path / "k")
+    with pytest.raises(ConfigError, match="quote domains"):
+        parse(_signing(tmp_path, tmp_path / "k", table={"send": {"example": {"net": "send"}}}))
+
+
+def test_signed_headers_checks():
+    with pytest.raises(ConfigError, match="must include From"):
+        parse({"signing": {"signed_headers": ["Subject"]}})
+    with pytest.raises(ConfigError, match="Received changes in transit"):
+        parse({"signing": {"signed_headers": ["From", "Received"]}})
+    s = parse({"signing": {"oversign_headers": ["Subject"]}}).milter
+    assert s.oversign_headers == ("From", "Subject")  # From is always oversigned
+
+
+def test_refusal_code_choices():
+    assert parse({"milter": {"refusal_code": 451}}).milter.refusal_xcode == "4.7.1"
+    with pytest.raises(ConfigError, match="milter.refusal_code"):
+        parse({"milter": {"refusal_code": 554}})

@@ -1,0 +1,65 @@
+"""Shared fixtures of the policy daemon tests: configs, free ports, captured log lines."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from sendguard.config import Config, parse
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., Config]:
+    """Build a validated Config: ``streams`` as TOML-shaped dicts, ``policyd`` keys on top of test defaults."""
+
+    def build(streams: dict[str, Any] | None = None, **policyd: Any) -> Config:
+        settings = {"listen": f"127.0.0.1:{free_port()}", "database": str(tmp_path / "state" / "policyd.sqlite")}
+        settings.update(policyd)
+        data: dict[str, Any] = {"general": {"state_dir": str(tmp_path / "state")}, "policyd": settings}
+        if streams:
+            data["streams"] = streams
+        return parse(data, str(tmp_path / "sendguard.toml"))
+
+    return build
+
+
+class LogLines(logging.Handler):
+    """Collects the formatted lines the policy daemon logs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.levelname}: {record.getMessage()}")
+
+    def matching(self, text: str) -> list[str]:
+        return [line for line in self.lines if text in line]
+
+
+@pytest.fixture
+def policyd_log():
+    logger = logging.getLogger("sendguard.policyd")
+    handler = LogLines()
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(old_level)

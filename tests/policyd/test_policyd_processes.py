@@ -1,0 +1,141 @@
+"""The daemon as an operator runs it: `sendguard policyd --config`, two processes on one SQLite file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sendguard_policyd.client import PolicyClient, postfix_message
+
+CAP = 40
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(tmp_path: Path, name: str, db: Path, stamp: Path) -> tuple[Path, int]:
+    port = free_port()
+    path = tmp_path / f"{name}.toml"
+    path.write_text(
+        f"""
+[general]
+state_dir = "{tmp_path}/state-{name}"
+
+[policyd]
+listen = "127.0.0.1:{port}"
+metrics_listen = "127.0.0.1:{free_port()}"
+database = "{db}"
+
+[streams.trucking]
+ramp = [[0, {CAP}], [2, 150]]
+daily_cap = 4000
+start_file = "{stamp}"
+
+[streams.trucking.match]
+server_port = [25]
+"""
+    )
+    return path, port
+
+
+def sendguard(*args: str) -> list[str]:
+    exe = os.path.join(os.path.dirname(sys.executable), "sendguard")
+    return [exe if os.path.exists(exe) else "sendguard", *args]
+
+
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"sendguard policyd exited: {proc.stderr.read().decode()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listening on {port}")
+
+
+@pytest.fixture
+def two_daemons(tmp_path: Path):
+    db = tmp_path / "shared" / "policyd.sqlite"
+    stamp = tmp_path / "trucking.start"
+    stamp.write_text(f"{int(time.time())}\n")  # warmup day 0: cap 40/h
+    procs, ports = [], []
+    for name in ("a", "b"):
+        config, port = write_config(tmp_path, name, db, stamp)
+        proc = subprocess.Popen(sendguard("policyd", "--config", str(config)), stderr=subprocess.PIPE)
+        procs.append(proc)
+        ports.append(port)
+    try:
+        for proc, port in zip(procs, ports):
+            wait_listening(port, proc)
+        yield ports, tmp_path / "a.toml"
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(timeout=20)
+
+
+def test_two_processes_on_one_sqlite_file_never_exceed_the_cap(two_daemons):
+    ports, config = two_daemons
+    results: dict[int, list[str]] = {}
+
+    def sender(worker: int, port: int) -> None:
+        answers = []
+        with PolicyClient(("127.0.0.1", port)) as client:
+            for i in range(30):
+                requests = postfix_message(f"w{worker}-{i}", f"Q{worker}X{i}", ["carrier@example.com"])
+                answers.append([client.ask(r) for r in requests][-1])
+        results[worker] = answers
+
+    # Four smtpd-like clients, two on each daemon, 120 messages against a cap of 40, all at once.
+    threads = [threading.Thread(target=sender, args=(w, ports[w % 2])) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    answers = [a for per in results.values() for a in per]
+    assert len(answers) == 120
+    assert answers.count("DUNNO") == CAP
+    assert all(a.startswith("DEFER_IF_PERMIT 4.7.1") for a in answers if a != "DUNNO")
+    # Both daemons let some through: the shared budget really was contended.
+    assert {w % 2 for w, per in results.items() if "DUNNO" in per} == {0, 1}
+
+    status = subprocess.run(sendguard("status", "--config", str(config)), capture_output=True, text=True, timeout=30)
+    assert status.returncode == 0, status.stderr
+    assert f"rolling hour    {CAP} of {CAP}" in status.stdout
+    assert "warmup day      0" in status.stdout
+
+
+def test_sigterm_stops_the_daemon_cleanly(tmp_path: Path):
+    stamp = tmp_path / "s"
+    stamp.write_text(f"{int(time.time())}")
+    config, port = write_config(tmp_path, "solo", tmp_path / "db.sqlite", stamp)
+    proc = subprocess.Popen(sendguard("policyd", "--config", str(config)), stderr=subprocess.PIPE)
+    wait_listening(port, proc)
+    with PolicyClient(("127.0.0.1", port)) as client:
+        assert [client.ask(r) for r in postfix_message("x", "QX", ["a@example.com"])] == ["DUNNO", "DUNNO"]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    assert b"policyd stopped" in proc.stderr.read()
+
+
+def test_bad_config_stops_startup_with_file_key_and_reason(tmp_path: Path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[policyd]\nunmatched = "maybe"\n')
+    proc = subprocess.run(sendguard("policyd", "--config", str(path)), capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 78
+    assert f"{path}: policyd.unmatched: 'maybe' is not one of dunno, defer" in proc.stderr

@@ -1,0 +1,65 @@
+"""The [policyd] section: defaults that work next to Postfix, and errors that stop start-up."""
+
+from __future__ import annotations
+
+import pytest
+
+from sendguard.config import ConfigError, parse
+
+
+def test_defaults_work_next_to_a_stock_postfix(tmp_path):
+    config = parse({"general": {"state_dir": str(tmp_path)}})
+    s = config.policyd
+    assert s.listen == "127.0.0.1:10040"
+    assert s.metrics_listen == "127.0.0.1:9466"
+    assert s.database == str(tmp_path / "policyd.sqlite")
+    assert s.bad_request_action == "DUNNO"
+    assert s.unmatched == "dunno" and s.over_cap_action == "defer"
+    assert s.expected_states == ("RCPT", "END-OF-MESSAGE")
+    assert s.socket == "" and s.socket_mode == 0o666
+
+
+def test_all_keys_parse(tmp_path):
+    s = parse(
+        {
+            "policyd": {
+                "listen": "0.0.0.0:10041",
+                "socket": str(tmp_path / "policy.sock"),
+                "socket_mode": "0660",
+                "unmatched": "defer",
+                "bad_request_action": "DEFER_IF_PERMIT 4.3.0 policy request not understood",
+                "expected_states": ["RCPT"],
+                "family_extra_domains": ["BTinternet.com", "sky.*"],
+                "idle_timeout": 60,
+                "sqlite_synchronous": "full",
+            }
+        }
+    ).policyd
+    assert s.socket_mode == 0o660 and s.unmatched == "defer" and s.idle_timeout == 60.0
+    assert s.family_extra_domains == ("btinternet.com", "sky.*")
+    assert s.bad_request_action.startswith("DEFER_IF_PERMIT 4.3.0")
+
+
+@pytest.mark.parametrize(
+    "key, value, reason",
+    [
+        ("listen", "10040", "HOST:PORT"),
+        ("unmatched", "hold", "is not one of"),
+        ("over_cap_action", "hold", "is not one of"),
+        ("bad_request_action", "MAYBE later", "not a Postfix access action"),
+        ("bad_request_action", "DUNNO\nREJECT", "line break"),
+        ("expected_states", ["RCPT", "END_OF_MESSAGE"], "is not one of"),
+        ("family_extra_domains", ["*.example.com"], "wildcard"),
+        ("family_extra_domains", ["bob@example.com"], "not a domain"),
+        ("socket_mode", "rw-rw-rw-", "octal"),
+        ("idle_timeout", 0, "between"),
+        ("sqlite_synchronous", "off", "is not one of"),
+        ("databse", "/tmp/x", "unknown key"),
+    ],
+)
+def test_bad_values_stop_startup_with_file_key_and_reason(key, value, reason):
+    with pytest.raises(ConfigError) as info:
+        parse({"policyd": {key: value}}, "/etc/sendguard.toml")
+    message = str(info.value)
+    assert message.startswith("/etc/sendguard.toml: policyd.")
+    assert key in message and reason in message

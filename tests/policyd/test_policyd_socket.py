@@ -1,0 +1,175 @@
+"""The real daemon over real sockets, with a client that talks byte for byte as Postfix 3.7 does."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import time
+
+import pytest
+
+from sendguard.config import ConfigError
+from sendguard_policyd import service, status
+from sendguard_policyd.client import PolicyClient, postfix_message, postfix_request
+from sendguard_policyd.protocol import MAX_LINE_BYTES, format_request
+
+
+def trucking(cap: int = 3) -> dict:
+    return {
+        "match": {"server_port": [25], "client_address": ["172.18.0.5/32"]},
+        "ramp": [[0, cap]],
+        "daily_cap": 4000,
+        "start_date": dt.date(2026, 1, 1),
+    }
+
+
+@pytest.fixture
+def daemon(make_config):
+    handles = []
+
+    def run(streams=None, **policyd):
+        config = make_config(streams if streams is not None else {"trucking": trucking()}, **policyd)
+        handle = service.start(config)
+        handles.append(handle)
+        return config, handle
+
+    yield run
+    for h in handles:
+        h.stop()
+
+
+def send_message(client: PolicyClient, instance: str, recipients: list[str], **values: str) -> list[str]:
+    """What smtpd asks for one message, and the answers it gets."""
+    return [client.ask(r) for r in postfix_message(instance, f"Q{instance.upper()}", recipients, **values)]
+
+
+def test_postfix_session_three_per_hour_lets_three_through_and_holds_yahoo(daemon):
+    config, handle = daemon()
+    with PolicyClient((handle.host, handle.port)) as client:
+        answers = [send_message(client, f"m{i}", [f"carrier{i}@example.com"]) for i in range(4)]
+        assert [a[-1] for a in answers[:3]] == ["DUNNO"] * 3
+        assert all(a[0] == "DUNNO" for a in answers)  # RCPT answers
+        fourth = answers[3][-1]
+        assert fourth.startswith("DEFER_IF_PERMIT 4.7.1 sendguard: stream trucking is at its hourly cap of 3")
+        assert "room frees at" in fourth
+        # A Yahoo recipient is held at RCPT; its END-OF-MESSAGE passes (the hold stands) uncounted.
+        held = send_message(client, "y1", ["someone@yahoo.co.uk"])
+        assert held[0].startswith("HOLD ") and "Yahoo/Verizon-Media family (rule yahoo.*)" in held[0]
+        assert held[1] == "DUNNO"
+    assert handle.store.windows("trucking", time.time()).hour == 3
+    assert "rolling hour    3 of 3" in status.render(config)
+
+
+def test_yahoo_hold_consumes_no_cap(daemon):
+    _, handle = daemon()
+    with PolicyClient((handle.host, handle.port)) as client:
+        for i in range(5):
+            answers = send_message(client, f"y{i}", ["a@example.com", f"b{i}@ymail.com"])
+            assert answers[1].startswith("HOLD ") and answers[2] == "DUNNO"
+        assert [send_message(client, f"m{i}", ["c@example.com"])[-1] for i in range(3)] == ["DUNNO"] * 3
+    assert handle.store.windows("trucking", time.time()).hour == 3
+
+
+def test_postfix_retry_on_a_new_connection_is_not_counted_twice(daemon):
+    _, handle = daemon()
+    request = postfix_request(protocol_state="END-OF-MESSAGE", instance="retry", queue_id="QR", recipient_count="1")
+    with PolicyClient((handle.host, handle.port)) as first:
+        first.send_raw(format_request(request))
+    # smtpd got no answer (connection lost): it reconnects and sends the same request again.
+    time.sleep(0.2)
+    with PolicyClient((handle.host, handle.port)) as again:
+        assert again.ask(request) == "DUNNO"
+        assert again.ask(request) == "DUNNO"
+    assert handle.store.windows("trucking", time.time()).hour == 1
+
+
+def test_pipelined_requests_in_one_write_get_replies_in_order(daemon):
+    _, handle = daemon()
+    reqs = [postfix_request(protocol_state="END-OF-MESSAGE", instance=f"p{i}", recipient_count="1") for i in range(5)]
+    with PolicyClient((handle.host, handle.port)) as client:
+        client.send_raw(b"".join(format_request(r) for r in reqs))
+        replies = [client.read_reply() for _ in reqs]
+    assert replies[:3] == [b"action=DUNNO\n\n"] * 3
+    assert all(r.startswith(b"action=DEFER_IF_PERMIT 4.7.1") for r in replies[3:])
+
+
+def test_garbage_gets_the_bad_request_answer_and_the_connection_goes_on(daemon, policyd_log):
+    _, handle = daemon(bad_request_action="DEFER_IF_PERMIT 4.3.0 request not understood")
+    with PolicyClient((handle.host, handle.port)) as client:
+        client.send_raw(b"\x8f\xff garbage \x01\x02\n\n")
+        assert client.read_reply() == b"action=DEFER_IF_PERMIT 4.3.0 request not understood\n\n"
+        client.send_raw(b"protocol_state=RCPT\nrecipient=a@b.c\n\n")
+        assert client.read_reply().startswith(b"action=DEFER_IF_PERMIT 4.3.0")
+        client.send_raw(b"request=smtpd_access_policy\nrecipient=a@b.c\n\n")
+        assert client.read_reply().startswith(b"action=DEFER_IF_PERMIT 4.3.0")
+        assert client.ask(postfix_request()) == "DUNNO"  # still serving
+    causes = [line for line in policyd_log.lines if "bad request" in line]
+    assert len(causes) == 3
+    assert "not name=value" in causes[0] and "no request= attribute" in causes[1]
+    assert "no protocol_state" in causes[2]
+
+
+def test_oversized_line_is_answered_then_closed_and_others_are_served(daemon, policyd_log):
+    _, handle = daemon()
+    with PolicyClient((handle.host, handle.port)) as other:
+        with PolicyClient((handle.host, handle.port)) as client:
+            client.send_raw(b"request=smtpd_access_policy\nsender=" + b"x" * (MAX_LINE_BYTES + 100))
+            assert client.read_reply() == b"action=DUNNO\n\n"
+            assert client.read_reply() == b""  # closed
+        assert other.ask(postfix_request()) == "DUNNO"
+    assert policyd_log.matching("request line longer than")
+
+
+def test_request_without_terminator_is_answered_at_end_of_input(daemon, policyd_log):
+    _, handle = daemon()
+    with PolicyClient((handle.host, handle.port)) as client:
+        client.send_raw(b"request=smtpd_access_policy\nprotocol_state=RCPT\n")
+        client.sock.shutdown(socket.SHUT_WR)
+        assert client.read_reply() == b"action=DUNNO\n\n"
+        assert client.read_reply() == b""
+    assert policyd_log.matching("end of input before the empty line")
+
+
+def test_idle_connection_with_a_half_request_times_out(daemon, policyd_log):
+    _, handle = daemon(idle_timeout=1)
+    with PolicyClient((handle.host, handle.port)) as client:
+        client.send_raw(b"request=smtpd_access_policy\nprotocol_")
+        started = time.monotonic()
+        assert client.read_reply() == b"action=DUNNO\n\n"
+        assert client.read_reply() == b""
+        assert 0.8 < time.monotonic() - started < 5
+    assert policyd_log.matching("not ended within the idle timeout of 1 s")
+
+
+def test_unix_socket(daemon, tmp_path):
+    path = str(tmp_path / "spool" / "sendguard-policy")
+    _, handle = daemon(socket=path, socket_mode="0660")
+    assert oct(__import__("os").stat(path).st_mode & 0o777) == "0o660"
+    with PolicyClient(path) as client:
+        assert send_message(client, "u1", ["x@example.com"])[-1] == "DUNNO"
+        assert send_message(client, "u2", ["x@aol.com"])[0].startswith("HOLD ")
+
+
+def test_restart_keeps_the_window(make_config):
+    config = make_config({"trucking": trucking(cap=3)})
+    first = service.start(config)
+    with PolicyClient((first.host, first.port)) as client:
+        assert [send_message(client, f"a{i}", ["x@example.com"])[-1] for i in range(2)] == ["DUNNO"] * 2
+    first.stop()
+    second = service.start(config)
+    try:
+        with PolicyClient((second.host, second.port)) as client:
+            assert send_message(client, "b0", ["x@example.com"])[-1] == "DUNNO"
+            assert send_message(client, "b1", ["x@example.com"])[-1].startswith("DEFER_IF_PERMIT 4.7.1")
+    finally:
+        second.stop()
+
+
+def test_listen_address_in_use_stops_startup_with_the_key(make_config):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        config = make_config({}, listen=f"127.0.0.1:{busy.getsockname()[1]}")
+        with pytest.raises(ConfigError) as info:
+            service.start(config)
+    assert "policyd.listen" in str(info.value) and "cannot listen" in str(info.value)
