@@ -1,7 +1,12 @@
 # sendguard: the DKIM-signing milter and the warmup-cap policy daemon.
 #
 #   docker build -t sendguard .      (or: podman build -t sendguard .)
-#   docker run -v /etc/sendguard:/etc/sendguard:ro sendguard run --config /etc/sendguard/sendguard.toml
+#   docker run --network host -v /etc/sendguard:/etc/sendguard:ro sendguard run --config /etc/sendguard/sendguard.toml
+#
+# --network host (or another container's namespace, as docker-compose.test.yml
+# does with Postfix's) keeps the snippets' inet:127.0.0.1:8891 and :10040 true.
+# State (the policy daemon's counters) lives in /var/lib/sendguard: give it a
+# volume, or a new container starts with empty windows.
 #
 # Two stages: the first compiles pymilter against libmilter and installs the
 # project into a virtualenv; the second carries only that virtualenv and the

@@ -13,7 +13,8 @@ matters is the cost of the three paths a message can take:
 
 Messages are multipart/alternative, text/plain + text/html, both
 quoted-printable UTF-8, as Listmonk sends them; the HTML has long table rows,
-Listmonk ``/link/<uuid>/…`` redirects and accented text. Sizes are the raw body.
+Listmonk ``/link/<uuid>/…`` redirects, UTM-tagged static links written with
+``&amp;``, ``&nbsp;`` entities and accented text. Sizes are the raw body.
 
 Run: ``python benchmarks/bench_links.py [--seconds 2] [--out benchmarks/RESULTS-links.md]``
 (not from the repository root: the milter/ folder would shadow pymilter).
@@ -34,8 +35,9 @@ from sendguard_milter.link_rewrite import LinkPolicy, rewrite_message
 REDIRECT = "https://lists.example.net/link/0f2c7e38-2f7b-4b26-a0b5-0c2f8b3b6c11/3b0c6a9e-5d2f-4c1a-9f3e-7a8b9c0d1e2f/7f6e5d4c-3b2a-4190-8f7e-6d5c4b3a2918"
 ROW = (
     '<tr><td style="padding:12px 24px;font-family:Helvetica,Arial,sans-serif;font-size:15px;line-height:22px;color:#333;">'
-    "Lane {i}: Dallas, TX → Atlanta, GA — dry van, 42,000 lb, pick-up Tuesday. Détails: "
-    '<a href="{redirect}" style="color:#0055aa;">rate sheet</a></td></tr>\n'
+    "Lane {i}: Dallas, TX → Atlanta, GA — dry van, 42,000&nbsp;lb, pick-up Tuesday. Détails: "
+    '<a href="{redirect}" style="color:#0055aa;">rate sheet</a>&nbsp;&middot;&nbsp;'
+    '<a href="https://example.net/lanes/{i}?utm_source=listmonk&amp;utm_medium=email&amp;utm_campaign=lanes">map</a></td></tr>\n'
 )
 
 
@@ -138,7 +140,12 @@ def main() -> None:
             "see the script's docstring for what each case is. Times are CPU time of "
             "the benchmark process (best of 5 rounds), so waiting for a core on the shared machine is not counted.\n\n"
             + "\n".join(table)
-            + f"\n\nMachine: {conditions}.\n"
+            + f"\n\nMachine: {conditions}.\n\n"
+            "How to read it: `clean` is the path almost all mail takes (no marker, no `&`-first URL): "
+            "a few searches over the lower-cased bytes and over the quoted-printable-decoded bytes, "
+            "no MIME parsing. `candidate` and `rewrite` walk the MIME tree, decode both parts and scan "
+            "every link (these messages carry one link per table row, far more than a real campaign); "
+            "`rewrite` in mode strip also re-encodes both parts. Everything is linear in the body size.\n"
         )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter
 
-from sendguard_milter.link_rewrite import RewriteResult
+from sendguard_milter.link_rewrite import KINDS, RewriteResult
 
 LINK_CHANGES = Counter(
     "sendguard_links_changes_total",
@@ -32,7 +32,8 @@ BROKEN_MIME = Counter(
     ["reason"],
 )
 
-for _kind in ("marker_stripped", "query_repaired"):
+# Every series exists from start-up (at 0), so rates and alerts work before the first change.
+for _kind in KINDS:
     for _mode in ("strip", "report-only"):
         LINK_CHANGES.labels(kind=_kind, mode=_mode)
 for _mode in ("strip", "report-only"):

@@ -179,8 +179,11 @@ def _rewrite_text(part: PartText, leaf: Leaf, params: frozenset[str], strip_all:
 def _repair_link(text: str, link: FoundLink, params: frozenset[str], strip_all: bool) -> tuple[str, list[str], str, str]:
     """The new text of one link and the kinds of change made to it."""
     url = text[link.url_start : link.url_end]
-    if link.form != "template" and "&" not in url and "TrackLink" not in url:
-        return "", [], "", ""  # no marker and no '&': nothing can change (most links)
+    if link.form != "template" and "TrackLink" not in url:
+        # Without a marker only an '&' before any '?' can need a change (most links have neither).
+        amp, query = url.find("&"), url.find("?")
+        if amp < 0 or 0 <= query < amp:
+            return "", [], "", ""
     verdict = repair_url(url, params, strip_all)
     kinds = []
     if link.form == "template":

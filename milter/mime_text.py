@@ -50,7 +50,7 @@ def opaque_charset(charset: str) -> bool:
     """Whether ``charset`` is known but may spell ASCII characters with other bytes."""
     try:
         return codecs.lookup(charset).name not in _ASCII_TRANSPARENT
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a NUL in the name
         return False
 
 
@@ -80,7 +80,7 @@ def decode_part(raw: bytes, transfer_encoding: str, charset: str | None, max_byt
     declared = charset or "us-ascii"
     try:
         codec = codecs.lookup(declared).name
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a NUL in the name
         raise BrokenMime("unknown_charset", f"charset {declared!r} is unknown") from None
     if codec in _ASCII_TRANSPARENT:
         return PartText(data.decode("latin-1"), "latin-1", declared, transfer_encoding, raw)

@@ -69,31 +69,37 @@ class UrlVerdict:
         return self.marker_stripped or self.query_repaired
 
 
-def _logical(raw: str) -> tuple[str, list[tuple[int, int]] | None]:
-    """The decoded URL and, per logical character, the raw span it came from (None: the same)."""
+def _logical(raw: str) -> tuple[str, list[tuple[int, int, int]]]:
+    """The decoded URL, and each decoded reference as (logical index, raw start, raw end)."""
     if "&" not in raw:
-        return raw, None
-    chars: list[str] = []
-    spans: list[tuple[int, int]] = []
+        return raw, []
+    refs: list[tuple[int, int, int]] = []
+    out: list[str] = []
     pos = 0
+    shrink = 0  # how much shorter the logical text is than the raw one so far
     for m in _CHAR_REF.finditer(raw):
-        for i in range(pos, m.start()):
-            chars.append(raw[i])
-            spans.append((i, i + 1))
         decoded = html.unescape(m.group())
-        if len(decoded) == 1:
-            chars.append(decoded)
-            spans.append((m.start(), m.end()))
-        else:
-            # Unknown or multi-character reference: keep it as plain text.
-            for i in range(m.start(), m.end()):
-                chars.append(raw[i])
-                spans.append((i, i + 1))
+        if len(decoded) != 1:
+            continue  # unknown or multi-character reference: kept as plain text
+        out.append(raw[pos : m.start()])
+        out.append(decoded)
+        refs.append((m.start() - shrink, m.start(), m.end()))
+        shrink += m.end() - m.start() - 1
         pos = m.end()
-    for i in range(pos, len(raw)):
-        chars.append(raw[i])
-        spans.append((i, i + 1))
-    return "".join(chars), spans
+    out.append(raw[pos:])
+    return "".join(out), refs
+
+
+def _raw_span(refs: list[tuple[int, int, int]], index: int) -> tuple[int, int]:
+    """The raw span of the logical character at ``index``."""
+    shrink = 0
+    for logical, start, end in refs:
+        if logical == index:
+            return start, end
+        if logical > index:
+            break
+        shrink += end - start - 1
+    return index + shrink, index + shrink + 1
 
 
 def _query_names(query: str) -> list[str]:
@@ -138,7 +144,7 @@ def repair_url(raw: str, per_subscriber_params: frozenset[str], strip_all: bool)
     returned text differs from ``raw`` only where a marker was removed or the
     query-starting ``&`` (or its ``&amp;`` spelling) became ``?``.
     """
-    logical, spans = _logical(raw)
+    logical, refs = _logical(raw)
     has_marker = _MARKER in logical
     clean = logical.replace(_MARKER, "") if has_marker else logical
     host, path, qmark, amp = _split(clean)
@@ -163,14 +169,12 @@ def repair_url(raw: str, per_subscriber_params: frozenset[str], strip_all: bool)
         # HTML is removed whole, exactly as a browser would have read it.
         i = logical.find(_MARKER)
         while i >= 0:
-            last = i + len(_MARKER) - 1
-            edits.append((spans[i][0], spans[last][1], "") if spans else (i, last + 1, ""))
+            edits.append((_raw_span(refs, i)[0], _raw_span(refs, i + len(_MARKER) - 1)[1], ""))
             i = logical.find(_MARKER, i + len(_MARKER))
     if amp >= 0:
         # Map the '&' of the marker-free URL back to the logical URL, then to raw.
         logical_amp = _index_with_markers(logical, amp) if has_marker else amp
-        s, e = spans[logical_amp] if spans else (logical_amp, logical_amp + 1)
-        edits.append((s, e, "?"))
+        edits.append((*_raw_span(refs, logical_amp), "?"))
     if not edits:
         return UrlVerdict(raw, False, False, per_subscriber, has_marker, host, path)
     edits.sort()

@@ -36,6 +36,8 @@ from sendguard_policyd.counter_store import (
     CounterStore,
 )
 from sendguard_policyd.family import FamilyMatcher
+from sendguard_policyd.family_mx import RULE as MX_RULE
+from sendguard_policyd.family_mx import MxFamily
 from sendguard_policyd.settings import PROTOCOL_STATES, PolicydSettings
 from sendguard_policyd.sqlite_store import StoreError
 from sendguard_policyd.warmup import Warmup
@@ -45,6 +47,8 @@ log = logs.get("policyd")
 NO_STREAM = "none"  # the stream label of mail that matches no stream
 #: An unexpected protocol state is logged at most once per this many seconds per state.
 UNEXPECTED_LOG_INTERVAL = 600.0
+#: Messages whose MX lookups are remembered between RCPT and END-OF-MESSAGE (cleared when full).
+MX_UNKNOWN_SIZE = 10000
 #: Distinct attribute combinations whose stream is remembered (cleared when full).
 STREAM_CACHE_SIZE = 4096
 
@@ -72,12 +76,18 @@ class Decider:
         store: CounterStore,
         family: FamilyMatcher | None = None,
         clock: Callable[[], float] = time.monotonic,
+        mx: MxFamily | None = None,
     ) -> None:
         self.settings = settings
         self.streams = streams
         self.store = store
         self.family = family if family is not None else FamilyMatcher.with_extra(settings.family_extra_domains)
         self.warmups = {s.name: Warmup(s) for s in streams}
+        if mx is None and settings.family_mx_check:
+            mx = MxFamily(settings.family_mx_nameservers)
+        self.mx = mx
+        # Recipient domains whose MX lookup had not finished at RCPT, per message, for END-OF-MESSAGE.
+        self._mx_unknown: dict[str, set[str]] = {}
         self.expected = frozenset(settings.expected_states)
         self._clock = clock
         self._unexpected_logged: dict[str, float] = {}
@@ -118,13 +128,42 @@ class Decider:
 
     # -- RCPT: the family hold -------------------------------------------------------------------
 
+    def close(self) -> None:
+        """Stop background work (MX lookups)."""
+        if self.mx is not None:
+            self.mx.close()
+
     def _rcpt(self, attrs: Mapping[str, str], now: float, stream: Stream | None) -> Decision:
         name = stream.name if stream else NO_STREAM
         recipient = attrs.get("recipient", "")
         rule = self.family.rule_for(recipient) if recipient else None
+        if rule is None and self.mx is not None and "@" in recipient:
+            domain = recipient.rpartition("@")[2]
+            known = self.mx.status(domain)
+            if known:
+                rule = MX_RULE
+            elif known is None and attrs.get("instance"):
+                if len(self._mx_unknown) >= MX_UNKNOWN_SIZE:
+                    self._mx_unknown.clear()
+                self._mx_unknown.setdefault(attrs["instance"], set()).add(domain)
         if rule is None:
             return Decision(DUNNO, "dunno", name)
         return self._family_hold(attrs, now, recipient, rule, name)
+
+    def _mx_rule_at_eom(self, attrs: Mapping[str, str], recipient: str) -> tuple[str, str] | None:
+        """(recipient, rule) when a domain of this message turned out to be Yahoo-hosted."""
+        assert self.mx is not None
+        domains = self._mx_unknown.pop(attrs.get("instance", ""), set())
+        if "@" in recipient:
+            domains.add(recipient.rpartition("@")[2])
+        for domain in sorted(domains):
+            known = self.mx.status(domain)
+            if known:
+                return (recipient if recipient.endswith("@" + domain) else f"*@{domain}"), MX_RULE
+            if known is None:
+                log.info("%s: MX lookup of %s not finished at END-OF-MESSAGE: not held as yahoo family",
+                         _qid(attrs), domain)  # fmt: skip
+        return None
 
     def _family_hold(self, attrs: Mapping[str, str], now: float, recipient: str, rule: str, stream: str) -> Decision:
         qid = _qid(attrs)
@@ -165,6 +204,12 @@ class Decider:
             if self._state_of(attrs) == STATE_FAMILY_HOLD:
                 return self._held_before(attrs, qid, name)
             return self._family_hold(attrs, now, recipient, rule, name)  # no RCPT hook: hold now
+        if self.mx is not None:
+            found = self._mx_rule_at_eom(attrs, recipient)
+            if found is not None:
+                if self._state_of(attrs) == STATE_FAMILY_HOLD:
+                    return self._held_before(attrs, qid, name)
+                return self._family_hold(attrs, now, found[0], found[1], name)
         if stream is None:
             return self._unmatched(attrs, qid)
         count = _recipient_count(attrs, qid)

@@ -28,7 +28,7 @@ log = logs.get("policyd")
 class Handle:
     """A running policy daemon."""
 
-    #: The bound TCP address (useful when listen named port 0).
+    #: The TCP address actually bound.
     host: str
     port: int
     unix_socket: str
@@ -53,6 +53,7 @@ class Handle:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
+        self.decider.close()
         self.store.close()
         log.info("policyd stopped")
 
@@ -90,6 +91,7 @@ def start(config: Config) -> Handle:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         loop.close()
+        decider.close()
         store.close()
         raise
     warmups = decider.warmups

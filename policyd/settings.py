@@ -39,6 +39,10 @@ class PolicydSettings:
     expected_states: tuple[str, ...] = ("RCPT", "END-OF-MESSAGE")
     #: Domains (and ``label.*`` patterns) added to the built-in Yahoo/Verizon-Media family.
     family_extra_domains: tuple[str, ...] = ()
+    #: Also hold domains whose MX is Yahoo's (*.yahoodns.net), looked up in the background.
+    family_mx_check: bool = False
+    #: DNS servers for that lookup ("HOST" or "HOST:PORT"); empty: the system's resolver.
+    family_mx_nameservers: tuple[str, ...] = ()
     #: Close a connection after this many idle seconds (Postfix's own max_idle is 300 s).
     idle_timeout: float = 330.0
     #: SQLite ``synchronous``: "normal" (fast, durable across process crashes) or "full" (also power loss).
@@ -71,6 +75,19 @@ def _check_family_entry(value: str) -> str | None:
     return None
 
 
+def _check_nameserver(value: str) -> str | None:
+    import ipaddress
+
+    host, sep, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
+    try:
+        ipaddress.ip_address(host if sep else value)
+    except ValueError:
+        return f"{value!r} is not an IP address (or IPv4:PORT)"
+    if sep and not (port.isdigit() and 0 < int(port) < 65536):
+        return f"{value!r}: {port!r} is not a port"
+    return None
+
+
 def parse_policyd(top: Section, general: General) -> PolicydSettings:
     """Parse ``[policyd]``."""
     section = top.sub("policyd")
@@ -84,6 +101,8 @@ def parse_policyd(top: Section, general: General) -> PolicydSettings:
     bad = section.get("bad_request_action", str, "DUNNO", _check_action)
     states = section.get_list("expected_states", str, ["RCPT", "END-OF-MESSAGE"], check_one_of(*PROTOCOL_STATES))
     extra = section.get_list("family_extra_domains", str, [], _check_family_entry)
+    mx_check = section.get("family_mx_check", bool, False)
+    mx_servers = section.get_list("family_mx_nameservers", str, [], _check_nameserver)
     idle = section.get(
         "idle_timeout", float, 330.0, lambda v: None if 1 <= v <= 86400 else "must be between 1 and 86400 seconds"
     )
@@ -102,6 +121,8 @@ def parse_policyd(top: Section, general: General) -> PolicydSettings:
         bad_request_action=bad,
         expected_states=tuple(states),
         family_extra_domains=tuple(e.strip().lower() for e in extra),
+        family_mx_check=mx_check,
+        family_mx_nameservers=tuple(mx_servers),
         idle_timeout=float(idle),
         sqlite_synchronous=sync,
     )

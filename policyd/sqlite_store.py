@@ -107,6 +107,9 @@ ON CONFLICT (instance) DO NOTHING
 RETURNING hour_after, day_after
 """
 
+_ROOM_HOUR = "SELECT second, recipients FROM hour_buckets WHERE stream = ? AND second > ? ORDER BY second"
+_ROOM_DAY = "SELECT minute * 60, recipients FROM day_buckets WHERE stream = ? AND minute > ? ORDER BY minute"
+
 # Why a message was not counted: everything the refusal needs, in one round trip.
 _ADMIT_READ = """
 SELECT
@@ -285,13 +288,23 @@ class SQLiteCounterStore:
 
         def step() -> Admission:
             conn = self._conn
-            row = conn.execute(_ADMIT_INSERT, params).fetchone()
-            if row is not None:
-                self._maybe_prune(now)
-                return Admission(COUNTED, row[0], row[1])
+            # Read first: a message over the cap (the common case during a campaign push) is then
+            # answered without attempting a write. The INSERT re-checks both caps itself, so the
+            # count stays atomic even against a writer that does not take the flock.
             state, hour, day = conn.execute(
                 _ADMIT_READ, (instance, stream, _hour_floor(now), stream, _day_floor(now))
             ).fetchone()
+            if state is None and (hourly_cap is None or hour + recipients <= hourly_cap) and (
+                daily_cap is None or day + recipients <= daily_cap
+            ):
+                row = conn.execute(_ADMIT_INSERT, params).fetchone()
+                if row is not None:
+                    self._maybe_prune(now)
+                    return Admission(COUNTED, row[0], row[1])
+                # Another writer got in between: read again and explain the refusal.
+                state, hour, day = conn.execute(
+                    _ADMIT_READ, (instance, stream, _hour_floor(now), stream, _day_floor(now))
+                ).fetchone()
             if state is not None:
                 outcome = ALREADY_COUNTED if state == STATE_COUNTED else ALREADY_HELD
                 return Admission(outcome, hour, day)
@@ -301,28 +314,25 @@ class SQLiteCounterStore:
             if hourly_cap is not None and hour + recipients > hourly_cap:
                 room = self._room_at(conn, stream, now, hour + recipients - hourly_cap, hourly=True)
                 return Admission(OVER_HOURLY, hour, day, room)
-            room = self._room_at(conn, stream, now, day + recipients - (daily_cap or 0), hourly=False)
-            return Admission(OVER_DAILY, hour, day, room)
+            if daily_cap is not None and day + recipients > daily_cap:
+                room = self._room_at(conn, stream, now, day + recipients - daily_cap, hourly=False)
+                return Admission(OVER_DAILY, hour, day, room)
+            # Only a writer outside this protocol (one that deletes counts) can get here.
+            raise StoreError(f"counter store {self.path}: the count changed under the check; try again")
 
         return self._locked(step)
 
     @staticmethod
     def _room_at(conn: sqlite3.Connection, stream: str, now: float, need: int, hourly: bool) -> float | None:
         """When the oldest buckets holding ``need`` recipients will have left the window (None: never)."""
+        # Oldest buckets first, read lazily: the usual message needs one recipient's room, found
+        # in the first bucket, so the loop rarely reads more than a row or two.
         if hourly:
-            rows = conn.execute(
-                "SELECT second, recipients FROM hour_buckets WHERE stream = ? AND second > ? ORDER BY second",
-                (stream, _hour_floor(now)),
-            )
-            width, span = 1, HOUR
+            sql, floor, width, span = _ROOM_HOUR, _hour_floor(now), 1, HOUR
         else:
-            rows = conn.execute(
-                "SELECT minute * 60, recipients FROM day_buckets WHERE stream = ? AND minute > ? ORDER BY minute",
-                (stream, _day_floor(now)),
-            )
-            width, span = 60, DAY
+            sql, floor, width, span = _ROOM_DAY, _day_floor(now), 60, DAY
         freed = 0
-        for start, n in rows:
+        for start, n in conn.execute(sql, (stream, floor)):
             freed += n
             if freed >= need:
                 return float(start) + width + span

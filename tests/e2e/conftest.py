@@ -12,6 +12,7 @@ Set ``SENDGUARD_E2E_KEEP=1`` to leave the stack running after the run.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -71,6 +72,10 @@ def stack() -> Iterator[Stack]:
     """The running end-to-end stack, built and started once per test run."""
     global _STACK
     engine = detect_engine()
+    # The stack has fixed names and addresses: a second run on the same machine waits
+    # for the first instead of tearing its stack down.
+    lock = open(Path(tempfile.gettempdir()) / f"{PROJECT}.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     work = Path(tempfile.mkdtemp(prefix="sendguard-e2e-"))
     keys, spool = work / "keys", work / "spool"
     keys.mkdir()
@@ -87,13 +92,18 @@ def stack() -> Iterator[Stack]:
             os.chown(p, SENDGUARD_UID, SENDGUARD_UID)
         keys.chmod(0o700)
     else:
-        # A rootless engine: run sendguard as the invoking user, who owns the keys.
+        # Docker as a member of the docker group: the daemon maps no uids, so
+        # sendguard runs as the invoking user, who owns the keys.
         env["SENDGUARD_E2E_UID"] = str(os.getuid())
 
-    _compose(engine, env, "down", "-t", "2")  # leftovers of an aborted run
-    _compose(engine, env, "build")
+    leftovers = subprocess.run(
+        [engine.cli, "ps", "-a", "-q", "--filter", f"name={PROJECT}-"], capture_output=True, text=True
+    ).stdout.split()
+    if leftovers:  # an aborted run left its stack behind
+        _compose(engine, env, "down", "-t", "2")
     _STACK = Stack(engine=engine, spool=spool, dns=dns)
     try:
+        _compose(engine, env, "build")
         _compose(engine, env, "up", "-d")
         started = time.monotonic()
         wait_for_stack(_STACK)
@@ -104,6 +114,7 @@ def stack() -> Iterator[Stack]:
             _compose(engine, env, "down", "-t", "5")
             shutil.rmtree(work, ignore_errors=True)
         _STACK = None
+        lock.close()  # releases the lock
 
 
 @pytest.fixture
@@ -134,3 +145,32 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"{name}: {seconds:.1f}s")
 
 
+
+
+# -- CI: the container suite must have run ----------------------------------------------------------------
+
+_LEFT_OUT: list[str] = []
+
+
+def pytest_deselected(items) -> None:
+    """Remember container tests left out by -m/-k."""
+    _LEFT_OUT.extend(item.nodeid for item in items if "container" in item.keywords)
+
+
+def pytest_runtest_logreport(report) -> None:
+    """Remember container tests that were skipped instead of run."""
+    if report.skipped and "container" in report.keywords:
+        _LEFT_OUT.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Under CI (the CI variable set), a run that left out any container test fails."""
+    if os.environ.get("CI") and _LEFT_OUT:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"CI: {len(_LEFT_OUT)} container test(s) were deselected or skipped"
+                f" (first: {_LEFT_OUT[0]}); the container suite must run in CI.",
+                red=True,
+            )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -39,3 +39,17 @@ def test_damaged_messages_never_cause_an_internal_error(lm) -> None:
             assert result.changes and result.error is None and result.body != body
 
     check()
+
+
+def test_any_content_type_or_encoding_header_is_handled(lm) -> None:
+    body = lm.listmonk_alternative(CTA).body
+
+    @settings(max_examples=300, deadline=None)
+    @given(ctype=st.text(max_size=80) | st.sampled_from(['multipart/alternative; boundary="6a2f0c9d1e8b7a4c3d5e"; charset*=x', "multipart/alternative; boundary*0=6a2f; boundary*1=0c9d1e8b7a4c3d5e"]),
+           cte=st.text(max_size=20))
+    def check(ctype: str, cte: str) -> None:
+        headers = [("Content-Type", ctype.encode("utf-8", "surrogatepass")), ("Content-Transfer-Encoding", cte.encode("utf-8", "surrogatepass"))]
+        result = rewrite_message(headers, body, LinkPolicy())
+        assert result.reason != "internal_error", result.error
+
+    check()

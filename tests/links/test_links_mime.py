@@ -198,6 +198,7 @@ def _broken_cases(lm):
     yield "boundary_not_found", lm.top_headers("multipart/alternative; boundary=nothere"), lm.multipart("x", [marker])
     yield "unterminated_multipart", lm.top_headers("multipart/alternative; boundary=x"), b"--x\r\n" + marker
     yield "bad_base64", lm.top_headers("text/plain; charset=utf-8", "base64"), b"aHR0cHM6Ly9leGFtcGxlLm5ldC9v?P2RvdD0xQFRyYWNrTGluaw==\r\n"
+    yield "bad_quoted_printable", lm.top_headers("text/html; charset=utf-8", "quoted-printable"), b'<a href=3D"https://example.net/o?dot=3D1@TrackLink" x=3Z>\r\n'
     yield "unknown_charset", lm.top_headers("text/plain; charset=x-klingon", "7bit"), b"https://example.net/o?dot=1@TrackLink\r\n"
     yield "bad_charset_data", lm.top_headers("text/plain; charset=utf-16", "base64"), b"/w==\r\n"
     yield "bad_part_headers", lm.top_headers("multipart/mixed; boundary=x"), b"--x\r\nContent-Type: text/plain\r\nhttps://example.net/o?dot=1@TrackLink\r\n--x--\r\n"
@@ -211,7 +212,7 @@ def _broken_cases(lm):
 
 
 @pytest.mark.parametrize("reason", [
-    "no_boundary", "boundary_not_found", "unterminated_multipart", "bad_base64", "unknown_charset",
+    "no_boundary", "boundary_not_found", "unterminated_multipart", "bad_base64", "bad_quoted_printable", "unknown_charset",
     "bad_charset_data", "bad_part_headers", "too_deep", "too_many_parts",
 ])
 def test_broken_mime_passes_unchanged_with_its_reason(lm, reason: str) -> None:
@@ -255,3 +256,39 @@ def test_strip_all_unwraps_a_static_template_form_and_repairs_inside_a_kept_one(
     unwrapped = rewrite_message(headers, html, LinkPolicy(strip_all_markers=True))
     assert [c.kind for c in unwrapped.changes] == ["marker_stripped", "marker_stripped", "query_repaired"]
     assert unwrapped.body == b'<a href="https://example.net/static">a</a><a href="https://example.net/order/slug?utm_source=x">b</a>\r\n'
+
+
+def test_charset_name_with_a_nul_is_an_unknown_charset(lm) -> None:
+    headers = lm.top_headers('text/plain; charset="ut\x00f-8"', "7bit")
+    result = rewrite_message(headers, b"https://example.net/o?dot=1@TrackLink\r\n", STRIP)
+    assert (result.body, result.reason) == (None, "unknown_charset")
+
+
+@pytest.mark.parametrize(
+    "cta_html, cta_text, fixed",
+    [
+        # listmonk #2493: a query with [] defeats the marker detector.
+        ("https://example.net/q?ids[]=1&amp;ids[]=2&amp;dot=9@TrackLink", "https://example.net/q?ids[]=1&ids[]=2&dot=9@TrackLink",
+         ("https://example.net/q?ids[]=1&amp;ids[]=2&amp;dot=9", "https://example.net/q?ids[]=1&ids[]=2&dot=9")),
+        # listmonk #2499: a non-ASCII IRI, UTF-8 in quoted-printable.
+        ("https://bücher.example/straße?npi=1093817465@TrackLink", None,
+         ("https://bücher.example/straße?npi=1093817465",) * 2),
+        # listmonk #3076: the marker after a template expression that did not render.
+        ("https://example.net/o/{{ .Subscriber.Attribs.slug }}@TrackLink", None,
+         ("https://example.net/o/{{ .Subscriber.Attribs.slug }}",) * 2),
+        # incident 5: the literal marker at the end of a per-subscriber query.
+        ("https://example.net/order/acme?dot=55&amp;utm_campaign=x@TrackLink", "https://example.net/order/acme?dot=55&utm_campaign=x@TrackLink",
+         ("https://example.net/order/acme?dot=55&amp;utm_campaign=x", "https://example.net/order/acme?dot=55&utm_campaign=x")),
+        # incident 5: the captured '&'-first URL.
+        ("https://example.net/order/slug&amp;utm_source=listmonk", "https://example.net/order/slug&utm_source=listmonk",
+         ("https://example.net/order/slug?utm_source=listmonk",) * 2),
+    ],
+)
+def test_listmonk_bug_shapes_in_a_real_campaign(lm, signer, cta_html, cta_text, fixed) -> None:
+    msg = lm.listmonk_alternative(cta_html, cta_text)
+    result = rewrite_message(msg.headers, msg.body, STRIP)
+    assert result.error is None and {c.part_index for c in result.changes} == {0, 1}
+    text_before = cta_text or cta_html
+    expect_decoded(lm, msg, result.body, [[(text_before, fixed[1])], [(cta_html, fixed[0])]])
+    assert lm.REDIRECT.encode() in lm.decoded_leaves(msg, result.body)[1][1]
+    assert signer.sign_and_verify(msg.raw(result.body))

@@ -63,3 +63,10 @@ def test_bad_values_stop_startup_with_file_key_and_reason(key, value, reason):
     message = str(info.value)
     assert message.startswith("/etc/sendguard.toml: policyd.")
     assert key in message and reason in message
+
+
+def test_family_mx_settings():
+    s = parse({"policyd": {"family_mx_check": True, "family_mx_nameservers": ["127.0.0.1:5353", "::1"]}}).policyd
+    assert s.family_mx_check and s.family_mx_nameservers == ("127.0.0.1:5353", "::1")
+    with pytest.raises(ConfigError, match="policyd.family_mx_nameservers.0.: 'dns.example' is not an IP address"):
+        parse({"policyd": {"family_mx_nameservers": ["dns.example"]}})

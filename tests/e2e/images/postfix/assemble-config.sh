@@ -36,7 +36,7 @@ fi
 
 # Debian's start script normally copies these into the chroot.
 mkdir -p /var/spool/postfix/etc
-for f in /etc/resolv.conf /etc/hosts /etc/services /etc/localtime /etc/nsswitch.conf; do
+for f in /etc/resolv.conf /etc/services /etc/localtime /etc/nsswitch.conf; do
   [ -e "$f" ] && cp "$f" /var/spool/postfix/etc/ || true
 done
 

@@ -1,0 +1,128 @@
+"""The family by mail exchanger: domains whose MX is Yahoo's (``*.yahoodns.net``), brief incident 4.
+
+A DNS lookup takes milliseconds to seconds, far more than a decision may, so
+nothing here ever waits for DNS on the event loop. :meth:`MxFamily.status`
+answers from a cache at once and, for a domain it has not seen, starts a
+lookup in a small thread pool and answers "unknown". The daemon asks at RCPT
+and again at END-OF-MESSAGE (after the DATA transfer, by when the lookup has
+usually finished): a message to a Yahoo-hosted domain is held there. The first
+message to such a domain can still pass when DNS is slower than the whole
+DATA phase; later ones are held from RCPT on.
+
+Answers are kept for :data:`TTL` seconds, failures (timeouts, SERVFAIL) for
+:data:`FAILURE_TTL`, and the cache is bounded.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from sendguard import logs
+
+log = logs.get("policyd")
+
+#: The MX host suffix that marks a Yahoo-hosted domain.
+YAHOO_MX_SUFFIX = ".yahoodns.net"
+#: Seconds a lookup's answer is kept.
+TTL = 3600.0
+#: Seconds a failed lookup is kept before it is tried again.
+FAILURE_TTL = 300.0
+#: Seconds one lookup may take in all.
+LOOKUP_TIMEOUT = 2.0
+#: Domains remembered at most (the cache is emptied when full: lookups are cheap to redo).
+CACHE_SIZE = 50000
+
+RULE = "mx *.yahoodns.net"
+
+
+def _resolver_lookup(nameservers: tuple[str, ...]) -> Callable[[str], bool | None]:
+    """A function ``domain -> True/False`` (None on failure) using dnspython."""
+    import dns.exception
+    import dns.resolver
+
+    resolver = dns.resolver.Resolver(configure=not nameservers)
+    if nameservers:
+        hosts, ports = [], set()
+        for server in nameservers:
+            host, _, port = server.rpartition(":") if server.count(":") == 1 else (server, "", "")
+            hosts.append(host or server)
+            ports.add(int(port) if port else 53)
+        resolver.nameservers = hosts
+        resolver.port = ports.pop() if len(ports) == 1 else 53
+    resolver.lifetime = LOOKUP_TIMEOUT
+
+    def lookup(domain: str) -> bool | None:
+        try:
+            answer = resolver.resolve(domain, "MX")
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return False
+        except dns.exception.DNSException as exc:
+            log.warning("MX lookup for %s failed: %s; not treated as yahoo family for %.0f s", domain, exc, FAILURE_TTL)
+            return None
+        exchanges = [r.exchange.to_text().rstrip(".").lower() for r in answer]
+        return any(ex.endswith(YAHOO_MX_SUFFIX) for ex in exchanges)
+
+    return lookup
+
+
+class MxFamily:
+    """Non-blocking, cached "is this domain's mail handled by Yahoo?"."""
+
+    def __init__(
+        self,
+        nameservers: tuple[str, ...] = (),
+        lookup: Callable[[str], bool | None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._lookup = lookup or _resolver_lookup(nameservers)
+        self._clock = clock
+        self._cache: dict[str, tuple[bool | None, float]] = {}
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sendguard-mx")
+
+    def status(self, domain: str) -> bool | None:
+        """True: Yahoo-hosted; False: not; None: not known yet (a lookup is started) or it failed."""
+        domain = domain.strip().lower().rstrip(".")
+        if not domain:
+            return False
+        now = self._clock()
+        hit = self._cache.get(domain)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        with self._lock:
+            if domain not in self._pending:
+                self._pending.add(domain)
+                self._pool.submit(self._run, domain)
+        return None
+
+    def _run(self, domain: str) -> None:
+        try:
+            result = self._lookup(domain)
+        except Exception as exc:  # a lookup must never take the daemon down
+            log.warning("MX lookup for %s failed: %s", domain, exc)
+            result = None
+        ttl = TTL if result is not None else FAILURE_TTL
+        with self._lock:
+            if len(self._cache) >= CACHE_SIZE:
+                self._cache.clear()
+            self._cache[domain] = (result, self._clock() + ttl)
+            self._pending.discard(domain)
+        if result:
+            log.info("MX of %s is Yahoo's (%s): its recipients are held as yahoo family", domain, YAHOO_MX_SUFFIX)
+
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Wait until no lookup is running (for tests and shutdown); True when idle."""
+        deadline = self._clock() + timeout
+        while self._pending:
+            if self._clock() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def close(self) -> None:
+        """Stop the lookup threads (running lookups end within LOOKUP_TIMEOUT)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,129 @@
+"""The family by MX (*.yahoodns.net): real DNS queries to a stub server on a local UDP socket."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import threading
+
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import pytest
+
+from sendguard_policyd.client import postfix_message
+from sendguard_policyd.decide import Decider
+from sendguard_policyd.family_mx import MxFamily
+from sendguard_policyd.sqlite_store import SQLiteCounterStore
+
+ZONE = {
+    "hosted.example": "10 mta6.am0.yahoodns.net.",
+    "other.example": "10 mx.other.example.",
+}
+
+
+@pytest.fixture
+def dns_server():
+    """An authoritative answerer for ZONE's MX records; anything else is NXDOMAIN."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    stop = threading.Event()
+    queries: list[str] = []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                data, peer = sock.recvfrom(4096)
+            except socket.timeout:
+                continue
+            query = dns.message.from_wire(data)
+            q = query.question[0]
+            name = q.name.to_text().rstrip(".").lower()
+            queries.append(name)
+            reply = dns.message.make_response(query)
+            if q.rdtype == dns.rdatatype.MX and name in ZONE:
+                reply.answer.append(dns.rrset.from_text(q.name, 300, "IN", "MX", ZONE[name]))
+            else:
+                reply.set_rcode(dns.rcode.NXDOMAIN)
+            sock.sendto(reply.to_wire(), peer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{sock.getsockname()[1]}", queries
+    stop.set()
+    thread.join()
+    sock.close()
+
+
+def test_lookups_never_block_and_are_cached(dns_server):
+    server, queries = dns_server
+    mx = MxFamily((server,))
+    try:
+        assert mx.status("hosted.example") is None  # not known yet: a lookup starts, nobody waits
+        assert mx.wait_idle()
+        assert mx.status("hosted.example") is True
+        assert mx.status("HOSTED.example.") is True
+        assert mx.status("other.example") is None and mx.wait_idle() and mx.status("other.example") is False
+        assert mx.status("nowhere.example") is None and mx.wait_idle() and mx.status("nowhere.example") is False
+        assert queries.count("hosted.example") == 1  # cached
+    finally:
+        mx.close()
+
+
+def test_unreachable_dns_passes_mail_and_says_so(policyd_log):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))  # bound, never answers: every query times out
+        mx = MxFamily((f"127.0.0.1:{silent.getsockname()[1]}",))
+        try:
+            assert mx.status("hosted.example") is None
+            assert mx.wait_idle(timeout=10)
+            assert mx.status("hosted.example") is None  # failure kept for a while, not retried per request
+        finally:
+            mx.close()
+    assert policyd_log.matching("MX lookup for hosted.example failed")
+
+
+def test_yahoo_hosted_domains_are_held_and_never_counted(make_config, dns_server):
+    server, _ = dns_server
+    config = make_config(
+        {
+            "trucking": {
+                "match": {"server_port": [25]},
+                "ramp": [[0, 10]],
+                "start_date": dt.date(2026, 1, 1),
+            }
+        },
+        family_mx_check=True,
+        family_mx_nameservers=[server],
+    )
+    store = SQLiteCounterStore(config.policyd.database)
+    d = Decider(config.policyd, config.streams, store)
+    now = dt.datetime(2026, 3, 2, 12, tzinfo=dt.timezone.utc).timestamp()
+    try:
+        first = [dict(r) for r in postfix_message("m1", "Q1", ["a@other.example", "b@hosted.example"])]
+        # RCPT: the domains are new, so nothing is known yet and RCPT does not wait.
+        assert [d.decide(r, now).action for r in first[:2]] == ["DUNNO", "DUNNO"]
+        assert d.mx.wait_idle()  # ... the DATA transfer happens meanwhile ...
+        # END-OF-MESSAGE: the lookup has answered; the message is held, not counted.
+        eom = d.decide(first[2], now)
+        assert eom.action.startswith("HOLD ") and "rule mx *.yahoodns.net" in eom.action
+        # From now on the domain is known at RCPT already.
+        second = [dict(r) for r in postfix_message("m2", "Q2", ["c@hosted.example"])]
+        assert d.decide(second[0], now).action.startswith("HOLD ")
+        assert d.decide(second[1], now).action == "DUNNO"  # held at RCPT: passes uncounted
+        third = [dict(r) for r in postfix_message("m3", "Q3", ["e@other.example"])]
+        assert [d.decide(r, now).action for r in third] == ["DUNNO", "DUNNO"]
+        assert store.windows("trucking", now).hour == 1  # only the third message counted
+    finally:
+        d.close()
+        store.close()
+
+
+def test_mx_check_is_off_by_default(make_config):
+    config = make_config()
+    assert config.policyd.family_mx_check is False
+    store = SQLiteCounterStore(config.policyd.database)
+    assert Decider(config.policyd, config.streams, store).mx is None
+    store.close()
