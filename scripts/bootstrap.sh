@@ -65,8 +65,10 @@ cmd_test() {
     # opendkim-tools: the independent DKIM verifier; redis-server: real Redis for the counter tests.
     apt_install opendkim-tools redis-server
     python_env "[test]"
-    bash "$here/scripts/container-setup.sh"
+    # The venv (with podman-compose from the test extras) first on PATH, for the
+    # container set-up and for the suite, which calls the compose tool.
     export PATH="$venv/bin:$PATH"
+    bash "$here/scripts/container-setup.sh"
     log "pytest (unit tests and the container suite)"
     # Plain `pytest`, never `python -m pytest`: the latter puts the repository
     # root on sys.path, where the milter/ folder would shadow pymilter's module.
