@@ -62,8 +62,9 @@ cmd_run() {
 
 cmd_test() {
     need_root
-    # opendkim-tools: the independent DKIM verifier; redis-server: real Redis for the counter tests.
-    apt_install opendkim-tools redis-server
+    # opendkim-tools: the independent DKIM verifier; redis-server: real Redis; util-linux
+    # (unshare), iproute2 and openssl: the private DNS namespace the OpenDKIM test builds.
+    apt_install opendkim-tools redis-server util-linux iproute2 openssl
     python_env "[test]"
     # The venv (with podman-compose from the test extras) first on PATH, for the
     # container set-up and for the suite, which calls the compose tool.

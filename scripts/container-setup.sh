@@ -85,7 +85,14 @@ else
   log "building $BASE_IMAGE with debootstrap (no registry can be pulled from here)"
   root=$(mktemp -d /var/tmp/sendguard-bookworm.XXXXXX)
   trap 'rm -rf "$root"' EXIT
-  debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian >/dev/null
+  # The mirror this machine's apt already uses (deb822 or one-line format);
+  # none found: debootstrap's own default.
+  mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  if [ -z "$mirror" ]; then
+    mirror=$(awk '$1 == "deb" && !/security/ { for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) { print $i; exit } }' \
+      /etc/apt/sources.list 2>/dev/null || true)
+  fi
+  debootstrap --variant=minbase bookworm "$root" ${mirror:+"$mirror"} >/dev/null
   # Keep the image small, like the official slim image.
   rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb
   tar -C "$root" -c . | podman import - "$BASE_IMAGE" >/dev/null
