@@ -2,8 +2,9 @@
 
 It collects what the decision needs — client address and port, ``{daemon_port}``,
 ``{auth_authen}``, the envelope sender, every header as raw bytes and the raw
-body — and at end of message: repairs links (in-scope mail only), decides, signs
-or refuses, and logs one line with the queue id. Header values and the body are
+body — and at end of message: decides on the client and headers, repairs links
+(in-scope mail only), checks the body as it will be sent, signs or refuses, and
+logs one line with the queue id. Header values and the body are
 taken as bytes (``@Milter.decode('bytes')``) and never re-encoded, so 8-bit
 headers and bodies are signed exactly as they will be sent.
 
@@ -23,7 +24,7 @@ import Milter
 from sendguard import logs
 
 from . import dkim_sign, link_log, link_metrics, link_rewrite, metrics
-from .decision import Decision, Facts, after_signing_error, decide, find_long_line
+from .decision import Decision, Facts, after_signing_error, check_body, decide, find_long_line
 from .keys import KeyStore
 from .refusal import INTERNAL_ERROR, reply_args
 from .trusted_scope import is_local_submission
@@ -136,8 +137,8 @@ class SendguardMilter(Milter.Base):
 
     # -- end of message ------------------------------------------------------------
 
-    def facts(self, long_line: tuple[int, int] | None = None) -> Facts:
-        """The decision's view of the current message."""
+    def facts(self) -> Facts:
+        """The decision's view of the current message (the body is checked apart, after link repair)."""
         return Facts(
             client_addr=self.client_addr,
             sasl_user=self.sasl_user,
@@ -145,19 +146,19 @@ class SendguardMilter(Milter.Base):
             daemon_port=self.daemon_port,
             envelope_sender=self.envelope_sender,
             headers=list(self.headers),
-            long_line=long_line,
         )
 
     def _end_of_message(self, queue_id: str) -> int:
         settings = self.runtime.settings
-        get_key = self.runtime.keys.get
         body = b"".join(self.chunks)
-        first = decide(settings, get_key, self.facts())
+        # Scope, stream, bulk, From, row and key depend on the headers only, which
+        # link repair leaves alone: decide once, check the final body afterwards.
+        decision = decide(settings, self.runtime.keys.get, self.facts())
 
         new_body: bytes | None = None
-        if first.scope.trusted:
+        if decision.scope.trusted:
             # Only our own outgoing mail is repaired; inbound mail passes untouched.
-            policy = link_policy(settings, first.stream)
+            policy = link_policy(settings, decision.stream)
             if policy.mode != "off":
                 result = link_rewrite.rewrite_message(self.headers, body, policy)
                 link_log.log_result(log, queue_id, result, policy.mode)
@@ -167,7 +168,7 @@ class SendguardMilter(Milter.Base):
                     body = new_body
 
         block = header_block(self.headers)
-        decision = decide(settings, get_key, self.facts(find_long_line(block, body)))
+        decision = check_body(decision, find_long_line(block, body), self.client_addr)
         signature: bytes | None = None
         if decision.action == "sign":
             try:

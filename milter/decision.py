@@ -8,7 +8,8 @@ The order of the checks is the order an operator fixes things in:
 2. From — exactly one From with one usable address (the DKIM d= aligns with it).
 3. signing table — a row for the From domain (exact first, then ``*.domain``).
 4. key — the row's key is loaded.
-5. body — no line over 998 bytes (Postfix would fold it and break the body hash).
+5. body — no line over 998 bytes (Postfix would fold it and break the body hash);
+   :func:`check_body`, which the milter runs on the body as sent, after link repair.
 
 Whatever fails first decides. Bulk mail that fails is refused; non-bulk mail
 passes unsigned (it may be mail for a domain we do not sign), except a long
@@ -17,6 +18,7 @@ line, where non-bulk mail is still signed and the line is logged.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -80,10 +82,30 @@ class Decision:
 KeyGetter = Callable[[str], Any]
 
 
+#: Half a long line: a run of MAX_LINE + 1 bytes without a newline always covers one
+#: whole aligned window of this size, so a window that holds a newline rules it out there.
+_WINDOW = (MAX_LINE + 1) // 2
+
+
+def _may_hold_long_line(data: bytes) -> bool:
+    """False when every aligned window holds a newline, so no line of ``data`` can be over MAX_LINE."""
+    starts = range(0, len(data) - _WINDOW + 1, _WINDOW)
+    return any(data.find(b"\n", start, start + _WINDOW) < 0 for start in starts)
+
+
 def find_long_line(header_block: bytes, body: bytes) -> tuple[int, int] | None:
     """The first line (1-based, headers counted) longer than 998 bytes without its line end."""
     if len(header_block) + len(body) <= MAX_LINE:
         return None
+    # Almost every message has short lines: a few hundred finds prove it, instead of
+    # splitting the whole message into lines on every message.
+    if not (_may_hold_long_line(header_block) or _may_hold_long_line(body)):
+        return None
+    return _first_long_line(header_block, body)
+
+
+def _first_long_line(header_block: bytes, body: bytes) -> tuple[int, int] | None:
+    """:func:`find_long_line` by its definition, line by line."""
     number = 0
     for part in (header_block, body):
         for line in part.split(b"\n"):
@@ -132,24 +154,31 @@ def decide(settings: Any, get_key: KeyGetter, facts: Facts) -> Decision:
     if key is None:
         return fail("key_unavailable", f"signing key {row.key} for {sender_from.domain} is not loaded", row=row)
 
-    if facts.long_line is not None:
-        number, length = facts.long_line
-        detail = f"line {number} is {length} bytes, over {MAX_LINE}; Postfix would fold it and break the signature"
-        if bulk:
-            return Decision("refuse", "long_line", row=row, key=key, refusal=Refusal("long_line", detail, client), **base)
-        return Decision("sign", "signed", row=row, key=key, notes=[detail], **base)
+    return check_body(Decision("sign", "signed", row=row, key=key, **base), facts.long_line, client)
 
-    return Decision("sign", "signed", row=row, key=key, **base)
+
+def check_body(decision: Decision, long_line: tuple[int, int] | None, client: str | None) -> Decision:
+    """Step 5 on a decision already taken on everything but the body.
+
+    The milter decides once, before link repair, and calls this with the first
+    long line of the message as it will be sent; :func:`decide` calls it with
+    ``facts.long_line``. Only a "sign" decision is affected: bulk mail is
+    refused, other mail is still signed and the line noted.
+    """
+    if decision.action != "sign" or long_line is None:
+        return decision
+    number, length = long_line
+    detail = f"line {number} is {length} bytes, over {MAX_LINE}; Postfix would fold it and break the signature"
+    if decision.bulk:
+        refusal = Refusal("long_line", detail, client or "unknown client")
+        return dataclasses.replace(decision, action="refuse", reason="long_line", refusal=refusal)
+    return dataclasses.replace(decision, notes=[*decision.notes, detail])
 
 
 def after_signing_error(decision: Decision, error: str, client: str | None) -> Decision:
     """The decision once signing itself failed: bulk is refused, other mail passes unsigned."""
     detail = f"signing failed: {error}"
-    fields = dict(
-        scope=decision.scope, bulk=decision.bulk, sender_from=decision.sender_from, stream=decision.stream,
-        row=decision.row, key=decision.key,
-    )  # fmt: skip
     if decision.bulk:
         refusal = Refusal("signing_error", detail, client or "unknown client")
-        return Decision("refuse", "signing_error", refusal=refusal, **fields)
-    return Decision("pass", "signing_error", notes=[detail], **fields)
+        return dataclasses.replace(decision, action="refuse", reason="signing_error", refusal=refusal, notes=[])
+    return dataclasses.replace(decision, action="pass", reason="signing_error", notes=[detail])

@@ -2,11 +2,14 @@
 
 dkimpy computes RSA in pure Python (milliseconds per 2048-bit signature). This
 module follows dkimpy's signer step for step — same parsing, canonicalization,
-tag order, folding and header hash, all from dkimpy's own functions — and only
-replaces the final RSASSA-PKCS1-v1_5 step with OpenSSL through ``cryptography``.
-PKCS#1 v1.5 is deterministic, so the DKIM-Signature header is byte-identical to
-what ``dkim.sign`` returns for the same message, key, header list and time
-(``tests/milter/test_milter_dkim_identity.py`` proves it).
+tag order, folding and header hash, from dkimpy's own functions — and replaces
+the final RSASSA-PKCS1-v1_5 step with OpenSSL through ``cryptography``. Two
+steps that cost milliseconds on a large body give the same bytes by cheaper
+means: :func:`relaxed_body` (body canonicalization) and :func:`_parse` (the
+header/body split). PKCS#1 v1.5 is deterministic, so the DKIM-Signature header
+is byte-identical to what ``dkim.sign`` returns for the same message, key,
+header list and time (``tests/milter/test_milter_dkim_identity.py`` proves it,
+and checks both replaced steps against dkimpy's own functions).
 
 Signing policy fixed here: rsa-sha256, relaxed/relaxed, no l= tag.
 """
@@ -15,19 +18,25 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import time
 from typing import Sequence
 
 import dkim
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
-from dkim.canonicalization import CanonicalizationPolicy
+from dkim.canonicalization import CanonicalizationPolicy, correct_empty_body, strip_trailing_lines
 
 #: c= of every signature: relaxed headers survive refolding, relaxed body survives trailing-space edits.
 CANONICALIZATION = (b"relaxed", b"relaxed")
 
 #: Headers a signer must never cover: they change in transit or carry secrets.
 NEVER_SIGN = frozenset(h.decode() for h in dkim.DKIM.SHOULD_NOT)
+
+
+_SPACE_RUN = re.compile(b"  +")
+# The first empty line, where dkimpy's rfc822_parse ends the headers (lines end in CRLF or LF).
+_BLANK_LINE = re.compile(rb"\A\r?\n|\n\r?\n")
 
 
 class SigningError(Exception):
@@ -57,6 +66,40 @@ def header_list(
     return out
 
 
+def relaxed_body(body: bytes) -> bytes:
+    """RFC 6376 relaxed body canonicalization, byte for byte what dkimpy's ``Relaxed`` gives.
+
+    dkimpy substitutes every run of white space with a regular expression, one
+    replacement per space: about 10 ms for a 200 KB message (0.4 ms here), most
+    of the milter's end of message. Here tabs become spaces, only runs of two
+    or more spaces go through a regular expression, and the single space a run
+    left before a CRLF is dropped — the same result, with dkimpy's own
+    functions for the trailing empty lines.
+    """
+    text = body.replace(b"\t", b" ")
+    if b"  " in text:
+        text = _SPACE_RUN.sub(b" ", text)
+    text = text.replace(b" \r\n", b"\r\n")
+    return correct_empty_body(strip_trailing_lines(text))
+
+
+def _parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
+    """``dkim.rfc822_parse(message)``, without splitting the whole body into lines.
+
+    dkimpy splits the message at every line end and joins the body again with
+    CRLF; the milter's body has CRLF line ends already, so only the header
+    section is handed to dkimpy and the body is taken as it is.
+    """
+    blank = _BLANK_LINE.search(message)
+    if blank is None:  # no body: dkimpy's own answer
+        return dkim.rfc822_parse(message)
+    headers, _ = dkim.rfc822_parse(message[: blank.end()])
+    body = message[blank.end() :]
+    if body.count(b"\n") != body.count(b"\r\n"):  # a bare LF: line ends as dkimpy makes them
+        body = b"\r\n".join(re.split(b"\r?\n", body))
+    return headers, body
+
+
 def sign(
     message: bytes,
     *,
@@ -73,7 +116,7 @@ def sign(
     at the same ``timestamp``.
     """
     try:
-        headers, body = dkim.rfc822_parse(message)
+        headers, body = _parse(message)
     except dkim.MessageFormatError as exc:
         raise SigningError(f"unparseable header block: {exc}") from None
     include = tuple(h.lower() for h in include_headers)
@@ -86,7 +129,7 @@ def sign(
     d = domain.encode("ascii")
     s = selector.encode("ascii")
     policy = CanonicalizationPolicy.from_c_value(b"/".join(CANONICALIZATION))
-    body_hash = base64.b64encode(hashlib.sha256(policy.canonicalize_body(body)).digest())
+    body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())  # c= .../relaxed
     when = int(time.time()) if timestamp is None else int(timestamp)
 
     # Tag order and the 60-zero b= placeholder are dkimpy's: the placeholder

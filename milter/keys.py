@@ -87,7 +87,7 @@ def load_key(spec: KeySpec) -> LoadedKey:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
         raise KeyLoadError(f"key file {path} is encrypted; sendguard needs an unencrypted PEM key") from None
-    except (ValueError, Exception) as exc:  # cryptography raises ValueError or UnsupportedAlgorithm
+    except Exception as exc:  # cryptography raises ValueError or UnsupportedAlgorithm
         raise KeyLoadError(f"key file {path} does not hold a PEM private key ({type(exc).__name__})") from None
     if not isinstance(key, rsa.RSAPrivateKey):
         raise KeyLoadError(f"key file {path} holds a {type(key).__name__.lstrip('_')}, not an RSA key")

@@ -39,7 +39,6 @@ from sendguard_milter.mime_text import PartText, decode_part, encode_part
 from sendguard_milter.mime_tree import BrokenMime, Leaf, MimeLimits, leaf_parts
 from sendguard_milter.url_repair import repair_url
 
-MODES = ("strip", "report-only", "off")
 KINDS = ("marker_stripped", "query_repaired")
 _TEXT_TYPES = ("text/html", "text/plain")
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 import re
 
 from sendguard.config import Section, check_one_of
-from sendguard_milter.link_rewrite import MODES, LinkPolicy
+from sendguard.streams import LINK_MODES
+from sendguard_milter.link_rewrite import LinkPolicy
 
 #: Always per-subscriber: the brief's carrier (DOT), provider (NPI) and lab (CLIA) ids.
 BUILTIN_PARAMS = ("dot", "npi", "clia")
@@ -44,7 +45,7 @@ def _at_least(low: int):
 def parse_links(section: Section) -> LinkPolicy:
     """Read ``[links]`` into a :class:`LinkPolicy`; unknown keys stop start-up."""
     defaults = LinkPolicy()
-    mode = section.get("mode", str, defaults.mode, check_one_of(*MODES))
+    mode = section.get("mode", str, defaults.mode, check_one_of(*LINK_MODES))
     extra = section.get_list("per_subscriber_params", str, [], _check_param)
     params: list[str] = list(BUILTIN_PARAMS)
     for name in extra:

@@ -20,6 +20,9 @@ from typing import Sequence
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _UNFOLD = re.compile(r"\r?\n(?=[ \t])")
+# Line breaks as mail has them; str.splitlines() would also break at 0x85, 0x1c-0x1e,
+# 0x0b and 0x0c, which raw UTF-8 in a header holds ("Å" is C3 85).
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 class BrokenMime(Exception):
@@ -63,7 +66,7 @@ def _header_fields(block: bytes) -> dict[str, str]:
     fields: dict[str, str] = {}
     name = None
     value: list[str] = []
-    for line in block.decode("latin-1").splitlines():
+    for line in _LINE_BREAK.split(block.decode("latin-1")):
         if line[:1] in (" ", "\t"):
             if name is not None:
                 value.append(line)

@@ -21,6 +21,7 @@ from .bulk import DEFAULT_HEADERS, DEFAULT_PRECEDENCE, BulkRules
 from .dkim_sign import NEVER_SIGN
 from .keys import KeyLoadError, KeySpec, load_key
 from .link_rewrite import LinkPolicy
+from .link_settings import parse_links
 from .signing_table import SigningTable, TableRow, alignment_problem, normalise_domain
 from .trusted_scope import LOOPBACK, TrustedScope
 
@@ -56,7 +57,7 @@ class MilterSettings:
     oversign_headers: tuple[str, ...] = ("From",)
     #: Seconds between checks for changed key files (0: only SIGHUP reloads).
     key_check_interval: float = 10.0
-    links: Any = field(default_factory=LinkPolicy)
+    links: LinkPolicy = field(default_factory=LinkPolicy)
     #: The streams (parsed by sendguard.streams), kept here for the milter's bulk and link rules.
     streams: tuple[Any, ...] = field(default=(), metadata={"effective": False})
 
@@ -233,15 +234,6 @@ def _dedupe(names: list[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _parse_links(top: Section) -> Any:
-    try:
-        from .link_settings import parse_links
-    except ImportError:  # link_settings not present yet: links use their defaults
-        top.sub("links")
-        return LinkPolicy()
-    return parse_links(top.sub("links"))
-
-
 def parse_milter(top: Section, general: General, streams: list[Any]) -> MilterSettings:
     """Parse ``[milter]``, ``[milter.bulk]``, ``[signing]`` and ``[links]``."""
     base = Path(top.file).resolve().parent if top.file != "<embedded defaults>" else Path.cwd()
@@ -259,7 +251,7 @@ def parse_milter(top: Section, general: General, streams: list[Any]) -> MilterSe
     bulk = _parse_bulk(section.sub("bulk"))
     section.finish()
     keys, table, signed, oversign = _parse_signing(top, base)
-    links = _parse_links(top)
+    links = parse_links(top.sub("links"))
     return MilterSettings(
         listen=milter_socket(listen),
         metrics_listen=metrics,

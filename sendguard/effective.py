@@ -84,7 +84,6 @@ def render(config: Config) -> str:
     for stream in config.streams:
         fields = dict(_fields(stream))
         rule = fields.pop("rule")
-        fields.pop("extra", None)
         fields["ramp"] = [list(step) for step in stream.ramp]
         _table(f"streams.{stream.name}", fields, lines)
         lines.append(f"# match: {rule.describe()}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -133,7 +133,6 @@ class Stream:
     bulk: bool = False
     #: The milter's link mode for this stream; None means the global ``[links]`` mode.
     links: str | None = None
-    extra: dict[str, object] = field(default_factory=dict, compare=False)
 
     @property
     def capped(self) -> bool:

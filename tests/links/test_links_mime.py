@@ -174,6 +174,17 @@ def test_utf16_base64_part_is_decoded_for_real(lm) -> None:
     assert lm.decoded_leaves(msg, result.body)[0][1].decode("utf-16") == text.replace("@TrackLink", "")
 
 
+def test_utf8_in_a_part_header_does_not_cut_the_field(lm) -> None:
+    # "Å" is C3 85 in UTF-8, and 0x85 read as Latin-1 is a line break to str.splitlines()
+    # (not to mail): the charset after the file name must still be read.
+    text = "Book: https://example.net/o?npi=7@TrackLink\r\n"
+    head = 'Content-Type: text/plain; name="Årsrapport.txt"; charset=utf-16\r\nContent-Transfer-Encoding: base64\r\n'
+    msg = lm.Msg(lm.top_headers("multipart/mixed; boundary=q"), lm.multipart("q", [head.encode() + lm.CRLF + lm.b64(text, "utf-16")]))
+    result = rewrite_message(msg.headers, msg.body, STRIP)
+    assert [c.kind for c in result.changes] == ["marker_stripped"]
+    assert lm.decoded_leaves(msg, result.body)[0][1].decode("utf-16") == text.replace("@TrackLink", "")
+
+
 def test_lf_only_message_keeps_lf(lm) -> None:
     msg = lm.listmonk_alternative(CTA + "@TrackLink")
     msg = lm.Msg(msg.headers, msg.body.replace(b"\r\n", b"\n"))

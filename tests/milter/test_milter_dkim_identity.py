@@ -7,6 +7,9 @@ import time
 import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
+from dkim.canonicalization import Relaxed
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sendguard_milter import dkim_sign
 
@@ -16,6 +19,9 @@ MESSAGES = [
     b"From: a@example.net\nTo: b@example.org\nSubject: lf only\n\nline\nline\n",
     b"From: a@example.net\r\nSubject: empty body\r\n\r\n",
     b"From: a@example.net\r\nFrom: b@example.net\r\nSubject: two from\r\nList-Unsubscribe: <mailto:x@y>\r\n\r\n" + b"x" * 5000 + b"\r\n",
+    b"From: a@example.net\r\nSubject: no blank line, no body",
+    b"From: a@example.net\r\nSubject: mixed\r\n\r\nline one\nline  two\r\n\r\r\nend \t\n\n",
+    b"From a@example.net Sun Nov 22 07:00:00 2026\nFrom: a@example.net\nTo: b@example.org\n\r\n\nafter an empty first body line\r\n",
 ]
 
 
@@ -49,3 +55,24 @@ def test_header_list_counts_occurrences_and_oversigns():
 def test_from_must_be_signed(test_keys):
     with pytest.raises(dkim_sign.SigningError):
         dkim_sign.sign(MESSAGES[0], domain="example.net", selector="mail", private_key=test_keys.mail, include_headers=[b"subject"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from([b" ", b"  ", b"\t", b" \t ", b"\r\n", b"\n", b"\r", b"a", b"b c", b"\xe9"]), max_size=40))
+def test_relaxed_body_is_dkimpys_byte_for_byte(pieces):
+    body = b"".join(pieces)
+    assert dkim_sign.relaxed_body(body) == Relaxed.canonicalize_body(body)
+
+
+def _outcome(parse, message):
+    try:
+        return parse(message)
+    except Exception as exc:  # the same error as dkimpy, too
+        return type(exc)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from([b"\r\n", b"\n", b"\r", b"From: a@example.net", b"Subject: x", b" folded", b"\tfolded", b"body", b"From a"]), max_size=16))
+def test_header_body_split_is_dkimpys(pieces):
+    message = b"".join(pieces)
+    assert _outcome(dkim_sign._parse, message) == _outcome(dkim.rfc822_parse, message)
