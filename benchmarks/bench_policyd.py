@@ -17,6 +17,12 @@ Scenarios:
   2. 20 connections, closed loop (maximum throughput, latency includes queueing);
   3. 20 connections paced at a fixed total of 5,000 requests/s (the target load).
 
+Each runs against a fresh store and against a *busy* one: before the daemon
+gets its first request, the store is filled with a day of earlier traffic
+(every second of the last hour and every minute of the last day hold counts,
+up to the caps), as after a day of sending. A store's cost can grow with what
+it holds; the fresh store alone would hide that.
+
 Usage: python3 benchmarks/bench_policyd.py [--requests N] [--out benchmarks/RESULTS-policyd.md]
 (run it from outside the repository root or with the package installed; it only
 imports ``sendguard_policyd``.)
@@ -110,13 +116,40 @@ server_port = [2526]
 WORST_CASE = dict(
     trucking_ramp="[[0, 100000000]]", trucking_daily=1000000000,
     healthcare_ramp="[[0, 100000000]]", healthcare_daily=1000000000,
+    caps={"trucking": (100000000, 1000000000), "healthcare": (100000000, 1000000000)},
 )  # fmt: skip
 #: The brief's ramps on a late warmup day (300/h and 1,000/h): after the first few hundred messages
 #: most END-OF-MESSAGE requests are over the cap and deferred, as when Listmonk pushes a campaign.
 BRIEF_CAPS = dict(
     trucking_ramp="[[0, 50], [2, 150], [4, 250], [7, 300]]", trucking_daily=4000,
     healthcare_ramp="[[0, 100], [2, 300], [5, 600], [10, 1000]]", healthcare_daily=10000,
+    caps={"trucking": (300, 4000), "healthcare": (1000, 10000)},  # in force on the warmup day of the run
 )  # fmt: skip
+
+
+def prefill(database: Path, caps: dict[str, tuple[int, int]], now: float) -> int:
+    """Fill the store with a day of earlier traffic, as after a day of sending; return the messages added.
+
+    Per stream: the last hour holds min(hourly cap, 3,600) one-recipient messages spread
+    evenly (the hour at its cap when the cap is lower), and every minute of the 23 hours
+    before holds a few more, keeping the day under three quarters of its cap. Rows go into
+    the messages table, so the store's own trigger fills its buckets whatever its schema.
+    """
+    rows = []
+    for stream, (hourly, daily) in caps.items():
+        in_hour = min(hourly, 3600)
+        rows += [(f"prefill-{stream}-h{i}", stream, 1, now - 3600 + (i + 0.5) * 3600 / in_hour) for i in range(in_hour)]
+        per_minute = max(1, min(5, int((0.75 * daily - in_hour) / 1380)))
+        rows += [(f"prefill-{stream}-d{m}", stream, per_minute, now - m * 60) for m in range(61, 1441)]
+    rows.sort(key=lambda r: r[3])
+    conn = sqlite3.connect(database, timeout=10, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(
+        "INSERT INTO messages (instance, stream, state, recipients, at) VALUES (?, ?, 'counted', ?, ?)", rows
+    )
+    conn.execute("COMMIT")
+    conn.close()
+    return len(rows)
 
 
 def wait_port(port: int) -> None:
@@ -137,9 +170,16 @@ def line(name: str, res: dict[str, float]) -> None:
 
 
 def run_daemon(
-    caps: dict[str, object], label: str, plan: list[tuple[str, int, float | None]], args: argparse.Namespace
+    caps: dict[str, object],
+    label: str,
+    plan: list[tuple[str, int, float | None]],
+    args: argparse.Namespace,
+    busy: bool = False,
 ) -> list[tuple[str, dict[str, float]]]:
-    """Start ``sendguard policyd`` with ``caps``, run the scenarios of ``plan`` against it, stop it."""
+    """Start ``sendguard policyd`` with ``caps``, run the scenarios of ``plan`` against it, stop it.
+
+    ``busy``: fill the store with a day of earlier traffic before the first request.
+    """
     workdir = Path(tempfile.mkdtemp(prefix="bench-policyd-"))
     port = free_port()
     (workdir / "bench.toml").write_text(CONFIG.format(dir=workdir, port=port, mport=free_port(), **caps))
@@ -149,6 +189,8 @@ def run_daemon(
         daemon = subprocess.Popen([exe, "policyd", "--config", str(workdir / "bench.toml")], stderr=log)
         try:
             wait_port(port)
+            if busy:
+                prefill(workdir / "policyd.sqlite", caps["caps"], time.time())  # type: ignore[arg-type]
             single_connection(port, build_requests(2000, 0, f"warm-{label}"))
             for i, (name, conns, rate) in enumerate(plan, 1):
                 reqs = build_requests(args.requests, i, f"{label}{i}")[: args.requests]
@@ -279,6 +321,20 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=30000, help="requests per scenario")
     parser.add_argument("--out", type=Path, help="write the results as Markdown here")
     parser.add_argument("--client-procs", type=int, default=2, help="client processes for the 20-connection runs")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="run everything this many times (a new daemon each time) and report, per scenario, the run with"
+        " the median daemon CPU per decision, with the range over all runs (default 3)",
+    )
+    parser.add_argument(
+        "--store",
+        nargs="+",
+        choices=("fresh", "busy"),
+        default=["fresh", "busy"],
+        help="run against a fresh store, a busy one (a day of earlier traffic), or both (default)",
+    )
     args = parser.parse_args()
 
     load_before = os.getloadavg()[0]
@@ -287,36 +343,80 @@ def main() -> int:
         ("20 connections, closed loop", 20, None),
         ("20 connections, paced at 5,000 req/s", 20, 5000.0),
     ]
-    results = run_daemon(WORST_CASE, "every message counted", plan, args)
-    results += run_daemon(BRIEF_CAPS, "brief caps", plan, args)
+    runs: dict[str, list[dict[str, float]]] = {}
+    for _ in range(args.repeat):
+        for store in args.store:
+            busy = store == "busy"
+            suffix = ", busy store" if busy else ""
+            for caps, label in ((WORST_CASE, "every message counted"), (BRIEF_CAPS, "brief caps")):
+                for name, res in run_daemon(caps, f"{label}{suffix}", plan, args, busy):
+                    runs.setdefault(name, []).append(res)
 
-    # The same client against a server that does nothing: how much of the above is this box.
-    bport = free_port()
-    baseline = multiprocessing.get_context("fork").Process(target=echo_server, args=(bport,), daemon=True)
-    baseline.start()
-    wait_port(bport)
-    for name, conns, rate in plan:
-        reqs = build_requests(args.requests, 9, "b")[: args.requests]
-        res = scenario(bport, reqs, conns, rate, args.client_procs, baseline.pid)
-        results.append((f"baseline, do-nothing server: {name}", res))
-        line(f"baseline, do-nothing server: {name}", res)
-    baseline.kill()
+        # The same client against a server that does nothing: how much of the above is this box.
+        bport = free_port()
+        baseline = multiprocessing.get_context("fork").Process(target=echo_server, args=(bport,), daemon=True)
+        baseline.start()
+        wait_port(bport)
+        for name, conns, rate in plan:
+            reqs = build_requests(args.requests, 9, "b")[: args.requests]
+            res = scenario(bport, reqs, conns, rate, args.client_procs, baseline.pid)
+            runs.setdefault(f"baseline, do-nothing server: {name}", []).append(res)
+            line(f"baseline, do-nothing server: {name}", res)
+        baseline.kill()
+    results = [(name, median_run(rs)) for name, rs in runs.items()]
     load_after = os.getloadavg()[0]
     print(f"load average before {load_before:.2f}, after {load_after:.2f}")
     if args.out:
         write_results(args, results, load_before, load_after)
+    for name, res in results:
+        print(f"{verdict(name, res):>16}  {name}")
     return 0
+
+
+def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The run with the median daemon CPU per decision, with the CPU range of all runs added."""
+    ordered = sorted(runs, key=lambda r: r["cpu_us"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["cpu_min"], chosen["cpu_max"], chosen["runs"] = ordered[0]["cpu_us"], ordered[-1]["cpu_us"], len(runs)
+    return chosen
+
+
+#: Everything after this line in the results file is hand-written and kept when the file is rewritten.
+NOTES_MARKER = "<!-- Notes below are written by hand and kept when the benchmark rewrites this file. -->"
+#: The target (issue 2): decisions per second and the p99 latency bound.
+TARGET_RATE = 5000.0
+TARGET_P99_MS = 2.0
+
+
+def verdict(name: str, res: dict[str, float]) -> str:
+    """Whether one row meets the target, judged as that kind of run can show it."""
+    if name.startswith("baseline"):
+        return "(floor)"
+    # Paced runs offer exactly 5,000/s, and the client's own pacing loses a few percent even against the
+    # do-nothing server (about 97% achieved): 95% of the offer counts as keeping up.
+    rate_ok = res["rate"] >= TARGET_RATE * (0.95 if "paced" in name else 1.0)
+    if "20 connections, closed loop" in name:
+        # 20 requests always in flight: latency is queueing (20 / throughput), only the ceiling counts here.
+        return f"ceiling {'met' if rate_ok else 'NOT met'}"
+    p99_ok = res["p99_ms"] < TARGET_P99_MS
+    return "met" if rate_ok and p99_ok else "NOT met" + ("" if rate_ok else " (rate)") + ("" if p99_ok else " (p99)")
 
 
 def write_results(
     args: argparse.Namespace, results: list[tuple[str, dict[str, float]]], load_before: float, load_after: float
 ) -> None:
-    """Write the Markdown results file."""
+    """Write the Markdown results file (keeping its hand-written notes, if any)."""
+    notes = ""
+    if args.out.exists():
+        old = args.out.read_text()
+        if NOTES_MARKER in old:
+            notes = old[old.index(NOTES_MARKER) :]
     with open(args.out, "w") as out:
         out.write("# Policy daemon benchmark\n\n")
         out.write(
-            f"`python3 benchmarks/bench_policyd.py --requests {args.requests} --out {args.out}`, "
-            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
+            f"`python3 benchmarks/bench_policyd.py --requests {args.requests} --repeat {args.repeat} --out {args.out}`, "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Each row is the median of {args.repeat} runs (a new "
+            "daemon each time) by daemon CPU per decision; the CPU range over all runs is in brackets.\n\n"
         )
         out.write(
             f"Machine: {os.cpu_count()} cores ({platform.machine()}), Python {platform.python_version()}, "
@@ -335,13 +435,14 @@ def write_results(
             "requests are over the cap and deferred (check only), as during a campaign push.\n\n"
         )
         out.write(
-            "| scenario | requests | decisions/s | p50 | p99 | max | daemon CPU per decision |\n"
-            "|---|---:|---:|---:|---:|---:|---:|\n"
+            "| scenario | requests | decisions/s | p50 | p99 | max | daemon CPU per decision | target |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---|\n"
         )
         for name, res in results:
             out.write(
                 f"| {name} | {res['requests']} | {res['rate']:,.0f} | {res['p50_ms']:.2f} ms | "
-                f"{res['p99_ms']:.2f} ms | {res['max_ms']:.1f} ms | {res['cpu_us']:.0f} µs |\n"
+                f"{res['p99_ms']:.2f} ms | {res['max_ms']:.1f} ms | {res['cpu_us']:.0f} µs "
+                f"({res['cpu_min']:.0f}-{res['cpu_max']:.0f}) | {verdict(name, res)} |\n"
             )
         out.write(
             "\n*Closed loop* sends the next request as soon as the reply arrives: it measures the ceiling, and "
@@ -351,8 +452,14 @@ def write_results(
             "is the daemon process's user+system CPU time divided by the requests, the figure least disturbed by "
             "the other load: one core at 100% serves about 1,000,000 / that many decisions per second. The "
             "baseline rows are a server that answers DUNNO without parsing anything: the floor set by Python, "
-            "asyncio and loopback TCP on this box at that moment.\n"
+            "asyncio and loopback TCP on this box at that moment. *Target*: at least 5,000 decisions/s with p99 under "
+            "2 ms (paced: at least 95% of the offered 5,000/s achieved, as the client reaches about 97% against "
+            "the do-nothing server); for 20 connections in a closed loop only the "
+            "throughput ceiling is judged, since its latency is queueing by construction. *Busy store*: the store "
+            "holds a day of earlier traffic before the run (see the script's docstring).\n"
         )
+        if notes:
+            out.write("\n" + notes)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ Every function takes ``now`` (epoch seconds) so tests drive the clock.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import logging
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -43,6 +45,18 @@ from sendguard_policyd.sqlite_store import StoreError
 from sendguard_policyd.warmup import Warmup
 
 log = logs.get("policyd")
+_INFO = logging.INFO
+
+
+def _info(msg: str, *args: object) -> None:
+    """``log.info`` without its caller lookup (a walk up the stack for every decision line).
+
+    The log format names no source line, and the record still passes through the
+    logger's level, filters and handlers as usual.
+    """
+    if log.isEnabledFor(_INFO):
+        log.handle(log.makeRecord(log.name, _INFO, __file__, 0, msg, args, None, "decide"))
+
 
 NO_STREAM = "none"  # the stream label of mail that matches no stream
 #: An unexpected protocol state is logged at most once per this many seconds per state.
@@ -64,6 +78,12 @@ class Decision:
 
 
 DUNNO = "DUNNO"
+
+
+@functools.lru_cache(maxsize=256)
+def _dunno(stream: str = NO_STREAM) -> Decision:
+    # Most answers are this one; a Decision is immutable, so each stream's is made once.
+    return Decision(DUNNO, "dunno", stream)
 
 
 class Decider:
@@ -92,7 +112,10 @@ class Decider:
         self._clock = clock
         self._unexpected_logged: dict[str, float] = {}
         self._stream_cache: dict[tuple[str, ...], Stream | None] = {}
+        # Labelled metric children, looked up once: .labels() costs more than the increment.
         self._decision_counters: dict[tuple[str, str], object] = {}
+        self._counted_counters: dict[str, object] = {}
+        self._family_holds = metrics.HOLDS.labels("family")
         self._unexpected_since: dict[str, int] = {}
 
     def decide(self, attrs: Mapping[str, str], now: float) -> Decision:
@@ -106,7 +129,7 @@ class Decider:
         elif state == "END-OF-MESSAGE":
             decision = self._end_of_message(attrs, now, stream)
         else:
-            decision = Decision(DUNNO, "dunno", stream.name if stream else NO_STREAM)
+            decision = _dunno(stream.name if stream else NO_STREAM)
         key = (decision.stream, decision.label)
         counter = self._decision_counters.get(key)
         if counter is None:
@@ -114,9 +137,15 @@ class Decider:
         counter.inc()  # type: ignore[attr-defined]
         return decision
 
+    def _counted_metric(self, stream: str):  # type: ignore[no-untyped-def]
+        counter = self._counted_counters.get(stream)
+        if counter is None:
+            counter = self._counted_counters[stream] = metrics.COUNTED_RECIPIENTS.labels(stream)
+        return counter
+
     def _stream_of(self, attrs: Mapping[str, str]) -> Stream | None:
         """The request's stream; memoised on the attributes rules can read (they repeat all day)."""
-        key = tuple(attrs.get(name, "") for name in MATCH_ATTRIBUTES)
+        key = tuple(map(attrs.get, MATCH_ATTRIBUTES))  # a missing attribute is None: its own key
         try:
             return self._stream_cache[key]
         except KeyError:
@@ -147,7 +176,7 @@ class Decider:
                     self._mx_unknown.clear()
                 self._mx_unknown.setdefault(attrs["instance"], set()).add(domain)
         if rule is None:
-            return Decision(DUNNO, "dunno", name)
+            return _dunno(name)
         return self._family_hold(attrs, now, recipient, rule, name)
 
     def _mx_rule_at_eom(self, attrs: Mapping[str, str], recipient: str) -> tuple[str, str] | None:
@@ -161,8 +190,8 @@ class Decider:
             if known:
                 return (recipient if recipient.endswith("@" + domain) else f"*@{domain}"), MX_RULE
             if known is None:
-                log.info("%s: MX lookup of %s not finished at END-OF-MESSAGE: not held as yahoo family",
-                         _qid(attrs), domain)  # fmt: skip
+                _info("%s: MX lookup of %s not finished at END-OF-MESSAGE: not held as yahoo family",
+                      _qid(attrs), domain)  # fmt: skip
         return None
 
     def _family_hold(self, attrs: Mapping[str, str], now: float, recipient: str, rule: str, stream: str) -> Decision:
@@ -176,9 +205,9 @@ class Decider:
             log.error("%s: cannot record family hold (%s); holding anyway", qid, exc)
             first = True
         if first:  # the holds metric counts messages, not the HOLD answers to each family recipient
-            metrics.HOLDS.labels("family").inc()
+            self._family_holds.inc()
         domain = recipient.rpartition("@")[2]
-        log.info("%s: hold: recipient %s: yahoo family rule %s (stream %s)", qid, recipient, rule, stream)
+        _info("%s: hold: recipient %s: yahoo family rule %s (stream %s)", qid, recipient, rule, stream)
         return Decision(
             f"HOLD sendguard: recipient domain {domain} is in the Yahoo/Verizon-Media family (rule {rule});"
             " held, never sent",
@@ -188,8 +217,8 @@ class Decider:
 
     def _held_before(self, attrs: Mapping[str, str], qid: str, name: str) -> Decision:
         # Postfix applied the HOLD at RCPT already; DUNNO here does not undo it, and nothing is counted.
-        log.info("%s: pass: stream %s: held for the yahoo family at RCPT, not counted", qid, name)
-        return Decision(DUNNO, "dunno", name)
+        _info("%s: pass: stream %s: held for the yahoo family at RCPT, not counted", qid, name)
+        return _dunno(name)
 
     # -- END-OF-MESSAGE: the caps ------------------------------------------------------------------
 
@@ -227,16 +256,16 @@ class Decider:
         hour_cap = _fmt_cap(caps.hourly)
         day_cap = _fmt_cap(caps.daily)
         if adm.outcome == COUNTED:
-            metrics.COUNTED_RECIPIENTS.labels(name).inc(count)
-            log.info(
+            self._counted_metric(name).inc(count)
+            _info(
                 "%s: pass: stream %s: %d recipient(s) counted, hour %d/%s, day %d/%s, warmup day %s",
                 qid, name, count, adm.hour_count, hour_cap, adm.day_count, day_cap, caps.warmup_day,
             )  # fmt: skip
-            return Decision(DUNNO, "dunno", name)
+            return _dunno(name)
         if adm.outcome == ALREADY_COUNTED:
-            log.info("%s: pass: stream %s: instance %s was counted before (Postfix retry), not counted again",
-                     qid, name, instance)  # fmt: skip
-            return Decision(DUNNO, "dunno", name)
+            _info("%s: pass: stream %s: instance %s was counted before (Postfix retry), not counted again",
+                  qid, name, instance)  # fmt: skip
+            return _dunno(name)
         if adm.outcome == ALREADY_HELD:
             return self._held_before(attrs, qid, name)
         if adm.outcome == TOO_LARGE:
@@ -255,8 +284,8 @@ class Decider:
             what = f"daily cap of {day_cap} recipients per rolling 24 hours"
             used = adm.day_count
         when = _fmt_room(adm.room_at, now)
-        log.info("%s: defer: stream %s: %d used of the %s; %d more would exceed it; %s",
-                 qid, name, used, what, count, when)  # fmt: skip
+        _info("%s: defer: stream %s: %d used of the %s; %d more would exceed it; %s",
+              qid, name, used, what, count, when)  # fmt: skip
         return Decision(
             f"DEFER_IF_PERMIT 4.7.1 sendguard: stream {name} is at its {what}; {when}, try again later",
             "defer_if_permit",
@@ -266,12 +295,12 @@ class Decider:
     def _unmatched(self, attrs: Mapping[str, str], qid: str) -> Decision:
         if self.settings.unmatched == "dunno":
             log.debug("%s: pass: no stream matches, not capped", qid)
-            return Decision(DUNNO, "dunno")
+            return _dunno()
         if self._state_of(attrs) == STATE_FAMILY_HOLD:
             # A deferral now would undo the family hold Postfix already applied at RCPT.
             return self._held_before(attrs, qid, NO_STREAM)
-        log.info("%s: defer: no stream matches (client %s, sender %s, port %s) and unmatched = defer",
-                 qid, attrs.get("client_address", ""), attrs.get("sender", ""), attrs.get("server_port", ""))  # fmt: skip
+        _info("%s: defer: no stream matches (client %s, sender %s, port %s) and unmatched = defer",
+              qid, attrs.get("client_address", ""), attrs.get("sender", ""), attrs.get("server_port", ""))  # fmt: skip
         return Decision(
             "DEFER_IF_PERMIT 4.7.1 sendguard: this mail matches no sending stream; not accepted", "defer_if_permit"
         )
@@ -325,6 +354,19 @@ def _fmt_cap(cap: int | None) -> str:
 def _fmt_room(room_at: float | None, now: float) -> str:
     if room_at is None:
         return "no room frees under the current warmup step"
-    stamp = dt.datetime.fromtimestamp(room_at, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     minutes = max(0, int((room_at - now + 59) // 60))
-    return f"room frees at {stamp} (in {minutes} min)"
+    return f"room frees at {_fmt_stamp(int(room_at))} (in {minutes} min)"
+
+
+_stamp_cache: dict[int, str] = {}
+
+
+def _fmt_stamp(second: int) -> str:
+    # Deferrals during a push name the same few seconds over and over: format each once.
+    stamp = _stamp_cache.get(second)
+    if stamp is None:
+        if len(_stamp_cache) >= 1024:
+            _stamp_cache.clear()
+        when = dt.datetime.fromtimestamp(second, dt.timezone.utc)
+        stamp = _stamp_cache[second] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return stamp

@@ -50,6 +50,10 @@ _COUNTRY_SECOND_LEVELS = frozenset(
 )
 
 
+#: Recipient domains whose answer is remembered (the memo is emptied when full).
+CACHE_SIZE = 8192
+
+
 class FamilyMatcher:
     """Tells whether a recipient address belongs to the held family, and by which rule."""
 
@@ -65,6 +69,8 @@ class FamilyMatcher:
                 domains.add(entry)
         self.domains = frozenset(domains)
         self.brands = frozenset(brands)
+        # Answers by domain as written: a campaign repeats a few domains endlessly.
+        self._cache: dict[str, str | None] = {}
 
     @classmethod
     def with_extra(cls, extra: Iterable[str]) -> FamilyMatcher:
@@ -89,4 +95,12 @@ class FamilyMatcher:
         at = address.rfind("@")
         if at < 0:
             return None
-        return self.rule_for_domain(address[at + 1 :])
+        domain = address[at + 1 :]
+        try:
+            return self._cache[domain]
+        except KeyError:
+            pass
+        if len(self._cache) >= CACHE_SIZE:
+            self._cache.clear()
+        rule = self._cache[domain] = self.rule_for_domain(domain)
+        return rule

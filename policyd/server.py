@@ -108,6 +108,11 @@ class PolicyProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:  # noqa: D102
         self._last = time.monotonic()
         buf = self._buf
+        if not buf and data.endswith(b"\n\n") and data.find(b"\n\n") == len(data) - 2 and data[0] != 10:
+            # The usual case: exactly one whole request (smtpd waits for each reply), answered
+            # without copying it through the buffer. Anything else takes the general path.
+            self._answer(data[:-2])
+            return
         buf += data
         while buf:
             if buf[0] == 10:  # an empty line with no request before it

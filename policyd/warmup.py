@@ -96,6 +96,7 @@ class Warmup:
     def __init__(self, stream: Stream) -> None:
         self.stream = stream
         self._stamp = StampFile(stream.start_file) if stream.start_file is not None else None
+        self._last: Caps | None = None
 
     def start(self, clock: float | None = None) -> float | None:
         """The warmup start epoch, or None when the stream has no start (``clock``: see StampFile.epoch)."""
@@ -111,10 +112,14 @@ class Warmup:
         """
         start = self.start(clock)
         day = warmup_day(start, now) if start is not None else None
+        last = self._last
+        if last is not None and last.warmup_day == day:
+            return last  # the same day, so the same caps: asked for every counted message
         stream = self.stream
         if stream.ramp:
             # A ramp with an unreadable start cannot happen after parse; day 0 is the careful fallback.
             hourly = stream.ramp_cap(day if day is not None else 0)
         else:
             hourly = stream.hourly_ceiling
-        return Caps(warmup_day=day, hourly=hourly, daily=stream.daily_cap)
+        self._last = Caps(warmup_day=day, hourly=hourly, daily=stream.daily_cap)
+        return self._last

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sendguard_policyd.client import postfix_request
 from sendguard_policyd.protocol import (
@@ -76,3 +78,37 @@ def test_reply_format_and_line_breaks_cannot_end_it_early():
 def test_postfix_request_refuses_attributes_postfix_does_not_send():
     with pytest.raises(ValueError):
         postfix_request(not_an_attribute="x")
+
+
+def _outcome(parse, arg):
+    try:
+        return ("ok", dict(parse(arg)))
+    except BadRequest as exc:
+        return ("bad", exc.reason)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.builds(
+                "{}={}".format,
+                st.sampled_from(["request", "protocol_state", "recipient", "x", ""]),
+                st.text("ab=é\r\t ", max_size=6),
+            ),
+            st.text("az_=\r \t.é-", max_size=8),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_the_fast_path_reads_every_request_as_the_careful_path_does(lines):
+    """parse_request takes a one-scan shortcut for clean requests: same attributes, same refusals."""
+    from sendguard_policyd.protocol import _parse_careful
+
+    # Half the examples are otherwise valid requests, so the shortcut's successes are compared too.
+    for head in ([], ["request=smtpd_access_policy", "protocol_state=RCPT"]):
+        text = "\n".join(head + lines)
+        if not text or "\n\n" in text or text.startswith("\n") or text.endswith("\n"):
+            continue  # the server never hands such a block to the parser
+        assert _outcome(parse_request, text.encode()) == _outcome(_parse_careful, text)

@@ -1,0 +1,148 @@
+"""The store's running totals: window counts from two look-ups must equal a plain sum, always.
+
+The daemon counts a window as "newest bucket's total minus the total before the
+window's first bucket". These tests check that against ``SUM(recipients)`` over
+the same buckets (what ``sendguard status`` reads) through clock skew between
+processes, pruning, and the upgrade of a file written before totals existed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import tempfile
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sendguard_policyd.counter_store import COUNTED, OVER_HOURLY
+from sendguard_policyd.sqlite_store import SCHEMA_VERSION, SQLiteCounterStore, read_windows
+
+T0 = dt.datetime(2026, 3, 2, 10, 0, 0, tzinfo=dt.timezone.utc).timestamp()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    steps=st.lists(
+        # (seconds forward, a skew of up to two minutes either way as another process's clock, recipients, stream)
+        st.tuples(st.floats(0, 1800), st.floats(-120, 120), st.integers(1, 5), st.sampled_from(["a", "b"])),
+        min_size=1,
+        max_size=50,
+    ),
+)
+def test_window_counts_from_totals_equal_the_plain_sum(steps):
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SQLiteCounterStore(f"{tmp}/t.sqlite")
+        reader = sqlite3.connect(f"{tmp}/t.sqlite")
+        t = T0
+        for i, (gap, skew, n, stream) in enumerate(steps):
+            t += gap
+            now = t + skew
+            adm = store.admit(stream, f"m{i}", n, now, None, None)
+            assert adm.outcome == COUNTED
+            plain = read_windows(reader, stream, now)
+            assert (adm.hour_count, adm.day_count) == (plain.hour, plain.day)
+            # And at a later instant, as the window slides past old buckets.
+            later = now + 3000
+            check = store.admit(stream, f"probe{i}", 1, later, 0, 0)  # a cap of 0 never counts
+            plain_later = read_windows(reader, stream, later)
+            assert (check.hour_count, check.day_count) == (plain_later.hour, plain_later.day)
+        reader.close()
+        store.close()
+
+
+def test_totals_stay_right_after_pruning(tmp_path: Path):
+    store = SQLiteCounterStore(str(tmp_path / "p.sqlite"))
+    for i in range(30):
+        store.admit("s", f"old{i}", 2, T0 + i * 60, None, None)
+    later = T0 + 2 * 86400
+    assert store.admit("s", "new1", 3, later, None, None).hour_count == 3  # this admit prunes the old buckets
+    adm = store.admit("s", "new2", 4, later + 10, None, None)
+    assert (adm.hour_count, adm.day_count) == (7, 7)
+    reader = sqlite3.connect(store.path)
+    assert reader.execute("SELECT COUNT(*) FROM hour_buckets").fetchone()[0] == 2
+    store.close()
+
+
+# The schema a release before running totals wrote (schema_version 1), verbatim in its effect.
+_SCHEMA_V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE messages (
+    instance TEXT PRIMARY KEY, stream TEXT NOT NULL, state TEXT NOT NULL, recipients INTEGER NOT NULL,
+    at REAL NOT NULL, queue_id TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '',
+    hour_after INTEGER NOT NULL DEFAULT 0, day_after INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX messages_held ON messages (stream) WHERE state = 'held';
+CREATE INDEX messages_family ON messages (at) WHERE state = 'family_hold';
+CREATE TABLE hour_buckets (stream TEXT NOT NULL, second INTEGER NOT NULL, recipients INTEGER NOT NULL,
+    PRIMARY KEY (stream, second)) WITHOUT ROWID;
+CREATE TABLE day_buckets (stream TEXT NOT NULL, minute INTEGER NOT NULL, recipients INTEGER NOT NULL,
+    PRIMARY KEY (stream, minute)) WITHOUT ROWID;
+CREATE TRIGGER count_message AFTER INSERT ON messages WHEN NEW.state = 'counted'
+BEGIN
+    INSERT INTO hour_buckets (stream, second, recipients) VALUES (NEW.stream, CAST(NEW.at AS INTEGER), NEW.recipients)
+        ON CONFLICT (stream, second) DO UPDATE SET recipients = recipients + excluded.recipients;
+    INSERT INTO day_buckets (stream, minute, recipients) VALUES (NEW.stream, CAST(NEW.at / 60 AS INTEGER), NEW.recipients)
+        ON CONFLICT (stream, minute) DO UPDATE SET recipients = recipients + excluded.recipients;
+END;
+INSERT INTO meta VALUES ('schema_version', '1');
+"""
+
+
+def test_a_file_from_before_running_totals_keeps_its_counts_and_caps(tmp_path: Path):
+    path = tmp_path / "v1.sqlite"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.execute("PRAGMA journal_mode = WAL")
+    old.executescript(_SCHEMA_V1)
+    for i in range(8):  # 8 messages of 2 recipients in the last 40 minutes, one stream; 3 in another
+        old.execute(
+            "INSERT INTO messages (instance, stream, state, recipients, at) VALUES (?, 'trucking', 'counted', 2, ?)",
+            (f"old{i}", T0 - 2400 + i * 300),
+        )
+    old.execute("INSERT INTO messages (instance, stream, state, recipients, at) VALUES ('h', 'health', 'counted', 3, ?)",
+                (T0 - 100,))  # fmt: skip
+    old.close()
+
+    store = SQLiteCounterStore(str(path))
+    reader = sqlite3.connect(path)
+    assert reader.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+    # The rolling hour holds 16 trucking recipients: a cap of 17 lets one more through, not two.
+    assert store.admit("trucking", "new1", 1, T0, 17, None).outcome == COUNTED
+    refused = store.admit("trucking", "new2", 1, T0 + 1, 17, None)
+    assert refused.outcome == OVER_HOURLY and refused.hour_count == 17
+    assert store.admit("health", "new3", 1, T0, None, None).hour_count == 4
+    assert read_windows(reader, "trucking", T0 + 1).hour == 17
+    store.close()
+    # Opening it again (already upgraded) changes nothing.
+    store = SQLiteCounterStore(str(path))
+    assert store.admit("trucking", "new4", 1, T0 + 2, 17, None).outcome == OVER_HOURLY
+    store.close()
+
+
+def test_room_frees_when_enough_of_the_oldest_recipients_have_left_the_window(tmp_path: Path):
+    store = SQLiteCounterStore(str(tmp_path / "r.sqlite"))
+    for name, offset, n in (("a", 0, 2), ("b", 10, 3), ("c", 20, 1)):
+        assert store.admit("s", name, n, T0 + offset, None, None).outcome == COUNTED
+    # 6 in the hour, cap 6: a 4-recipient message needs a and b gone (b's second ends at T0 + 11).
+    adm = store.admit("s", "d", 4, T0 + 30, 6, None)
+    assert adm.outcome == OVER_HOURLY and adm.room_at == T0 + 11 + 3600
+    # A 1-recipient message needs only a gone.
+    assert store.admit("s", "e", 1, T0 + 30, 6, None).room_at == T0 + 1 + 3600
+    # The cap lowered under the count (a restarted warmup): 5 must leave, a and b again.
+    assert store.admit("s", "f", 1, T0 + 30, 2, None).room_at == T0 + 11 + 3600
+    # A cap of 0 (a paused step): even an empty window has no room, so no time is promised.
+    assert store.admit("s", "g", 1, T0 + 30, 0, None).room_at is None
+    store.close()
+
+
+def test_a_message_from_a_clock_behind_is_counted_late_never_early(tmp_path: Path):
+    store = SQLiteCounterStore(str(tmp_path / "k.sqlite"))
+    store.admit("s", "ahead", 1, T0 + 100, None, None)
+    store.admit("s", "behind", 1, T0 + 50, None, None)  # another daemon's clock, 50 s behind
+    reader = sqlite3.connect(store.path)
+    # Just after the "behind" message's own hour: it still counts (it sits in the newest bucket).
+    assert read_windows(reader, "s", T0 + 50 + 3600 + 1.5).hour == 2
+    # Once the newest bucket has left the hour, both have.
+    assert read_windows(reader, "s", T0 + 100 + 3600 + 1.5).hour == 0
+    store.close()
