@@ -23,6 +23,13 @@ gets its first request, the store is filled with a day of earlier traffic
 up to the caps), as after a day of sending. A store's cost can grow with what
 it holds; the fresh store alone would hide that.
 
+The 20-connection clients are plain asyncio protocols (one request in flight per
+connection, as smtpd) on uvloop when it is installed (``--client-loop``): about
+a quarter less client CPU per request than asyncio's loop, so that the client
+on this same small box disturbs the daemon as little as it can. Paced
+connections are staggered evenly over the interval, and each row records the
+CPU the hypervisor stole meanwhile (a VM's vCPU taken away shows as latency).
+
 Usage: python3 benchmarks/bench_policyd.py [--requests N] [--out benchmarks/RESULTS-policyd.md]
 (run it from outside the repository root or with the package installed; it only
 imports ``sendguard_policyd``.)
@@ -166,6 +173,7 @@ def line(name: str, res: dict[str, float]) -> None:
     print(
         f"{name:62s} {res['rate']:7.0f} req/s  p50 {res['p50_ms']:.3f} ms  "
         f"p99 {res['p99_ms']:.3f} ms  max {res['max_ms']:.1f} ms  CPU {res['cpu_us']:.0f} us/decision"
+        f"  client CPU {res['client_cpu_us']:.0f} us/request, send lag p99 {res['lag_p99_ms']:.2f} ms, steal {res['steal_pct']:.0f}%"
     )
 
 
@@ -194,7 +202,7 @@ def run_daemon(
             single_connection(port, build_requests(2000, 0, f"warm-{label}"))
             for i, (name, conns, rate) in enumerate(plan, 1):
                 reqs = build_requests(args.requests, i, f"{label}{i}")[: args.requests]
-                res = scenario(port, reqs, conns, rate, args.client_procs, daemon.pid)
+                res = scenario(port, reqs, conns, rate, args, daemon.pid)
                 results.append((f"{label}: {name}", res))
                 line(f"{label}: {name}", res)
         finally:
@@ -207,36 +215,120 @@ def run_daemon(
 
 
 
-async def connection(port: int, requests: list[bytes], latencies: list[float], pace: float | None) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    loop = asyncio.get_running_loop()
-    next_at = loop.time()
-    for req in requests:
-        if pace is not None:
-            next_at += pace
-            delay = next_at - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        t0 = time.perf_counter()
-        writer.write(req)
-        reply = await reader.readuntil(b"\n\n")
-        latencies.append(time.perf_counter() - t0)
-        if not reply.startswith(b"action="):
-            raise RuntimeError(f"bad reply {reply!r}")
-    writer.close()
-    await writer.wait_closed()
+def new_loop(name: str) -> asyncio.AbstractEventLoop:
+    """An event loop for a client process: uvloop's when installed (``auto``) or asked for, else asyncio's."""
+    if name != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if name == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
-async def _share(port: int, requests: list[bytes], conns: int, pace: float | None) -> list[float]:
+class _PacedConnection(asyncio.Protocol):
+    """One client connection as one smtpd process uses it: one request in flight, the next when its reply is in.
+
+    Paced: request k is sent at ``start + k * pace`` (or at once, if its reply came in later than that).
+    Each connection gets its own ``start``, so the connections' requests interleave evenly instead of all
+    arriving at the same instant (smtpd processes are not synchronised; bursts of 20 would measure the client).
+    """
+
+    def __init__(
+        self, requests: list[bytes], latencies: list[float], lags: list[float], pace: float | None, start: float
+    ) -> None:
+        self.requests = requests
+        self.latencies = latencies
+        self.lags = lags
+        self.pace = pace
+        self.next_at = start
+        self.index = 0
+        self.buf = b""
+        self.t0 = 0.0
+        self.finished = 0.0
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.loop = asyncio.get_running_loop()
+        if self.pace is None:  # closed loop: every connection starts at the common start
+            self.loop.call_at(self.next_at, self._send, None)
+        else:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self.index == len(self.requests):
+            self.finished = time.monotonic()
+            self.transport.close()
+            if not self.done.done():
+                self.done.set_result(None)
+            return
+        if self.pace is not None:
+            if self.next_at > self.loop.time():
+                self.loop.call_at(self.next_at, self._send, self.next_at)
+                self.next_at += self.pace
+                return
+            self.next_at += self.pace
+        self._send()
+
+    def _send(self, planned: float | None = None) -> None:
+        if planned is not None:
+            # How late the client itself sends a request that was due at ``planned``: its own jitter.
+            self.lags.append(max(0.0, time.monotonic() - planned))
+        self.t0 = time.perf_counter()
+        self.transport.write(self.requests[self.index])  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if not self.buf.endswith(b"\n\n"):
+            return
+        self.latencies.append(time.perf_counter() - self.t0)
+        if not self.buf.startswith(b"action="):
+            self.done.set_exception(RuntimeError(f"bad reply {self.buf!r}"))
+            self.transport.close()
+            return
+        self.buf = b""
+        self.index += 1
+        self._schedule()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(RuntimeError(f"daemon closed the connection: {exc}"))
+
+
+async def _share(
+    port: int, requests: list[bytes], conns: int, pace: float | None, start: float, stagger: float
+) -> tuple[list[float], list[float], float]:
     per = [requests[i::conns] for i in range(conns)]
     lat: list[float] = []
-    await asyncio.gather(*(connection(port, p, lat, pace) for p in per))
-    return lat
+    lags: list[float] = []
+    loop = asyncio.get_running_loop()
+    protos = []
+    for i, p in enumerate(per):
+        _, proto = await loop.create_connection(
+            lambda p=p, i=i: _PacedConnection(p, lat, lags, pace, start + i * stagger), "127.0.0.1", port
+        )
+        protos.append(proto)
+    await asyncio.gather(*(proto.done for proto in protos))
+    return lat, lags, max(proto.finished for proto in protos)
 
 
-def run_share(args: tuple[int, list[bytes], int, float | None]) -> list[float]:
-    """One client process: ``conns`` connections on an asyncio loop (a pool worker)."""
-    return asyncio.run(_share(*args))
+def run_share(args: tuple) -> tuple[list[float], list[float], float, float]:
+    """One client process (a pool worker): its connections on one event loop.
+
+    Returns the latencies, how late each paced request was sent, the process's CPU seconds and when
+    (monotonic) its last reply came in.
+    """
+    loop_name, *rest = args
+    cpu0 = time.process_time()
+    loop = new_loop(loop_name)
+    try:
+        lat, lags, finished = loop.run_until_complete(_share(*rest))
+    finally:
+        loop.close()
+    return lat, lags, time.process_time() - cpu0, finished
 
 
 def single_connection(port: int, requests: list[bytes]) -> list[float]:
@@ -273,13 +365,23 @@ class _Echo(asyncio.Protocol):
 
 
 def echo_server(port: int) -> None:
-    """Run the do-nothing baseline server (in a child process)."""
+    """Run the do-nothing baseline server (in a child process), on asyncio's event loop as the daemon."""
 
     async def serve() -> None:
         server = await asyncio.get_running_loop().create_server(_Echo, "127.0.0.1", port)
         await server.serve_forever()
 
     asyncio.run(serve())
+
+
+def box_ticks() -> tuple[int, int]:
+    """(steal, total) CPU ticks of the whole machine so far (Linux /proc/stat).
+
+    Steal is time the hypervisor ran something else while a vCPU of this VM had work: during it
+    nothing here runs, client or daemon, so it shows up as latency no code here can remove.
+    """
+    fields = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
+    return fields[7], sum(fields)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -289,30 +391,54 @@ def cpu_seconds(pid: int) -> float:
 
 
 def scenario(
-    port: int, requests: list[bytes], conns: int, total_rate: float | None, procs: int, pid: int
+    port: int, requests: list[bytes], conns: int, total_rate: float | None, args: argparse.Namespace, pid: int
 ) -> dict[str, float]:
-    """Run one scenario; with several connections the client is ``procs`` processes, so it is not the bottleneck."""
+    """Run one scenario; with several connections the client is ``args.client_procs`` processes.
+
+    Also measures the client's own CPU per request, to show whether the client could be the bottleneck.
+    """
+    procs = args.client_procs
+    steal0, total0 = box_ticks()
     cpu0 = cpu_seconds(pid)
-    started = time.perf_counter()
     if conns == 1:
+        started = time.monotonic()
+        c0 = time.process_time()
         lat = single_connection(port, requests)
+        client_cpu = time.process_time() - c0
+        elapsed = time.monotonic() - started
+        lags = []
     else:
         shares = [requests[i::procs] for i in range(procs)]
         per_proc = conns // procs
         pace = per_proc * procs / total_rate if total_rate else None
+        # A common start a moment ahead (monotonic time is shared by the processes); connection i of
+        # process p starts (i * procs + p) / total_rate later, so the offered load is even, not bursts.
+        begin = time.monotonic() + 0.5
+        step = 1 / total_rate if total_rate else 0.0
+        jobs = [(args.client_loop, port, sh, per_proc, pace, begin + p * step, procs * step) for p, sh in enumerate(shares)]
         with multiprocessing.get_context("fork").Pool(procs) as pool:
-            lat = [x for part in pool.map(run_share, [(port, sh, per_proc, pace) for sh in shares]) for x in part]
-    elapsed = time.perf_counter() - started
+            parts = pool.map(run_share, jobs)
+        lat = [x for part, _, _, _ in parts for x in part]
+        lags = sorted(x for _, part, _, _ in parts for x in part)
+        client_cpu = sum(c for _, _, c, _ in parts)
+        # From the common start to the last reply: process start-up and connecting are not counted.
+        elapsed = max(f for _, _, _, f in parts) - begin
     cpu = cpu_seconds(pid) - cpu0
+    steal1, total1 = box_ticks()
     lat.sort()
     return {
         "cpu_us": cpu / len(lat) * 1e6,
+        "client_cpu_us": client_cpu / len(lat) * 1e6,
         "requests": len(lat),
         "seconds": elapsed,
         "rate": len(lat) / elapsed,
         "p50_ms": statistics.median(lat) * 1000,
         "p99_ms": lat[int(len(lat) * 0.99) - 1] * 1000,
         "max_ms": lat[-1] * 1000,
+        # Paced runs only: the 99th percentile of how late the client sent a request (its own jitter).
+        # Share of the machine's CPU time (both vCPUs, busy or idle) stolen by the hypervisor meanwhile.
+        "steal_pct": 100 * (steal1 - steal0) / max(1, total1 - total0),
+        "lag_p99_ms": lags[int(len(lags) * 0.99) - 1] * 1000 if lags else float("nan"),
     }
 
 
@@ -321,6 +447,12 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=30000, help="requests per scenario")
     parser.add_argument("--out", type=Path, help="write the results as Markdown here")
     parser.add_argument("--client-procs", type=int, default=2, help="client processes for the 20-connection runs")
+    parser.add_argument(
+        "--client-loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="the 20-connection clients' event loop (auto = uvloop if installed: the cheaper client)",
+    )
     parser.add_argument(
         "--repeat",
         type=int,
@@ -338,6 +470,7 @@ def main() -> int:
     args = parser.parse_args()
 
     load_before = os.getloadavg()[0]
+    steal0, total0 = box_ticks()
     plan = [
         ("1 connection, closed loop", 1, None),
         ("20 connections, closed loop", 20, None),
@@ -359,15 +492,17 @@ def main() -> int:
         wait_port(bport)
         for name, conns, rate in plan:
             reqs = build_requests(args.requests, 9, "b")[: args.requests]
-            res = scenario(bport, reqs, conns, rate, args.client_procs, baseline.pid)
+            res = scenario(bport, reqs, conns, rate, args, baseline.pid)
             runs.setdefault(f"baseline, do-nothing server: {name}", []).append(res)
             line(f"baseline, do-nothing server: {name}", res)
         baseline.kill()
     results = [(name, median_run(rs)) for name, rs in runs.items()]
     load_after = os.getloadavg()[0]
-    print(f"load average before {load_before:.2f}, after {load_after:.2f}")
+    steal1, total1 = box_ticks()
+    steal_pct = 100 * (steal1 - steal0) / max(1, total1 - total0)
+    print(f"load average before {load_before:.2f}, after {load_after:.2f}; CPU steal {steal_pct:.1f}%")
     if args.out:
-        write_results(args, results, load_before, load_after)
+        write_results(args, results, load_before, load_after, steal_pct)
     for name, res in results:
         print(f"{verdict(name, res):>16}  {name}")
     return 0
@@ -392,8 +527,8 @@ def verdict(name: str, res: dict[str, float]) -> str:
     """Whether one row meets the target, judged as that kind of run can show it."""
     if name.startswith("baseline"):
         return "(floor)"
-    # Paced runs offer exactly 5,000/s, and the client's own pacing loses a few percent even against the
-    # do-nothing server (about 97% achieved): 95% of the offer counts as keeping up.
+    # Paced runs offer exactly 5,000/s; the client's own pacing falls short by up to a few percent when the
+    # hypervisor steals its CPU (99.4-100% achieved at low steal, down to 97.5% at 29%): 95% counts as keeping up.
     rate_ok = res["rate"] >= TARGET_RATE * (0.95 if "paced" in name else 1.0)
     if "20 connections, closed loop" in name:
         # 20 requests always in flight: latency is queueing (20 / throughput), only the ceiling counts here.
@@ -402,8 +537,19 @@ def verdict(name: str, res: dict[str, float]) -> str:
     return "met" if rate_ok and p99_ok else "NOT met" + ("" if rate_ok else " (rate)") + ("" if p99_ok else " (p99)")
 
 
+def client_loop_name(choice: str) -> str:
+    """The event loop the 20-connection clients actually run on for ``--client-loop choice``."""
+    loop = new_loop(choice)
+    loop.close()
+    return type(loop).__module__.split(".")[0]
+
+
 def write_results(
-    args: argparse.Namespace, results: list[tuple[str, dict[str, float]]], load_before: float, load_after: float
+    args: argparse.Namespace,
+    results: list[tuple[str, dict[str, float]]],
+    load_before: float,
+    load_after: float,
+    steal_pct: float,
 ) -> None:
     """Write the Markdown results file (keeping its hand-written notes, if any)."""
     notes = ""
@@ -423,8 +569,10 @@ def write_results(
             f"SQLite {sqlite3.sqlite_version} (WAL, synchronous=NORMAL). Load average {load_before:.2f} before and "
             f"{load_after:.2f} after the run: the box is shared with other work, so the figures move a lot between "
             "runs. Daemon and clients are separate processes on the same host (the clients: one blocking socket "
-            f"for 1 connection, {args.client_procs} asyncio processes for 20), over TCP on 127.0.0.1; the daemon "
-            "logs every counted, deferred and held message at INFO to a file.\n\n"
+            f"for 1 connection, {args.client_procs} processes on {client_loop_name(args.client_loop)} for 20), over TCP on "
+            "127.0.0.1; the daemon runs on asyncio's event loop and "
+            "logs every counted, deferred and held message at INFO to a file. CPU stolen by the hypervisor over "
+            f"the whole run: {steal_pct:.1f}% of the machine's CPU time.\n\n"
         )
         out.write(
             "Mix: per message one RCPT request per recipient and one END-OF-MESSAGE request; 1-4 recipients per "
@@ -435,14 +583,14 @@ def write_results(
             "requests are over the cap and deferred (check only), as during a campaign push.\n\n"
         )
         out.write(
-            "| scenario | requests | decisions/s | p50 | p99 | max | daemon CPU per decision | target |\n"
-            "|---|---:|---:|---:|---:|---:|---:|---|\n"
+            "| scenario | requests | decisions/s | p50 | p99 | max | daemon CPU per decision | steal | target |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|\n"
         )
         for name, res in results:
             out.write(
                 f"| {name} | {res['requests']} | {res['rate']:,.0f} | {res['p50_ms']:.2f} ms | "
                 f"{res['p99_ms']:.2f} ms | {res['max_ms']:.1f} ms | {res['cpu_us']:.0f} µs "
-                f"({res['cpu_min']:.0f}-{res['cpu_max']:.0f}) | {verdict(name, res)} |\n"
+                f"({res['cpu_min']:.0f}-{res['cpu_max']:.0f}) | {res['steal_pct']:.0f}% | {verdict(name, res)} |\n"
             )
         out.write(
             "\n*Closed loop* sends the next request as soon as the reply arrives: it measures the ceiling, and "
@@ -453,10 +601,12 @@ def write_results(
             "the other load: one core at 100% serves about 1,000,000 / that many decisions per second. The "
             "baseline rows are a server that answers DUNNO without parsing anything: the floor set by Python, "
             "asyncio and loopback TCP on this box at that moment. *Target*: at least 5,000 decisions/s with p99 under "
-            "2 ms (paced: at least 95% of the offered 5,000/s achieved, as the client reaches about 97% against "
-            "the do-nothing server); for 20 connections in a closed loop only the "
+            "2 ms (paced: at least 95% of the offered 5,000/s achieved, as the client's own pacing falls a little "
+            "short when its CPU is stolen); for 20 connections in a closed loop only the "
             "throughput ceiling is judged, since its latency is queueing by construction. *Busy store*: the store "
-            "holds a day of earlier traffic before the run (see the script's docstring).\n"
+            "holds a day of earlier traffic before the run (see the script's docstring). *Steal*: the share of the "
+            "machine's CPU time the hypervisor gave to other guests during that run; while a vCPU is stolen nothing "
+            "here runs, so a few percent already shows as milliseconds at p99.\n"
         )
         if notes:
             out.write("\n" + notes)
