@@ -11,24 +11,12 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from sendguard.streams import parse_client_address
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: The default scope: this host only.
 LOOPBACK = ("127.0.0.0/8", "::1/128")
-
-
-def parse_client_address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """An address as Postfix reports it (``IPv6:`` prefix and IPv4-mapped IPv6 allowed), or None."""
-    text = value.strip().strip("[]")
-    if text[:5].lower() == "ipv6:":
-        text = text[5:]
-    try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
 
 
 def is_local_submission(hostname: str | None, client_addr: str | None, client_port: int | None) -> bool:

@@ -32,6 +32,24 @@ LINK_MODES = ("strip", "report-only", "off")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def parse_client_address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address as Postfix reports it (``IPv6:`` prefix and IPv4-mapped IPv6 allowed), or None.
+
+    Both services read client addresses through this one function, so the
+    milter's trusted scope and the streams can never disagree about a client.
+    """
+    text = value.strip().strip("[]")
+    if text[:5].lower() == "ipv6:":
+        text = text[5:]
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
 @dataclass(frozen=True)
 class MatchRule:
     """The ``match`` table of one stream, normalised for fast comparison."""
@@ -52,11 +70,8 @@ class MatchRule:
         if self.policy_context and attrs.get("policy_context", "") not in self.policy_context:
             return False
         if self.client_address:
-            try:
-                addr = ipaddress.ip_address(attrs.get("client_address", ""))
-            except ValueError:
-                return False
-            if not any(addr in net for net in self.client_address):
+            addr = parse_client_address(attrs.get("client_address", ""))
+            if addr is None or not any(addr in net for net in self.client_address):
                 return False
         if self.sender_addresses or self.sender_domains:
             sender = attrs.get("sender", "").lower()

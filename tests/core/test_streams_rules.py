@@ -44,6 +44,13 @@ def test_each_stream_matches_its_own_port_and_client():
     assert match_stream(streams, request(client_address="172.18.0.5")) is None
 
 
+def test_client_address_forms_postfix_may_report_match_the_same_stream():
+    streams = parse(TWO_STREAMS).streams
+    for form in ("172.18.0.5", "::ffff:172.18.0.5", "IPv6:::ffff:172.18.0.5", "[172.18.0.5]"):
+        assert match_stream(streams, request(server_port="25", client_address=form)).name == "trucking", form
+    assert match_stream(streams, request(server_port="25", client_address="not-an-address")) is None
+
+
 def test_sender_matches_address_or_domain_case_insensitively():
     config = parse(
         {

@@ -6,7 +6,8 @@ import ipaddress
 
 from sendguard_milter.decision import find_long_line
 from sendguard_milter.signing_table import SigningTable, TableRow
-from sendguard_milter.trusted_scope import TrustedScope, is_local_submission, parse_client_address
+from sendguard.streams import parse_client_address
+from sendguard_milter.trusted_scope import TrustedScope, is_local_submission
 
 SCOPE = TrustedScope(networks=(ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("172.16.0.0/12"), ipaddress.ip_network("2001:db8::/32")))
 
