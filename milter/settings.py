@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sendguard.config import General, Section, check_hostport, check_network
+from sendguard.config import General, Section, check_hostport, check_network, check_parses
 
 from .bulk import DEFAULT_HEADERS, DEFAULT_PRECEDENCE, BulkRules
 from .dkim_sign import NEVER_SIGN
@@ -102,14 +102,6 @@ def milter_socket(value: str) -> str:
             scheme = "inet6"
         return f"{scheme}:{int(port)}@{host}"
     raise ValueError(f"{value!r}: unknown socket type {scheme!r} (inet, inet6 or unix)")
-
-
-def _check_socket(value: str) -> str | None:
-    try:
-        milter_socket(value)
-    except ValueError as exc:
-        return str(exc)
-    return None
 
 
 def _check_header_name(value: str) -> str | None:
@@ -238,7 +230,7 @@ def parse_milter(top: Section, general: General, streams: list[Any]) -> MilterSe
     """Parse ``[milter]``, ``[milter.bulk]``, ``[signing]`` and ``[links]``."""
     base = Path(top.file).resolve().parent if top.file != "<embedded defaults>" else Path.cwd()
     section = top.sub("milter")
-    listen = section.get("listen", str, "inet:8891@127.0.0.1", _check_socket)
+    listen = section.get("listen", str, "inet:8891@127.0.0.1", check_parses(milter_socket))
     metrics = section.get("metrics_listen", str, "127.0.0.1:9467", check_hostport)
     timeout = section.get("timeout", int, 600, lambda v: None if 0 < v <= 86400 else "must be 1..86400 seconds")
     code = section.get(

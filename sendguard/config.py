@@ -171,13 +171,21 @@ def parse_hostport(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def check_hostport(value: str) -> str | None:
-    """A :meth:`Section.get` check for ``host:port`` strings."""
-    try:
-        parse_hostport(value)
-    except ValueError as exc:
-        return str(exc)
-    return None
+def check_parses(parse: Callable[[str], Any]) -> Callable[[str], str | None]:
+    """A :meth:`Section.get` check from a parser: its ValueError's text is the reason."""
+
+    def check(value: str) -> str | None:
+        try:
+            parse(value)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    return check
+
+
+#: A :meth:`Section.get` check for ``host:port`` strings.
+check_hostport = check_parses(parse_hostport)
 
 
 def check_network(value: str) -> str | None:
