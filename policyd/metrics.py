@@ -36,6 +36,11 @@ UNEXPECTED_STATES = Counter(
     ["protocol_state"],
 )
 STORE_ERRORS = Counter("sendguard_policyd_store_errors", "Counter store failures (answered with a deferral).")
+BUSY_POLL_SECONDS = Counter(
+    "sendguard_policyd_busy_poll_seconds",
+    "Time the event loop spent polling for the next request instead of sleeping (policyd.busy_poll_usec):"
+    " CPU spent to save wake-ups.",
+)
 CONNECTIONS = Gauge("sendguard_policyd_connections", "Open Postfix connections.")
 REQUEST_SECONDS = Histogram(
     "sendguard_policyd_request_duration_seconds",

@@ -7,7 +7,6 @@ with the config key at fault) and serves in a background thread, so that
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,7 +33,6 @@ class Handle:
     unix_socket: str
     store: SQLiteCounterStore
     decider: Decider
-    _loop: asyncio.AbstractEventLoop = field(repr=False)
     _thread: threading.Thread = field(repr=False)
     _server: PolicyServer = field(repr=False)
     _gauges: Callable[[], list[StreamStatus]] = field(repr=False)
@@ -46,13 +44,8 @@ class Handle:
             return
         self._stopped = True
         metrics.unbind(self._gauges)
-        try:
-            asyncio.run_coroutine_threadsafe(self._server.close(), self._loop).result(timeout=10)
-        except Exception as exc:  # stopping must finish even if a connection misbehaves
-            log.warning("policyd: error while closing sockets: %s", exc)
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._server.stop()
         self._thread.join(timeout=10)
-        self._loop.close()
         self.decider.close()
         self.store.close()
         log.info("policyd stopped")
@@ -66,34 +59,16 @@ def start(config: Config) -> Handle:
     except (StoreError, OSError) as exc:
         raise ConfigError(config.file, "policyd.database", str(exc)) from None
     decider = Decider(settings, config.streams, store)
-    loop = asyncio.new_event_loop()
-    server = PolicyServer(decider, loop, settings.idle_timeout, settings.bad_request_action)
-    thread = threading.Thread(target=loop.run_forever, name="sendguard-policyd", daemon=True)
-    thread.start()
-
-    async def bind() -> tuple[str, int]:
-        host, port = parse_hostport(settings.listen)
-        try:
-            bound = await server.listen_tcp(host, port)
-        except OSError as exc:
-            raise ConfigError(config.file, "policyd.listen", f"cannot listen on {settings.listen}: {exc.strerror or exc}")
-        if settings.socket:
-            try:
-                await server.listen_unix(settings.socket, settings.socket_mode)
-            except OSError as exc:
-                raise ConfigError(config.file, "policyd.socket", f"cannot listen on {settings.socket}: {exc.strerror or exc}")
-        return bound
-
+    server = PolicyServer(decider, settings.idle_timeout, settings.bad_request_action, settings.busy_poll_usec / 1e6)
     try:
-        host, port = asyncio.run_coroutine_threadsafe(bind(), loop).result(timeout=30)
+        host, port = _bind(config, server)
     except BaseException:
-        asyncio.run_coroutine_threadsafe(server.close(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
+        server.close()
         decider.close()
         store.close()
         raise
+    thread = threading.Thread(target=server.serve_forever, name="sendguard-policyd", daemon=True)
+    thread.start()
     warmups = decider.warmups
 
     def gauges() -> list[StreamStatus]:
@@ -105,4 +80,20 @@ def start(config: Config) -> Handle:
         host, port, f" and {settings.socket}" if settings.socket else "", settings.database,
         ", ".join(s.name for s in config.streams) or "(none)",
     )  # fmt: skip
-    return Handle(host, port, settings.socket, store, decider, loop, thread, server, gauges)
+    return Handle(host, port, settings.socket, store, decider, thread, server, gauges)
+
+
+def _bind(config: Config, server: PolicyServer) -> tuple[str, int]:
+    """Open the listening sockets; a failure is a :class:`ConfigError` naming the key."""
+    settings = config.policyd
+    host, port = parse_hostport(settings.listen)
+    try:
+        bound = server.listen_tcp(host, port)
+    except OSError as exc:
+        raise ConfigError(config.file, "policyd.listen", f"cannot listen on {settings.listen}: {exc.strerror or exc}")
+    if settings.socket:
+        try:
+            server.listen_unix(settings.socket, settings.socket_mode)
+        except OSError as exc:
+            raise ConfigError(config.file, "policyd.socket", f"cannot listen on {settings.socket}: {exc.strerror or exc}")
+    return bound

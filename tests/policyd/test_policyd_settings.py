@@ -17,6 +17,7 @@ def test_defaults_work_next_to_a_stock_postfix(tmp_path):
     assert s.unmatched == "dunno" and s.over_cap_action == "defer"
     assert s.expected_states == ("RCPT", "END-OF-MESSAGE")
     assert s.socket == "" and s.socket_mode == 0o666
+    assert s.busy_poll_usec == 200
 
 
 def test_all_keys_parse(tmp_path):
@@ -32,10 +33,12 @@ def test_all_keys_parse(tmp_path):
                 "family_extra_domains": ["BTinternet.com", "sky.*"],
                 "idle_timeout": 60,
                 "sqlite_synchronous": "full",
+                "busy_poll_usec": 0,
             }
         }
     ).policyd
     assert s.socket_mode == 0o660 and s.unmatched == "defer" and s.idle_timeout == 60.0
+    assert s.busy_poll_usec == 0
     assert s.family_extra_domains == ("btinternet.com", "sky.*")
     assert s.bad_request_action.startswith("DEFER_IF_PERMIT 4.3.0")
 
@@ -54,6 +57,8 @@ def test_all_keys_parse(tmp_path):
         ("socket_mode", "rw-rw-rw-", "octal"),
         ("idle_timeout", 0, "between"),
         ("sqlite_synchronous", "off", "is not one of"),
+        ("busy_poll_usec", 20000, "between 0 and 10000"),
+        ("busy_poll_usec", "200us", "expected an integer"),
         ("databse", "/tmp/x", "unknown key"),
     ],
 )

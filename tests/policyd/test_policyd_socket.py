@@ -173,3 +173,44 @@ def test_listen_address_in_use_stops_startup_with_the_key(make_config):
         with pytest.raises(ConfigError) as info:
             service.start(config)
     assert "policyd.listen" in str(info.value) and "cannot listen" in str(info.value)
+
+
+def test_a_client_that_does_not_read_still_gets_every_reply_in_order(daemon):
+    # 3,000 pipelined requests whose 4 KB replies are not read until all are sent: 12 MB of
+    # replies outgrow every socket buffer, so the daemon must queue them and send the rest
+    # whenever the socket is writable again, in order.
+    answer = "DEFER_IF_PERMIT 4.3.0 " + "x" * 4000
+    _, handle = daemon(streams={}, bad_request_action=answer)
+    reqs = [b"garbage\n\n"] * 3000 + [format_request(postfix_request(recipient="last@yahoo.com"))]
+    with PolicyClient((handle.host, handle.port), timeout=30) as client:
+        client.send_raw(b"".join(reqs))
+        time.sleep(0.5)  # the daemon answers all it can and finds the socket full
+        replies = [client.read_reply() for _ in reqs]
+        assert replies[:-1] == [f"action={answer}\n\n".encode()] * 3000
+        assert replies[-1].startswith(b"action=HOLD ")
+        assert client.ask(postfix_request()) == "DUNNO"  # the connection still serves
+
+
+def _busy_polled(samples_before: float) -> float:
+    from prometheus_client import REGISTRY
+
+    return (REGISTRY.get_sample_value("sendguard_policyd_busy_poll_seconds_total") or 0.0) - samples_before
+
+
+@pytest.mark.parametrize("usec", [0, 5000])
+def test_busy_poll_polls_only_when_configured(daemon, usec):
+    from prometheus_client import REGISTRY
+
+    _, handle = daemon(busy_poll_usec=usec)
+    before = REGISTRY.get_sample_value("sendguard_policyd_busy_poll_seconds_total") or 0.0
+    with PolicyClient((handle.host, handle.port)) as client:
+        for i in range(20):
+            assert client.ask(postfix_request(recipient=f"r{i}@example.com")) == "DUNNO"
+            time.sleep(0.01)  # a gap longer than the window: every window runs out
+    time.sleep(0.05)
+    polled = _busy_polled(before)
+    if usec:
+        # Each of the 20 gaps was polled for (about) the whole 5 ms window before the loop slept.
+        assert 20 * 0.004 < polled < 20 * 0.010
+    else:
+        assert polled == 0.0
