@@ -214,3 +214,24 @@ def test_busy_poll_polls_only_when_configured(daemon, usec):
         assert 20 * 0.004 < polled < 20 * 0.010
     else:
         assert polled == 0.0
+
+
+def test_many_connections_ready_at_once_each_get_their_own_answer(daemon):
+    # Requests written on 30 connections before any reply is read: the daemon finds several
+    # sockets ready at once and sends their replies after the batch; each must reach its own client.
+    _, handle = daemon(streams={})
+    clients = [PolicyClient((handle.host, handle.port)) for _ in range(30)]
+    try:
+        for round_ in range(5):
+            for i, client in enumerate(clients):
+                domain = "yahoo.com" if (i + round_) % 3 == 0 else "example.com"
+                client.send_raw(format_request(postfix_request(recipient=f"u{i}@{domain}", instance=f"m{round_}.{i}")))
+            for i, client in enumerate(clients):
+                reply = client.read_reply()
+                if (i + round_) % 3 == 0:
+                    assert reply.startswith(b"action=HOLD ") and b"yahoo.com" in reply
+                else:
+                    assert reply == b"action=DUNNO\n\n"
+    finally:
+        for client in clients:
+            client.close()
