@@ -1,16 +1,17 @@
 """The SQLite counter store (WAL): rolling windows that survive restarts and are shared by processes.
 
-Counts are kept in buckets rather than one row per message: one per second
-for the hour window, one per minute for the day window. Each bucket also
-carries ``total``, the stream's running total up to and including it, so a
-window's count is the last bucket's total minus the total before the
-window's first bucket: two index look-ups, however many buckets the window
-holds (a ``SUM`` over a busy day's 3,600 + 1,440 buckets costs about a
-millisecond).
-A bucket is in a window while *any* instant of it is: the hour window at ``now`` therefore holds every message of the last
-60 minutes plus at most one second more, the day window at most one minute
-more. The windows can over-count by that sliver, never under-count: the cap is
-never exceeded, and room frees at most a second (a minute) late.
+Counts are kept in one-second buckets, one table for both windows. Each
+bucket also carries ``total``, the stream's running total up to and including
+it, so a window's count is the newest bucket's total minus the total before
+the window's first bucket: an index look-up per window, however many buckets
+the window holds (a ``SUM`` over a busy day's 86,400 buckets costs
+milliseconds). Buckets are kept a day (and a little more), so the one table
+serves the hour and the day: a second table of coarser buckets for the day
+would cost every counted message one more b-tree to update and write.
+A bucket is in a window while *any* instant of it is: each window at ``now``
+therefore holds every message of its last 60 minutes (24 hours) plus at most
+one second more. The windows can over-count by that sliver, never
+under-count: the cap is never exceeded, and room frees at most a second late.
 
 A window also counts buckets *after* ``now``. Two processes whose clocks or
 ``now`` readings differ slightly then still see each other's messages, so the
@@ -20,13 +21,14 @@ newest bucket (a clock a little behind) is counted in that newest bucket, so it
 stays in the windows a little longer than it must (over-counting again), and
 the newest bucket's total is always the stream's total.
 
-The check-and-add is one ``INSERT ... SELECT`` statement, so it is one SQLite
-transaction: the row goes in only if both windows (read inside the same
-statement) stay within their caps. Writers also serialise on an ``flock`` of
+The check-and-add is one SQLite write transaction (``BEGIN IMMEDIATE``): one
+statement reads the message's state and both windows, the caps are compared
+here, and the row goes in before the transaction commits, so no other writer
+can count in between. Writers also serialise on an ``flock`` of
 ``DATABASE.lock``: SQLite's own busy handler sleeps in steps of milliseconds
 when two processes collide, where a lock polled in tens of microseconds keeps
 the latency flat. A writer that skips the flock (the sqlite3 shell) is still
-safe: SQLite refuses to upgrade a stale read snapshot to a write.
+safe: it waits for, or is refused, SQLite's write lock like any other.
 
 WAL checkpoints run in a background thread, not on commit, so that no request
 pays for copying the WAL back into the database file.
@@ -35,6 +37,7 @@ pays for copying the WAL back into the database file.
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import sqlite3
 import threading
@@ -59,12 +62,40 @@ from sendguard_policyd.counter_store import (
 
 log = logs.get("policyd")
 
-#: 2: buckets carry running totals (``total``); a version-1 file is converted when opened.
-SCHEMA_VERSION = 2
+#: 3: one table of one-second buckets for both windows (2 had per-second buckets for the hour
+#: and per-minute ones for the day; 1 had no running totals). Older files are converted when opened.
+SCHEMA_VERSION = 3
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS messages (
+# Counting a message is one INSERT: its bucket follows in the same statement, so no code path
+# (this process, another one, a future release job, a benchmark's prefill) can record a message
+# without it. Buckets are only ever added at the end: a message whose second is older than the
+# stream's newest bucket (another process's clock a little behind) goes into that newest bucket,
+# so it leaves the windows a little later than it could: over-counting, never under. The newest
+# bucket's total is then always the stream's total, and a new bucket's is that plus its
+# recipients: between neighbouring buckets the totals differ by exactly the later one's recipients.
+_TRIGGER = """
+CREATE TRIGGER IF NOT EXISTS count_message AFTER INSERT ON messages WHEN NEW.state = 'counted'
+BEGIN
+    INSERT INTO buckets (stream, second, recipients, total)
+        VALUES (NEW.stream,
+                MAX(CAST(NEW.at AS INTEGER),
+                    COALESCE((SELECT MAX(second) FROM buckets WHERE stream = NEW.stream), 0)),
+                NEW.recipients,
+                NEW.recipients + COALESCE((SELECT total FROM buckets WHERE stream = NEW.stream
+                                           ORDER BY second DESC LIMIT 1), 0))
+        ON CONFLICT (stream, second) DO UPDATE
+            SET recipients = recipients + excluded.recipients, total = total + excluded.recipients;
+END
+"""
+
+_BUCKETS = """CREATE TABLE IF NOT EXISTS buckets (
+    stream TEXT NOT NULL, second INTEGER NOT NULL, recipients INTEGER NOT NULL, total INTEGER NOT NULL,
+    PRIMARY KEY (stream, second)
+) WITHOUT ROWID"""
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS messages (
     instance   TEXT PRIMARY KEY,
     stream     TEXT NOT NULL,
     state      TEXT NOT NULL,
@@ -75,119 +106,97 @@ CREATE TABLE IF NOT EXISTS messages (
     -- The stream's rolling counts just after this message was counted (for audit and the log).
     hour_after INTEGER NOT NULL DEFAULT 0,
     day_after  INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID;
--- Partial indexes: the hot path inserts 'counted' rows, which these leave untouched.
-CREATE INDEX IF NOT EXISTS messages_held ON messages (stream) WHERE state = 'held';
-CREATE INDEX IF NOT EXISTS messages_family ON messages (at) WHERE state = 'family_hold';
-CREATE TABLE IF NOT EXISTS hour_buckets (
-    stream TEXT NOT NULL, second INTEGER NOT NULL, recipients INTEGER NOT NULL,
-    total INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (stream, second)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS day_buckets (
-    stream TEXT NOT NULL, minute INTEGER NOT NULL, recipients INTEGER NOT NULL,
-    total INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (stream, minute)
-) WITHOUT ROWID;
-{trigger}"""
-
-# Counting a message is one INSERT: the buckets follow in the same statement, so no code
-# path (this process, another one, a future release job) can record a message without them.
-# Buckets are only ever added at the end: a message whose second (minute) is older than the
-# stream's newest bucket (another process's clock a little behind) goes into that newest
-# bucket, so it leaves the windows a little later than it could: over-counting, never under.
-# The newest bucket's total is then always the stream's total, and a new bucket's is that
-# plus its recipients: between neighbouring buckets the totals differ by exactly the later
-# one's recipients.
-_TRIGGER = """
-CREATE TRIGGER IF NOT EXISTS count_message AFTER INSERT ON messages WHEN NEW.state = 'counted'
-BEGIN
-    INSERT INTO hour_buckets (stream, second, recipients, total)
-        VALUES (NEW.stream,
-                MAX(CAST(NEW.at AS INTEGER),
-                    COALESCE((SELECT MAX(second) FROM hour_buckets WHERE stream = NEW.stream), 0)),
-                NEW.recipients,
-                NEW.recipients + COALESCE((SELECT total FROM hour_buckets WHERE stream = NEW.stream
-                                           ORDER BY second DESC LIMIT 1), 0))
-        ON CONFLICT (stream, second) DO UPDATE
-            SET recipients = recipients + excluded.recipients, total = total + excluded.recipients;
-    INSERT INTO day_buckets (stream, minute, recipients, total)
-        VALUES (NEW.stream,
-                MAX(CAST(NEW.at / 60 AS INTEGER),
-                    COALESCE((SELECT MAX(minute) FROM day_buckets WHERE stream = NEW.stream), 0)),
-                NEW.recipients,
-                NEW.recipients + COALESCE((SELECT total FROM day_buckets WHERE stream = NEW.stream
-                                           ORDER BY minute DESC LIMIT 1), 0))
-        ON CONFLICT (stream, minute) DO UPDATE
-            SET recipients = recipients + excluded.recipients, total = total + excluded.recipients;
-END;
-"""
-
-_SCHEMA = _SCHEMA.replace("{trigger}", _TRIGGER)
-
-# Version 1 had buckets without totals: add them (running sums of what is there) and swap the
-# trigger, in one transaction, so no message is ever counted against half a conversion.
-_MIGRATE_1_TO_2 = (
-    "ALTER TABLE hour_buckets ADD COLUMN total INTEGER NOT NULL DEFAULT 0",
-    "ALTER TABLE day_buckets ADD COLUMN total INTEGER NOT NULL DEFAULT 0",
-    """UPDATE hour_buckets SET total = r.total FROM (
-        SELECT stream, second, SUM(recipients) OVER (PARTITION BY stream ORDER BY second) AS total FROM hour_buckets
-    ) AS r WHERE hour_buckets.stream = r.stream AND hour_buckets.second = r.second""",
-    """UPDATE day_buckets SET total = r.total FROM (
-        SELECT stream, minute, SUM(recipients) OVER (PARTITION BY stream ORDER BY minute) AS total FROM day_buckets
-    ) AS r WHERE day_buckets.stream = r.stream AND day_buckets.minute = r.minute""",
-    "DROP TRIGGER IF EXISTS count_message",
+) WITHOUT ROWID""",
+    # Partial indexes: the hot path inserts 'counted' rows, which these leave untouched.
+    "CREATE INDEX IF NOT EXISTS messages_held ON messages (stream) WHERE state = 'held'",
+    "CREATE INDEX IF NOT EXISTS messages_family ON messages (at) WHERE state = 'family_hold'",
+    _BUCKETS,
     _TRIGGER,
-    "UPDATE meta SET value = '2' WHERE key = 'schema_version'",
 )
 
-# A stream's rolling counts from the running totals: the newest bucket's total minus the total
-# before the oldest bucket in the window (0 when the window holds no bucket).
-_HOUR_COUNT = """COALESCE(
-    (SELECT total FROM hour_buckets WHERE stream = :stream ORDER BY second DESC LIMIT 1)
-    - (SELECT total - recipients FROM hour_buckets WHERE stream = :stream AND second > :hour_floor
-        ORDER BY second LIMIT 1), 0)"""
-_DAY_COUNT = """COALESCE(
-    (SELECT total FROM day_buckets WHERE stream = :stream ORDER BY minute DESC LIMIT 1)
-    - (SELECT total - recipients FROM day_buckets WHERE stream = :stream AND minute > :day_floor
-        ORDER BY minute LIMIT 1), 0)"""
+# Versions 1 and 2 kept per-second buckets for the hour (``hour_buckets``, pruned after about an
+# hour) and per-minute ones for the day (``day_buckets``). The one-second table takes every
+# second bucket as it is, and from each minute bucket what its seconds do not already hold (the
+# seconds pruned already), at the minute's last second 60 m + 59: that second leaves the day
+# window at the very instant the minute did, and it is past the hour window already (it was
+# pruned from it). Running totals are recomputed from the recipients (version 1 had none). One
+# transaction, so no message is ever counted against half a conversion.
+_MIGRATE_TO_3 = (
+    _BUCKETS,
+    """INSERT INTO buckets (stream, second, recipients, total)
+    WITH merged (stream, second, recipients) AS (
+        SELECT stream, second, recipients FROM hour_buckets
+        UNION ALL
+        SELECT stream, second, recipients FROM (
+            SELECT d.stream AS stream, d.minute * 60 + 59 AS second,
+                   d.recipients - COALESCE((SELECT SUM(h.recipients) FROM hour_buckets AS h
+                                            WHERE h.stream = d.stream
+                                              AND h.second BETWEEN d.minute * 60 AND d.minute * 60 + 59), 0)
+                       AS recipients
+            FROM day_buckets AS d)
+        WHERE recipients > 0
+    ), summed (stream, second, recipients) AS (
+        SELECT stream, second, SUM(recipients) FROM merged GROUP BY stream, second
+    )
+    SELECT stream, second, recipients, SUM(recipients) OVER (PARTITION BY stream ORDER BY second)
+    FROM summed WHERE true""",
+    "DROP TRIGGER IF EXISTS count_message",
+    "DROP TABLE hour_buckets",
+    "DROP TABLE day_buckets",
+    _TRIGGER,
+    "UPDATE meta SET value = '3' WHERE key = 'schema_version'",
+)
 
-# The whole check-and-add as ONE statement: the row (and, by the trigger, its buckets) is
-# inserted only if the instance is new and both windows stay within their caps. A NULL cap
-# is no cap. Run under the writers' lock, a single statement is one atomic transaction.
-_ADMIT_INSERT = f"""
-INSERT INTO messages (instance, stream, state, recipients, at, queue_id, hour_after, day_after)
-SELECT :instance, :stream, 'counted', :n, :now, :queue_id, w.hour + :n, w.day + :n
-FROM (SELECT {_HOUR_COUNT} AS hour, {_DAY_COUNT} AS day) AS w
-WHERE (:hourly IS NULL OR w.hour + :n <= :hourly) AND (:daily IS NULL OR w.day + :n <= :daily)
-ON CONFLICT (instance) DO NOTHING
-RETURNING hour_after, day_after
+# Everything a check-and-add needs in one round trip (each statement run from Python costs
+# microseconds of its own): the message's state (a retry?), the stream's total (the newest
+# bucket's), and the totals before the first bucket of each window (NULL when the window holds
+# no bucket). Positional parameters (they bind faster than named ones): 1 stream, 2 hour floor,
+# 3 day floor, 4 instance.
+_ADMIT_READ = """SELECT
+    (SELECT state FROM messages WHERE instance = ?4),
+    (SELECT total FROM buckets WHERE stream = ?1 ORDER BY second DESC LIMIT 1),
+    (SELECT total - recipients FROM buckets WHERE stream = ?1 AND second > ?2 ORDER BY second LIMIT 1),
+    (SELECT total - recipients FROM buckets WHERE stream = ?1 AND second > ?3 ORDER BY second LIMIT 1)
 """
 
-# When room frees: the oldest bucket by which the window's first ``:need`` recipients are reached
-# (totals grow with time, so it is the first bucket whose total reaches "total before the window"
-# plus ``:need``). One scan in SQLite, stopping at that bucket: usually the first or second.
-_ROOM_HOUR = """
-SELECT second FROM hour_buckets WHERE stream = :stream AND second > :floor AND total >= :need + (
-    SELECT total - recipients FROM hour_buckets WHERE stream = :stream AND second > :floor ORDER BY second LIMIT 1)
-ORDER BY second LIMIT 1
-"""
-_ROOM_DAY = """
-SELECT minute * 60 FROM day_buckets WHERE stream = :stream AND minute > :floor AND total >= :need + (
-    SELECT total - recipients FROM day_buckets WHERE stream = :stream AND minute > :floor ORDER BY minute LIMIT 1)
-ORDER BY minute LIMIT 1
+_ADMIT_INSERT = """INSERT INTO messages (instance, stream, state, recipients, at, queue_id, hour_after, day_after)
+VALUES (?, ?, 'counted', ?, ?, ?, ?, ?)"""
+
+# A window's count, on any connection (status, scrapes): as in _ADMIT_READ, for one stream.
+_WINDOWS = """SELECT
+    (SELECT total FROM buckets WHERE stream = ?1 ORDER BY second DESC LIMIT 1),
+    (SELECT total - recipients FROM buckets WHERE stream = ?1 AND second > ?2 ORDER BY second LIMIT 1),
+    (SELECT total - recipients FROM buckets WHERE stream = ?1 AND second > ?3 ORDER BY second LIMIT 1)
 """
 
-# Why a message was not counted: everything the refusal needs, in one round trip.
-_ADMIT_READ = f"""
-SELECT (SELECT state FROM messages WHERE instance = :instance), {_HOUR_COUNT}, {_DAY_COUNT}
+# The same counts on a file an older release wrote and no daemon has opened (and upgraded) yet.
+_WINDOWS_BEFORE_3 = """SELECT
+    (SELECT COALESCE(SUM(recipients), 0) FROM hour_buckets WHERE stream = ?1 AND second > ?2),
+    (SELECT COALESCE(SUM(recipients), 0) FROM day_buckets WHERE stream = ?1 AND minute > (?3 + 1) / 60.0 - 1)
 """
+
+# When room frees: the first bucket in the window whose total reaches ``target`` ("total before
+# the window" plus the recipients that must leave). Totals grow with time, so an index scan stops
+# at that bucket, usually the first or second. It scans the first ``_ROOM_SCAN`` seconds from the
+# window's first bucket only: past them, :func:`_room_second_far` halves the range instead (a cap
+# lowered far below the count would otherwise scan most of a day's buckets at every refused attempt).
+_ROOM_SCAN = 64
+_ROOM_NEAR = f"""SELECT second FROM buckets WHERE stream = ?1 AND second > ?2 AND total >= ?3 AND second <= {_ROOM_SCAN} + (
+    SELECT second FROM buckets WHERE stream = ?1 AND second > ?2 ORDER BY second LIMIT 1)
+ORDER BY second LIMIT 1"""
+_TOTAL_AT = "SELECT total FROM buckets WHERE stream = ? AND second <= ? ORDER BY second DESC LIMIT 1"
+_NEWEST = "SELECT second, total FROM buckets WHERE stream = ? ORDER BY second DESC LIMIT 1"
 
 #: How often (seconds of ``now``) expired rows are deleted, inside a write that happens anyway.
 #: The message table has no index on time (it would slow every count), so a prune scans it.
 PRUNE_INTERVAL = 300.0
 #: Seconds between WAL checkpoints by the background thread.
 CHECKPOINT_INTERVAL = 1.0
+#: A WAL longer than this many frames (pages of 1 KiB) is caught up with the writers held off, so
+#: that it restarts from its beginning (see SQLiteCounterStore._catch_up): about 8 MB.
+WAL_RESTART_FRAMES = 8192
+#: Bytes a restarted WAL file is truncated to (SQLite's journal_size_limit).
+WAL_SIZE_LIMIT = 16 * 1024 * 1024
 #: A write waits at most this long (seconds) for another process's write to finish.
 LOCK_TIMEOUT = 10.0
 #: Message records are kept this long: far beyond any Postfix retry, and a day for status.
@@ -204,20 +213,27 @@ def _hour_floor(now: float) -> float:
 
 
 def _day_floor(now: float) -> float:
-    # Bucket m covers [60m, 60m+60): in the window while 60m + 60 > now - DAY.
-    return (now - DAY) / 60.0 - 1
+    # Bucket s covers [s, s+1): it is in the window while s + 1 > now - DAY.
+    return now - DAY - 1
+
+
+def _counts(total: int | None, before_hour: int | None, before_day: int | None) -> tuple[int, int]:
+    """The windows' counts from the stream's total and the totals before each window's first bucket."""
+    if total is None:
+        return 0, 0
+    # No bucket in a window: it is empty (buckets only grow at the end, so the newest is in it if any is).
+    return (0 if before_hour is None else total - before_hour), (0 if before_day is None else total - before_day)
 
 
 def read_windows(conn: sqlite3.Connection, stream: str, now: float) -> WindowCounts:
     """The rolling counts of ``stream`` at ``now`` on any connection to the store."""
-    hour = conn.execute(
-        "SELECT COALESCE(SUM(recipients), 0) FROM hour_buckets WHERE stream = ? AND second > ?",
-        (stream, _hour_floor(now)),
-    ).fetchone()[0]
-    day = conn.execute(
-        "SELECT COALESCE(SUM(recipients), 0) FROM day_buckets WHERE stream = ? AND minute > ?",
-        (stream, _day_floor(now)),
-    ).fetchone()[0]
+    try:
+        hour, day = _counts(*conn.execute(_WINDOWS, (stream, _hour_floor(now), _day_floor(now))).fetchone())
+    except sqlite3.OperationalError:
+        # A file of an older schema (``sendguard status`` before the upgraded daemon first ran).
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'day_buckets'").fetchone() is None:
+            raise
+        hour, day = conn.execute(_WINDOWS_BEFORE_3, (stream, _hour_floor(now), _day_floor(now))).fetchone()
     return WindowCounts(hour=int(hour), day=int(day))
 
 
@@ -237,7 +253,7 @@ def read_family_holds(conn: sqlite3.Connection, since: float) -> dict[str, int]:
 
 
 def connect(path: str, synchronous: str = "normal", create: bool = True) -> sqlite3.Connection:
-    """Open the store file (creating it and its directory when ``create``) in WAL mode."""
+    """Open the store file in WAL mode; with ``create``, make it (and its directory) or upgrade it."""
     if create:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     elif not os.path.exists(path):
@@ -246,36 +262,61 @@ def connect(path: str, synchronous: str = "normal", create: bool = True) -> sqli
         conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 10000")
         if create:
-            # Small pages: a counted message touches three b-trees, and every touched page is
-            # appended to the WAL on commit; 1 KiB pages make that about a quarter of the bytes.
-            # (Ignored for a file that exists already.)
+            # Small pages: every page a counted message touches is appended to the WAL on commit;
+            # 1 KiB pages make that about a quarter of the bytes. (Ignored for a file that exists.)
             conn.execute("PRAGMA page_size = 1024")
             conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         if create:
-            conn.executescript(_SCHEMA)
-            conn.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-            _upgrade(conn)
+            _create_or_upgrade(conn)
     except sqlite3.Error as exc:
         raise StoreError(f"counter store {path}: {exc}") from exc
     return conn
 
 
-def _upgrade(conn: sqlite3.Connection) -> None:
-    """Bring a file written by an earlier release to :data:`SCHEMA_VERSION`, keeping every count."""
+def _create_or_upgrade(conn: sqlite3.Connection) -> None:
+    """Create the schema in a new file, or bring one written by an earlier release to
+    :data:`SCHEMA_VERSION`, keeping every count."""
     conn.execute("BEGIN IMMEDIATE")  # the version is read and changed by one writer at a time
     try:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is not None and row[0] == "1":
-            for statement in _MIGRATE_1_TO_2:
+        has_meta = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() if has_meta else None
+        if row is not None and row[0] in ("1", "2"):
+            for statement in _MIGRATE_TO_3:
                 conn.execute(statement)
-            log.info("counter store upgraded from schema 1 to 2 (running totals)")
+            log.info("counter store upgraded from schema %s to 3 (one table of one-second buckets)", row[0])
+        else:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _room_second_far(cur: sqlite3.Cursor, stream: str, floor: float, target: int) -> int | None:
+    """The first bucket above ``floor`` whose total reaches ``target``, when it is not among
+    the window's first seconds (None when no bucket reaches it).
+
+    Totals grow with the second, so the range of seconds between one known short (``floor``)
+    and the newest bucket is halved: one look-up per step, some 17 steps across a day.
+    """
+    newest = cur.execute(_NEWEST, (stream,)).fetchone()
+    if newest is None or newest[1] < target:
+        return None
+    short, enough = math.floor(floor), newest[0]  # the stream's total there: < target, >= target
+    while enough - short > 1:
+        middle = (short + enough) // 2
+        row = cur.execute(_TOTAL_AT, (stream, middle)).fetchone()
+        if row is not None and row[0] >= target:
+            enough = middle
+        else:
+            short = middle
+    return enough
 
 
 class SQLiteCounterStore:
@@ -293,16 +334,20 @@ class SQLiteCounterStore:
         # by SQLite on commit they would stall whichever request happens to trigger one. A
         # background thread does them instead, off the event loop.
         self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+        # One cursor for the write path: a new one per statement (``conn.execute``) costs an object,
+        # its registration with the connection and, in time, the garbage collector's attention.
+        self._cur = self._conn.cursor()
         self._stop = threading.Event()
         self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="sendguard-checkpoint", daemon=True)
-        self._checkpointer.start()
         self._lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self.wal_restart_frames = WAL_RESTART_FRAMES
         self._thread_lock = threading.Lock()
         self._next_prune = float("-inf")
         self._seq = 0
         self._readers = threading.local()
         # Streams whose last check was over a cap: their next check reads before it tries to write.
         self._over_cap: set[str] = set()
+        self._checkpointer.start()
 
     # -- the atomic write path ------------------------------------------------------------------
 
@@ -329,8 +374,8 @@ class SQLiteCounterStore:
     def _locked(self, fn):  # type: ignore[no-untyped-def]
         """Run ``fn`` holding the writers' lock: this thread's, then the file's (other processes').
 
-        Every statement in ``fn`` is its own transaction (autocommit); holding the lock
-        keeps another writer from slipping in between a statement and the next.
+        A statement outside ``BEGIN`` is its own transaction (autocommit); holding the lock
+        keeps another writer from slipping in between such a statement and the next.
         """
         with self._thread_lock:
             self._lock_file()  # raises StoreError after LOCK_TIMEOUT
@@ -357,60 +402,84 @@ class SQLiteCounterStore:
             # Without an instance there is nothing to deduplicate on; the row is still needed for the count.
             self._seq += 1
             instance = f"no-instance:{os.getpid()}:{now}:{self._seq}"
-        params = {
-            "instance": instance,
-            "stream": stream,
-            "n": recipients,
-            "now": now,
-            "queue_id": queue_id,
-            "hour_floor": _hour_floor(now),
-            "day_floor": _day_floor(now),
-            "hourly": hourly_cap,
-            "daily": daily_cap,
-        }
+        # The writers' lock, as in _locked, without a closure per call: this is the hot path.
+        with self._thread_lock:
+            self._lock_file()  # raises StoreError after LOCK_TIMEOUT
+            try:
+                return self._admit(stream, instance, recipients, now, hourly_cap, daily_cap, queue_id)
+            except sqlite3.Error as exc:
+                raise StoreError(f"counter store {self.path}: {exc}") from exc
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-        over_before = stream in self._over_cap
+    def _admit(
+        self,
+        stream: str,
+        instance: str,
+        recipients: int,
+        now: float,
+        hourly_cap: int | None,
+        daily_cap: int | None,
+        queue_id: str,
+    ) -> Admission:
+        cur = self._cur
+        read = (stream, _hour_floor(now), _day_floor(now), instance)
+        if stream in self._over_cap:
+            # The stream was over a cap a moment ago (a campaign push): read first, so that a
+            # refusal, the likely answer, never opens a write transaction.
+            state, total, before_hour, before_day = cur.execute(_ADMIT_READ, read).fetchone()
+            hour, day = _counts(total, before_hour, before_day)
+            if state is not None or not self._fits(hour, day, recipients, hourly_cap, daily_cap):
+                return self._refused(cur, stream, now, recipients, hourly_cap, daily_cap, state, total, hour, day)
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            # Read and write in one transaction: nothing can be counted between the check and the add.
+            state, total, before_hour, before_day = cur.execute(_ADMIT_READ, read).fetchone()
+            hour, day = _counts(total, before_hour, before_day)
+            counted = state is None and self._fits(hour, day, recipients, hourly_cap, daily_cap)
+            if counted:
+                hour += recipients
+                day += recipients
+                cur.execute(_ADMIT_INSERT, (instance, stream, recipients, now, queue_id, hour, day))
+                self._maybe_prune(now)
+            cur.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:
+                cur.execute("ROLLBACK")
+            raise
+        if counted:
+            self._over_cap.discard(stream)
+            return Admission(COUNTED, hour, day)
+        return self._refused(cur, stream, now, recipients, hourly_cap, daily_cap, state, total, hour, day)
 
-        def step() -> Admission:
-            conn = self._conn
-            if not over_before:
-                # The common case: the message fits, and the INSERT is the whole check-and-add.
-                row = conn.execute(_ADMIT_INSERT, params).fetchone()
-                if row is not None:
-                    return self._counted(stream, now, row)
-            # Not counted (over a cap, or a retry), or the stream was over its cap a moment ago
-            # (a campaign push): read first, so that a refusal never attempts a write.
-            state, hour, day = conn.execute(_ADMIT_READ, params).fetchone()
-            if over_before and state is None and self._fits(hour, day, recipients, hourly_cap, daily_cap):
-                # The INSERT re-checks both caps itself, so the count stays atomic even against
-                # a writer that does not take the flock.
-                row = conn.execute(_ADMIT_INSERT, params).fetchone()
-                if row is not None:
-                    return self._counted(stream, now, row)
-                state, hour, day = conn.execute(_ADMIT_READ, params).fetchone()
-            if state is not None:
-                outcome = ALREADY_COUNTED if state == STATE_COUNTED else ALREADY_HELD
-                return Admission(outcome, hour, day)
-            # A cap of 0 (a paused ramp step) is "over cap", not "too large": it will open again.
-            if hourly_cap and recipients > hourly_cap or daily_cap and recipients > daily_cap:
-                return Admission(TOO_LARGE, hour, day)
-            if hourly_cap is not None and hour + recipients > hourly_cap:
-                self._over_cap.add(stream)
-                room = self._room_at(conn, stream, now, hour + recipients - hourly_cap, hourly=True)
-                return Admission(OVER_HOURLY, hour, day, room)
-            if daily_cap is not None and day + recipients > daily_cap:
-                self._over_cap.add(stream)
-                room = self._room_at(conn, stream, now, day + recipients - daily_cap, hourly=False)
-                return Admission(OVER_DAILY, hour, day, room)
-            # Only a writer outside this protocol (one that deletes counts) can get here.
-            raise StoreError(f"counter store {self.path}: the count changed under the check; try again")
-
-        return self._locked(step)
-
-    def _counted(self, stream: str, now: float, row: tuple[int, int]) -> Admission:
-        self._over_cap.discard(stream)
-        self._maybe_prune(now)
-        return Admission(COUNTED, row[0], row[1])
+    def _refused(
+        self,
+        cur: sqlite3.Cursor,
+        stream: str,
+        now: float,
+        recipients: int,
+        hourly_cap: int | None,
+        daily_cap: int | None,
+        state: str | None,
+        total: int | None,
+        hour: int,
+        day: int,
+    ) -> Admission:
+        """The answer for a message that was not counted: a retry, or over a cap (and when room frees)."""
+        if state is not None:
+            outcome = ALREADY_COUNTED if state == STATE_COUNTED else ALREADY_HELD
+            return Admission(outcome, hour, day)
+        # A cap of 0 (a paused ramp step) is "over cap", not "too large": it will open again.
+        if hourly_cap and recipients > hourly_cap or daily_cap and recipients > daily_cap:
+            return Admission(TOO_LARGE, hour, day)
+        self._over_cap.add(stream)
+        total = total or 0
+        if hourly_cap is not None and hour + recipients > hourly_cap:
+            room = self._room_at(cur, stream, _hour_floor(now), total - hour, hour + recipients - hourly_cap, HOUR)
+            return Admission(OVER_HOURLY, hour, day, room)
+        assert daily_cap is not None  # not counted, not a retry, within the hourly cap: over the daily one
+        room = self._room_at(cur, stream, _day_floor(now), total - day, day + recipients - daily_cap, DAY)
+        return Admission(OVER_DAILY, hour, day, room)
 
     @staticmethod
     def _fits(hour: int, day: int, recipients: int, hourly_cap: int | None, daily_cap: int | None) -> bool:
@@ -419,24 +488,28 @@ class SQLiteCounterStore:
         )
 
     @staticmethod
-    def _room_at(conn: sqlite3.Connection, stream: str, now: float, need: int, hourly: bool) -> float | None:
-        """When the oldest buckets holding ``need`` recipients will have left the window (None: never)."""
-        if hourly:
-            sql, floor, width, span = _ROOM_HOUR, _hour_floor(now), 1, HOUR
-        else:
-            sql, floor, width, span = _ROOM_DAY, _day_floor(now), 60, DAY
-        row = conn.execute(sql, {"stream": stream, "floor": floor, "need": need}).fetchone()
+    def _room_at(
+        cur: sqlite3.Cursor, stream: str, floor: float, before: int, need: int, span: int
+    ) -> float | None:
+        """When the oldest buckets holding ``need`` recipients will have left the window (None: never).
+
+        ``before`` is the stream's total before the window's first bucket (the first above ``floor``).
+        """
+        target = before + need
+        row = cur.execute(_ROOM_NEAR, (stream, floor, target)).fetchone()
+        second = row[0] if row is not None else _room_second_far(cur, stream, floor, target)
         # None: the window does not hold that many (a cap of 0, or a message larger than the cap).
-        return None if row is None else float(row[0]) + width + span
+        # Bucket s covers [s, s + 1): it has left the window once s + 1 <= t - span.
+        return None if second is None else float(second) + 1 + span
 
     def _maybe_prune(self, now: float) -> None:
         if now < self._next_prune:
             return
         self._next_prune = now + PRUNE_INTERVAL
-        conn = self._conn
-        conn.execute("DELETE FROM hour_buckets WHERE second <= ?", (_hour_floor(now) - 60,))
-        conn.execute("DELETE FROM day_buckets WHERE minute <= ?", (_day_floor(now) - 60,))
-        conn.execute(
+        cur = self._cur
+        # A minute's margin past the day window: a reader's ``now`` a little ahead still finds its buckets.
+        cur.execute("DELETE FROM buckets WHERE second <= ?", (_day_floor(now) - 60,))
+        cur.execute(
             "DELETE FROM messages WHERE at < ? AND state IN (?, ?)",
             (now - MESSAGE_RETENTION, STATE_COUNTED, STATE_FAMILY_HOLD),
         )
@@ -498,7 +571,9 @@ class SQLiteCounterStore:
                 if conn is None:
                     conn = connect(self.path, self.synchronous, create=False)
                 # PASSIVE never waits for, nor blocks, a writer; what it cannot copy now waits for the next round.
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if frames > self.wal_restart_frames:
+                    self._catch_up(conn)
             except (sqlite3.Error, StoreError) as exc:
                 log.warning("counter store %s: checkpoint failed: %s", self.path, exc)
         if conn is not None:
@@ -507,6 +582,23 @@ class SQLiteCounterStore:
             except sqlite3.Error:
                 pass
             conn.close()
+
+    def _catch_up(self, conn: sqlite3.Connection) -> None:
+        """Copy the last frames of a long WAL with the writers held off, so the next write restarts it.
+
+        SQLite starts the WAL over from its beginning only when a writer finds every frame
+        copied back; under a steady stream of counted messages a checkpoint that runs beside
+        the writers never gets there, and the WAL would grow by kilobytes per message without
+        end. With the writers' lock held, PASSIVE copies the few frames written since the pass
+        just before (about a millisecond, most of it the database file's fsync); it still never
+        waits for a reader, so a slow scrape cannot stall requests.
+        """
+        with self._thread_lock:
+            self._lock_file()
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         """Stop the checkpoint thread, close the write connection and the lock file."""
