@@ -52,6 +52,8 @@ INTERNAL_ERROR_ACTION = "DEFER_IF_PERMIT 4.3.0 sendguard: internal error, try ag
 READ_SIZE = 65536
 #: Connections accepted per listener wake-up before other sockets get their turn.
 ACCEPT_BATCH = 64
+#: Replies held back during a batch of ready sockets go out at least this often (seconds).
+HOLD_LIMIT = 0.0002
 #: Distinct reply texts kept encoded (deferrals name times, so the set keeps changing).
 REPLY_CACHE_SIZE = 512
 
@@ -185,8 +187,10 @@ class PolicyServer:
                             metrics.BUSY_POLL_SECONDS.inc(polled)
                             polled = 0.0
                         events = poll(max(0.0, next_sweep - _monotonic()))
+                held_since = 0.0
                 if len(events) > 1:
                     self._held = []
+                    held_since = _clock()
                 for fd, mask in events:
                     conn = conns.get(fd)
                     try:
@@ -203,11 +207,13 @@ class PolicyServer:
                         log.exception("error serving %s; closing it", conn.peer if conn else f"socket {fd}")
                         if conn is not None:
                             self._close(conn)
+                    if held_since and self._held and _clock() - held_since > HOLD_LIMIT:
+                        # A long batch (a burst from every connection at once): what is answered
+                        # so far goes out now rather than wait for the rest.
+                        self._flush_held(keep=True)
+                        held_since = _clock()
                 if self._held is not None:
-                    held, self._held = self._held, None
-                    for conn in held:
-                        if conn.fd in conns:
-                            self._flush(conn)
+                    self._flush_held(keep=False)
                 if events:
                     last_event = _clock()  # the polling window runs from the end of the work
                 if _monotonic() >= next_sweep:
@@ -218,6 +224,13 @@ class PolicyServer:
                         polled = 0.0
         finally:
             self._shutdown()
+
+    def _flush_held(self, keep: bool) -> None:
+        held = self._held or []
+        self._held = [] if keep else None
+        for conn in held:
+            if conn.fd in self.connections:
+                self._flush(conn)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the loop to stop (from any thread) and wait until every socket is closed."""
