@@ -63,3 +63,40 @@ def test_only_changed_files_are_reloaded_and_the_watcher_notices(tmp_path, write
         assert store.get("send").private_key.private_numbers() == new.private_numbers()
     finally:
         store.stop()
+
+
+def test_a_key_the_service_user_cannot_read_stops_start_up_with_the_reason(write_key):
+    # The tests run as root, and root reads every file: the check runs in a child that has
+    # given up root for nobody (uid/gid 65534), as the milter would run as a service user.
+    import tempfile
+
+    keydir = Path(tempfile.mkdtemp(prefix="sendguard-keys-"))
+    try:
+        os.chmod(keydir, 0o755)  # the directory is open; the key itself is root's, mode 0600
+        write_key(keydir / "k", mode=0o600)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: drop root, try to load the key, report what happened
+            try:
+                os.close(read_end)
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+                try:
+                    KeyStore([spec(keydir / "k")])
+                    result = "loaded"
+                except KeyLoadError as exc:
+                    result = str(exc)
+                os.write(write_end, result.encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            result = pipe.read().decode()
+        os.waitpid(pid, 0)
+        assert result == f"key file {keydir / 'k'} is not readable by this user (uid 65534)"
+        assert load_key(spec(keydir / "k")).bits == 2048  # root (its owner) still reads it
+    finally:
+        for path in keydir.iterdir():
+            path.unlink()
+        keydir.rmdir()
