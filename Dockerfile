@@ -26,10 +26,12 @@ RUN if [ -n "$EXTRA_CA_CERTS" ]; then \
 ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 RUN python3 -m venv /opt/sendguard
 # Dependencies first, in their own layer, so a change to the source does not
-# recompile pymilter.
+# recompile pymilter. The list is pyproject.toml's own, read from it, so the two
+# cannot drift apart.
 COPY pyproject.toml /src/pyproject.toml
-RUN /opt/sendguard/bin/pip install --no-cache-dir --disable-pip-version-check \
-      "pymilter>=1.0.5" "dkimpy>=1.1" "cryptography>=41" "prometheus-client>=0.17"
+RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' \
+      > /src/requirements.txt \
+ && /opt/sendguard/bin/pip install --no-cache-dir --disable-pip-version-check -r /src/requirements.txt
 COPY . /src
 # A regular (not editable) install: the image must not depend on /src.
 RUN /opt/sendguard/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps /src \
