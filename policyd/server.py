@@ -54,6 +54,8 @@ READ_SIZE = 65536
 ACCEPT_BATCH = 64
 #: Replies held back during a batch of ready sockets go out at least this often (seconds).
 HOLD_LIMIT = 0.0002
+#: accept() failures (out of file descriptors) are logged at most once per this many seconds.
+ACCEPT_FAILURE_LOG_INTERVAL = 60.0
 #: Distinct reply texts kept encoded (deferrals name times, so the set keeps changing).
 REPLY_CACHE_SIZE = 512
 
@@ -101,6 +103,10 @@ class PolicyServer:
         self.now = now
         self._epoll = select.epoll()
         self._listeners: dict[int, socket.socket] = {}
+        #: Listeners set aside after accept() failed (see _accept), back in at the next sweep.
+        self._paused: set[int] = set()
+        self._accept_failures = 0
+        self._accept_failure_logged = float("-inf")
         self._unix_paths: list[str] = []
         self.connections: dict[int, Connection] = {}
         self._replies: dict[str, bytes] = {}
@@ -217,6 +223,7 @@ class PolicyServer:
                 if events:
                     last_event = _clock()  # the polling window runs from the end of the work
                 if _monotonic() >= next_sweep:
+                    self._resume_listeners()
                     self._sweep_idle()
                     next_sweep = _monotonic() + sweep_every
                     if polled:  # a loop that never sleeps reports here
@@ -273,8 +280,10 @@ class PolicyServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                # Out of file descriptors, mostly: the listener stays, the peer is refused.
-                log.error("cannot accept a connection: %s", exc.strerror or exc)
+                # Out of file descriptors, mostly. The waiting peer stays in the backlog; the
+                # listener is set aside until the next sweep (at most a second), or it would
+                # stay readable and the loop would spin here, logging the same line each time.
+                self._pause_listener(listener, exc)
                 return
             sock.setblocking(False)
             if sock.family == socket.AF_UNIX:
@@ -288,6 +297,28 @@ class PolicyServer:
             self.connections[conn.fd] = conn
             self._epoll.register(conn.fd, _IN)
             metrics.CONNECTIONS.inc()
+
+    def _pause_listener(self, listener: socket.socket, exc: OSError) -> None:
+        fd = listener.fileno()
+        if fd in self._paused:
+            return
+        self._paused.add(fd)
+        self._epoll.modify(fd, 0)
+        self._accept_failures += 1
+        now = _monotonic()
+        if now - self._accept_failure_logged >= ACCEPT_FAILURE_LOG_INTERVAL:
+            log.error(
+                "cannot accept connections on %s: %s; %d connections open; retrying every second"
+                " (%d failed attempts since the last such line)",
+                _sockname(listener), exc.strerror or exc, len(self.connections), self._accept_failures,
+            )  # fmt: skip
+            self._accept_failure_logged = now
+            self._accept_failures = 0
+
+    def _resume_listeners(self) -> None:
+        for fd in self._paused:
+            self._epoll.modify(fd, _IN)
+        self._paused.clear()
 
     def _close(self, conn: Connection) -> None:
         if self.connections.pop(conn.fd, None) is None:
@@ -449,3 +480,8 @@ class PolicyServer:
         elif conn.fd in self.connections:
             conn.watching_out = True
             self._epoll.modify(conn.fd, _OUT)  # an EOF stays readable: stop listening for it
+
+
+def _sockname(sock: socket.socket) -> str:
+    name = sock.getsockname()
+    return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name)

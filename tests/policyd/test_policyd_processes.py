@@ -139,3 +139,41 @@ def test_bad_config_stops_startup_with_file_key_and_reason(tmp_path: Path):
     proc = subprocess.run(sendguard("policyd", "--config", str(path)), capture_output=True, text=True, timeout=30)
     assert proc.returncode == 78
     assert f"{path}: policyd.unmatched: 'maybe' is not one of dunno, defer" in proc.stderr
+
+
+def test_out_of_file_descriptors_is_one_log_line_and_the_waiting_connections_are_served_later(tmp_path):
+    # The daemon may open only 64 files. Connections beyond that wait in the listen backlog
+    # (the kernel completes their handshake); the daemon must not spin on the listener or log
+    # the failure over and over, and must serve the waiting ones once descriptors free up.
+    import resource
+
+    config, port = write_config(tmp_path, "fd", tmp_path / "fd.sqlite", tmp_path / "stamp")
+    (tmp_path / "stamp").write_text(str(int(time.time())))
+    log_path = tmp_path / "fd.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            sendguard("policyd", "--config", str(config)),
+            stderr=log,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)),
+        )
+    clients: list[PolicyClient] = []
+    try:
+        wait_listening(port, proc)
+        for _ in range(80):  # more than the daemon can hold
+            clients.append(PolicyClient(("127.0.0.1", port), timeout=30))
+        time.sleep(3)  # three sweeps: the paused listener is retried each second
+        assert proc.poll() is None
+        failures = [line for line in log_path.read_text().splitlines() if "cannot accept connections" in line]
+        assert len(failures) == 1, failures
+        assert "Too many open files" in failures[0]
+        # The first connections are served meanwhile; closing them lets the waiting ones in.
+        assert clients[0].ask(postfix_message("m0", "Q0", ["a@example.com"])[0]) == "DUNNO"
+        for client in clients[:40]:
+            client.close()
+        for i, client in enumerate(clients[40:]):
+            assert client.ask(postfix_message(f"w{i}", f"W{i}", ["a@example.com"])[0]) == "DUNNO"
+    finally:
+        for client in clients:
+            client.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
