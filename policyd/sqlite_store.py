@@ -187,9 +187,11 @@ ORDER BY second LIMIT 1"""
 _TOTAL_AT = "SELECT total FROM buckets WHERE stream = ? AND second <= ? ORDER BY second DESC LIMIT 1"
 _NEWEST = "SELECT second, total FROM buckets WHERE stream = ? ORDER BY second DESC LIMIT 1"
 
-#: How often (seconds of ``now``) expired rows are deleted, inside a write that happens anyway.
+#: How often (seconds of ``now``) expired rows are deleted, by the background thread (see prune).
 #: The message table has no index on time (it would slow every count), so a prune scans it.
 PRUNE_INTERVAL = 300.0
+#: Message records deleted per transaction by a prune (each one holds the writers' lock).
+PRUNE_BATCH = 500
 #: Seconds between WAL checkpoints by the background thread.
 CHECKPOINT_INTERVAL = 1.0
 #: A WAL longer than this many frames (pages of 1 KiB) is caught up with the writers held off, so
@@ -343,6 +345,8 @@ class SQLiteCounterStore:
         self.wal_restart_frames = WAL_RESTART_FRAMES
         self._thread_lock = threading.Lock()
         self._next_prune = float("-inf")
+        # The newest ``now`` a write was given (the clock the prune follows; tests drive it).
+        self._newest_now = float("-inf")
         self._seq = 0
         self._readers = threading.local()
         # Streams whose last check was over a cap: their next check reads before it tries to write.
@@ -402,6 +406,8 @@ class SQLiteCounterStore:
             # Without an instance there is nothing to deduplicate on; the row is still needed for the count.
             self._seq += 1
             instance = f"no-instance:{os.getpid()}:{now}:{self._seq}"
+        if now > self._newest_now:
+            self._newest_now = now  # the background thread prunes relative to it
         # The writers' lock, as in _locked, without a closure per call: this is the hot path.
         with self._thread_lock:
             self._lock_file()  # raises StoreError after LOCK_TIMEOUT
@@ -441,7 +447,6 @@ class SQLiteCounterStore:
                 hour += recipients
                 day += recipients
                 cur.execute(_ADMIT_INSERT, (instance, stream, recipients, now, queue_id, hour, day))
-                self._maybe_prune(now)
             cur.execute("COMMIT")
         except BaseException:
             if self._conn.in_transaction:
@@ -502,23 +507,67 @@ class SQLiteCounterStore:
         # Bucket s covers [s, s + 1): it has left the window once s + 1 <= t - span.
         return None if second is None else float(second) + 1 + span
 
-    def _maybe_prune(self, now: float) -> None:
-        if now < self._next_prune:
-            return
-        self._next_prune = now + PRUNE_INTERVAL
-        cur = self._cur
+    def prune(self, now: float) -> int:
+        """Delete buckets and message records that have expired at ``now``; return how many rows went.
+
+        Runs in the background thread every :data:`PRUNE_INTERVAL` seconds of the newest ``now``
+        the store has seen. The expired rows are found by a plain read, which in WAL mode runs
+        beside the writers (the message table has no index on time, so this is a scan); they are
+        then deleted by key in short transactions under the writers' lock, each re-checking
+        that the row is still expired. A request therefore never waits for the scan, only for
+        one batch of deletes at a time.
+        """
+        conn = self.reader()
+        conn.execute("PRAGMA wal_autocheckpoint = 0")  # never a checkpoint under the writers' lock
         # A minute's margin past the day window: a reader's ``now`` a little ahead still finds its buckets.
-        cur.execute("DELETE FROM buckets WHERE second <= ?", (_day_floor(now) - 60,))
-        cur.execute(
-            "DELETE FROM messages WHERE at < ? AND state IN (?, ?)",
-            (now - MESSAGE_RETENTION, STATE_COUNTED, STATE_FAMILY_HOLD),
-        )
+        bucket_floor = _day_floor(now) - 60
+        expired = now - MESSAGE_RETENTION
+        try:
+            buckets = conn.execute(
+                "SELECT stream, MAX(second), COUNT(*) FROM buckets WHERE second <= ? GROUP BY stream", (bucket_floor,)
+            ).fetchall()
+            instances = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT instance FROM messages WHERE at < ? AND state IN (?, ?)",
+                    (expired, STATE_COUNTED, STATE_FAMILY_HOLD),
+                )
+            ]
+        except sqlite3.Error as exc:
+            raise StoreError(f"counter store {self.path}: {exc}") from exc
+        deleted = 0
+        for stream, newest, _ in buckets:
+            # Buckets of a stream below the floor form one key range: one short delete each.
+            deleted += self._delete_locked(
+                conn, "DELETE FROM buckets WHERE stream = ? AND second <= ?", (stream, min(newest, bucket_floor))
+            )
+        for start in range(0, len(instances), PRUNE_BATCH):
+            batch = instances[start : start + PRUNE_BATCH]
+            marks = ",".join("?" * len(batch))
+            deleted += self._delete_locked(
+                conn,
+                f"DELETE FROM messages WHERE instance IN ({marks}) AND at < ? AND state IN (?, ?)",
+                (*batch, expired, STATE_COUNTED, STATE_FAMILY_HOLD),
+            )
+        return deleted
+
+    def _delete_locked(self, conn: sqlite3.Connection, sql: str, params: tuple) -> int:
+        with self._thread_lock:
+            self._lock_file()
+            try:
+                return conn.execute(sql, params).rowcount
+            except sqlite3.Error as exc:
+                raise StoreError(f"counter store {self.path}: {exc}") from exc
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def mark_family_hold(self, instance: str, stream: str, now: float, queue_id: str, rule: str) -> bool:
         """Record the family hold of a message; True when this is its first mark (retries and
         further family recipients of the same message add nothing)."""
         if not instance:
             return True
+        if now > self._newest_now:
+            self._newest_now = now
 
         def step() -> bool:
             cur = self._conn.execute(
@@ -574,6 +623,10 @@ class SQLiteCounterStore:
                 _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 if frames > self.wal_restart_frames:
                     self._catch_up(conn)
+                newest = self._newest_now
+                if newest >= self._next_prune:
+                    self._next_prune = newest + PRUNE_INTERVAL
+                    self.prune(newest)
             except (sqlite3.Error, StoreError) as exc:
                 log.warning("counter store %s: checkpoint failed: %s", self.path, exc)
         if conn is not None:

@@ -6,6 +6,7 @@ import datetime as dt
 import random
 import sqlite3
 import tempfile
+import time
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -180,11 +181,37 @@ def test_expired_rows_are_pruned_but_windows_stay_right(tmp_path: Path):
         store.admit("s", f"old{i}", 1, at(10, 0) + i, None, None)
     later = at(10, 0) + 3 * 86400
     store.admit("s", "new", 1, later, None, None)
+    store.prune(later)
     conn = sqlite3.connect(store.path)
     assert conn.execute("SELECT COUNT(*) FROM buckets").fetchone()[0] == 1
     assert conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 1
     assert store.windows("s", later).hour == 1 and store.windows("s", later).day == 1
+    assert store.admit("s", "old3", 1, later + 1, None, None).outcome == COUNTED  # its record is gone
     store.close()
+
+
+def test_the_background_thread_prunes_by_the_newest_time_written(tmp_path: Path, monkeypatch):
+    # Pruning runs beside the requests, not inside one: a write three days later is enough for
+    # the background thread to remove what expired, and the windows stay right meanwhile.
+    from sendguard_policyd import sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_INTERVAL", 0.05)
+    store = store_in(tmp_path)
+    try:
+        for i in range(50):
+            store.admit("s", f"old{i}", 1, at(10, 0) + i, None, None)
+        store.mark_family_hold("held-old", "s", at(10, 1), "Q1", "yahoo.com")
+        later = at(10, 0) + 3 * 86400
+        store.admit("s", "new", 2, later, None, None)
+        conn = sqlite3.connect(store.path)
+        deadline = time.monotonic() + 10
+        while conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert conn.execute("SELECT instance FROM messages").fetchall() == [("new",)]
+        assert conn.execute("SELECT COUNT(*) FROM buckets").fetchone()[0] == 1
+        assert store.windows("s", later).hour == 2 and store.windows("s", later).day == 2
+    finally:
+        store.close()
 
 
 def test_a_writer_stuck_in_another_process_times_out_instead_of_hanging(tmp_path: Path, monkeypatch):
