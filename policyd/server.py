@@ -107,7 +107,7 @@ class PolicyServer:
         self._paused: set[int] = set()
         self._accept_failures = 0
         self._accept_failure_logged = float("-inf")
-        self._unix_paths: list[str] = []
+        self._unix_paths: list[tuple[str, int]] = []  # (path, inode) of our unix sockets
         self.connections: dict[int, Connection] = {}
         self._replies: dict[str, bytes] = {}
         # stop() from another thread writes here to wake the loop.
@@ -121,12 +121,18 @@ class PolicyServer:
 
     # -- listening ---------------------------------------------------------------------------------
 
-    def listen_tcp(self, host: str, port: int) -> tuple[str, int]:
-        """Listen on TCP ``host:port``; return the bound address (port 0 picks a free one)."""
+    def listen_tcp(self, host: str, port: int, reuse_port: bool = False) -> tuple[str, int]:
+        """Listen on TCP ``host:port``; return the bound address (port 0 picks a free one).
+
+        ``reuse_port``: share the port with other daemons that set it too (SO_REUSEPORT); the
+        kernel spreads new connections over them.
+        """
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
             sock.listen(1024)
         except BaseException:
@@ -136,12 +142,27 @@ class PolicyServer:
         return sock.getsockname()[:2]
 
     def listen_unix(self, path: str, mode: int) -> None:
-        """Listen on a unix socket at ``path`` (a stale socket there is replaced)."""
+        """Listen on a unix socket at ``path``.
+
+        A socket file left by a daemon that is gone is replaced; one that a live process
+        still answers on is not (OSError EADDRINUSE): a second daemon started with the same
+        config must not take the first one's socket away from Postfix.
+        """
         try:
-            if stat.S_ISSOCK(os.stat(path).st_mode):
-                os.unlink(path)
+            st = os.stat(path)
         except FileNotFoundError:
-            pass
+            st = None
+        if st is not None and stat.S_ISSOCK(st.st_mode):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            probe.settimeout(2)
+            try:
+                probe.connect(path)
+            except (ConnectionRefusedError, FileNotFoundError):
+                os.unlink(path)  # stale: nobody listens there
+            else:
+                raise OSError(errno.EADDRINUSE, "another process is listening on it")
+            finally:
+                probe.close()
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -151,7 +172,7 @@ class PolicyServer:
         except BaseException:
             sock.close()
             raise
-        self._unix_paths.append(path)
+        self._unix_paths.append((path, os.stat(path).st_ino))
         self._add_listener(sock)
 
     def _add_listener(self, sock: socket.socket) -> None:
@@ -261,9 +282,10 @@ class PolicyServer:
         for sock in self._listeners.values():
             sock.close()
         self._listeners.clear()
-        for path in self._unix_paths:
+        for path, inode in self._unix_paths:
             try:
-                os.unlink(path)
+                if os.stat(path).st_ino == inode:  # still ours, not a successor's
+                    os.unlink(path)
             except OSError:
                 pass
         self._epoll.close()

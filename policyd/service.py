@@ -88,7 +88,7 @@ def _bind(config: Config, server: PolicyServer) -> tuple[str, int]:
     settings = config.policyd
     host, port = parse_hostport(settings.listen)
     try:
-        bound = server.listen_tcp(host, port)
+        bound = server.listen_tcp(host, port, settings.reuse_port)
     except OSError as exc:
         raise ConfigError(config.file, "policyd.listen", f"cannot listen on {settings.listen}: {exc.strerror or exc}")
     if settings.socket:

@@ -45,6 +45,8 @@ class PolicydSettings:
     family_mx_nameservers: tuple[str, ...] = ()
     #: Close a connection after this many idle seconds (Postfix's own max_idle is 300 s).
     idle_timeout: float = 330.0
+    #: Set SO_REUSEPORT on the TCP listener, so several daemons can share one port.
+    reuse_port: bool = False
     #: After a request, poll this many microseconds for the next one before sleeping (0: never poll).
     busy_poll_usec: int = 200
     #: SQLite ``synchronous``: "normal" (fast, durable across process crashes) or "full" (also power loss).
@@ -108,6 +110,7 @@ def parse_policyd(top: Section, general: General) -> PolicydSettings:
     idle = section.get(
         "idle_timeout", float, 330.0, lambda v: None if 1 <= v <= 86400 else "must be between 1 and 86400 seconds"
     )
+    reuse_port = section.get("reuse_port", bool, False)
     busy_poll = section.get(
         "busy_poll_usec", int, 200, lambda v: None if 0 <= v <= 10000 else "must be between 0 and 10000 microseconds"
     )
@@ -130,5 +133,6 @@ def parse_policyd(top: Section, general: General) -> PolicydSettings:
         family_mx_nameservers=tuple(mx_servers),
         idle_timeout=float(idle),
         busy_poll_usec=busy_poll,
+        reuse_port=reuse_port,
         sqlite_synchronous=sync,
     )

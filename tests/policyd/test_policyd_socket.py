@@ -235,3 +235,57 @@ def test_many_connections_ready_at_once_each_get_their_own_answer(daemon):
     finally:
         for client in clients:
             client.close()
+
+
+def test_a_second_daemon_does_not_take_the_first_ones_unix_socket(daemon, make_config, tmp_path):
+    path = str(tmp_path / "spool" / "sendguard-policy")
+    _, first = daemon(socket=path)
+    with pytest.raises(ConfigError) as info:
+        service.start(make_config({"trucking": trucking()}, socket=path))
+    assert "policyd.socket" in str(info.value) and "another process is listening on it" in str(info.value)
+    with PolicyClient(path) as client:  # the first daemon still owns it
+        assert client.ask(postfix_request()) == "DUNNO"
+    first.stop()
+    assert not __import__("os").path.exists(path)  # removed by its owner on the way out
+
+
+def test_a_stale_unix_socket_file_is_replaced(daemon, tmp_path):
+    path = tmp_path / "sendguard-policy"
+    left_over = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    left_over.bind(str(path))  # a socket file nobody listens on, as a killed daemon leaves it
+    left_over.close()
+    _, handle = daemon(socket=str(path))
+    with PolicyClient(str(path)) as client:
+        assert client.ask(postfix_request()) == "DUNNO"
+
+
+def test_daemons_sharing_a_port_with_reuse_port_share_the_load_and_the_cap(make_config, tmp_path):
+    # Two daemons (as two processes would) on one TCP port and one store: the kernel spreads
+    # the connections over both, and together they still let exactly the cap through.
+    db = str(tmp_path / "shared.sqlite")
+    first = service.start(make_config({"trucking": trucking(cap=30)}, database=db, reuse_port=True))
+    second = service.start(
+        make_config({"trucking": trucking(cap=30)}, database=db, reuse_port=True, listen=f"127.0.0.1:{first.port}")
+    )
+    clients = [PolicyClient((first.host, first.port)) for _ in range(20)]
+    try:
+        time.sleep(0.2)  # let both loops accept
+        assert first._server.connections and second._server.connections
+        assert len(first._server.connections) + len(second._server.connections) == 20
+        passed = 0
+        for i in range(60):
+            answers = send_message(clients[i % 20], f"r{i}", [f"u{i}@example.com"], server_port="25",
+                                   client_address="172.18.0.5")  # fmt: skip
+            passed += answers[-1] == "DUNNO"
+        assert passed == 30
+    finally:
+        for client in clients:
+            client.close()
+        first.stop()
+        second.stop()
+
+
+def test_without_reuse_port_a_taken_port_stops_start_up(daemon, make_config):
+    _, first = daemon()
+    with pytest.raises(ConfigError, match="policyd.listen: cannot listen on"):
+        service.start(make_config({"trucking": trucking()}, listen=f"127.0.0.1:{first.port}", reuse_port=True))
