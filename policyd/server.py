@@ -11,7 +11,11 @@ callbacks) cost as much per request as the decision itself.
 While requests keep coming, the loop polls for the next one for up to
 ``busy_poll`` seconds before it sleeps (see :func:`serve_forever`): on a virtual
 machine whose idle vCPUs halt, waking a sleeping thread costs more than a
-decision. An idle daemon does not poll.
+decision. An idle daemon does not poll, and a polling one yields the CPU
+between polls to anything else that wants it. For the same reason, when
+several sockets are ready at once their replies go out together after the
+batch (at least every ``HOLD_LIMIT``): one wake-up of a client process for all
+of its replies.
 
 A connection carries any number of requests, pipelined or not; each gets its
 reply in order. Bad input never stops the daemon. A request that is complete
@@ -206,7 +210,7 @@ class PolicyServer:
                             if events:
                                 now = _clock()
                                 break
-                            _yield()
+                            _yield()  # smtpd or the milter may want this vCPU more than we do
                             now = _clock()
                         polled += now - start
                     if not events:
