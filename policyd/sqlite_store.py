@@ -507,7 +507,7 @@ class SQLiteCounterStore:
         # Bucket s covers [s, s + 1): it has left the window once s + 1 <= t - span.
         return None if second is None else float(second) + 1 + span
 
-    def prune(self, now: float) -> int:
+    def prune(self, now: float, conn: sqlite3.Connection | None = None) -> int:
         """Delete buckets and message records that have expired at ``now``; return how many rows went.
 
         Runs in the background thread every :data:`PRUNE_INTERVAL` seconds of the newest ``now``
@@ -515,9 +515,11 @@ class SQLiteCounterStore:
         beside the writers (the message table has no index on time, so this is a scan); they are
         then deleted by key in short transactions under the writers' lock, each re-checking
         that the row is still expired. A request therefore never waits for the scan, only for
-        one batch of deletes at a time.
+        one batch of deletes at a time. ``conn``: the connection to use (default: the calling
+        thread's reader connection).
         """
-        conn = self.reader()
+        if conn is None:
+            conn = self.reader()
         conn.execute("PRAGMA wal_autocheckpoint = 0")  # never a checkpoint under the writers' lock
         # A minute's margin past the day window: a reader's ``now`` a little ahead still finds its buckets.
         bucket_floor = _day_floor(now) - 60
@@ -626,7 +628,7 @@ class SQLiteCounterStore:
                 newest = self._newest_now
                 if newest >= self._next_prune:
                     self._next_prune = newest + PRUNE_INTERVAL
-                    self.prune(newest)
+                    self.prune(newest, conn)
             except (sqlite3.Error, StoreError) as exc:
                 log.warning("counter store %s: checkpoint failed: %s", self.path, exc)
         if conn is not None:
