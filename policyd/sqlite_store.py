@@ -321,6 +321,37 @@ def _room_second_far(cur: sqlite3.Cursor, stream: str, floor: float, target: int
     return enough
 
 
+class _WritersLock:
+    """The writers' lock: this process's threads, then the file's ``flock`` (other processes').
+
+    One object per store, reused by every write (``with store._writers:``): cheaper on the hot
+    path than a generator-based context manager. A statement outside ``BEGIN`` is its own
+    transaction (autocommit); holding the lock keeps another writer from slipping in between
+    such a statement and the next. SQLite errors inside leave as :class:`StoreError`.
+    """
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: SQLiteCounterStore) -> None:
+        self._store = store
+
+    def __enter__(self) -> None:
+        store = self._store
+        store._thread_lock.acquire()
+        try:
+            store._lock_file()  # raises StoreError after LOCK_TIMEOUT
+        except BaseException:
+            store._thread_lock.release()
+            raise
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> None:
+        store = self._store
+        fcntl.flock(store._lock_fd, fcntl.LOCK_UN)
+        store._thread_lock.release()
+        if isinstance(exc, sqlite3.Error):
+            raise StoreError(f"counter store {store.path}: {exc}") from exc
+
+
 class SQLiteCounterStore:
     """The :class:`~sendguard_policyd.counter_store.CounterStore` on one SQLite file.
 
@@ -344,6 +375,7 @@ class SQLiteCounterStore:
         self._lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         self.wal_restart_frames = WAL_RESTART_FRAMES
         self._thread_lock = threading.Lock()
+        self._writers = _WritersLock(self)
         self._next_prune = float("-inf")
         # The newest ``now`` a write was given (the clock the prune follows; tests drive it).
         self._newest_now = float("-inf")
@@ -375,21 +407,6 @@ class SQLiteCounterStore:
                     raise StoreError(f"counter store {self.path}: locked by another process for {LOCK_TIMEOUT:g} s")
                 delay = min(delay * 2, 0.002)
 
-    def _locked(self, fn):  # type: ignore[no-untyped-def]
-        """Run ``fn`` holding the writers' lock: this thread's, then the file's (other processes').
-
-        A statement outside ``BEGIN`` is its own transaction (autocommit); holding the lock
-        keeps another writer from slipping in between such a statement and the next.
-        """
-        with self._thread_lock:
-            self._lock_file()  # raises StoreError after LOCK_TIMEOUT
-            try:
-                return fn()
-            except sqlite3.Error as exc:
-                raise StoreError(f"counter store {self.path}: {exc}") from exc
-            finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-
     def admit(
         self,
         stream: str,
@@ -408,15 +425,8 @@ class SQLiteCounterStore:
             instance = f"no-instance:{os.getpid()}:{now}:{self._seq}"
         if now > self._newest_now:
             self._newest_now = now  # the background thread prunes relative to it
-        # The writers' lock, as in _locked, without a closure per call: this is the hot path.
-        with self._thread_lock:
-            self._lock_file()  # raises StoreError after LOCK_TIMEOUT
-            try:
-                return self._admit(stream, instance, recipients, now, hourly_cap, daily_cap, queue_id)
-            except sqlite3.Error as exc:
-                raise StoreError(f"counter store {self.path}: {exc}") from exc
-            finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        with self._writers:
+            return self._admit(stream, instance, recipients, now, hourly_cap, daily_cap, queue_id)
 
     def _admit(
         self,
@@ -554,14 +564,8 @@ class SQLiteCounterStore:
         return deleted
 
     def _delete_locked(self, conn: sqlite3.Connection, sql: str, params: tuple) -> int:
-        with self._thread_lock:
-            self._lock_file()
-            try:
-                return conn.execute(sql, params).rowcount
-            except sqlite3.Error as exc:
-                raise StoreError(f"counter store {self.path}: {exc}") from exc
-            finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        with self._writers:
+            return conn.execute(sql, params).rowcount
 
     def mark_family_hold(self, instance: str, stream: str, now: float, queue_id: str, rule: str) -> bool:
         """Record the family hold of a message; True when this is its first mark (retries and
@@ -571,15 +575,13 @@ class SQLiteCounterStore:
         if now > self._newest_now:
             self._newest_now = now
 
-        def step() -> bool:
+        with self._writers:
             cur = self._conn.execute(
                 "INSERT OR IGNORE INTO messages (instance, stream, state, recipients, at, queue_id, reason)"
                 " VALUES (?, ?, 'family_hold', 0, ?, ?, ?)",
                 (instance, stream, now, queue_id, rule),
             )
             return cur.rowcount == 1
-
-        return self._locked(step)
 
     def message_state(self, instance: str) -> str | None:
         """The recorded state of a message, read on the write connection (the event loop's thread)."""
@@ -648,12 +650,8 @@ class SQLiteCounterStore:
         just before (about a millisecond, most of it the database file's fsync); it still never
         waits for a reader, so a slow scrape cannot stall requests.
         """
-        with self._thread_lock:
-            self._lock_file()
-            try:
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        with self._writers:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def close(self) -> None:
         """Stop the checkpoint thread, close the write connection and the lock file."""
