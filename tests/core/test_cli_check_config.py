@@ -6,6 +6,8 @@ import shutil
 import subprocess
 import time
 
+from ports import free_port
+
 
 def sendguard(*args: str) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("sendguard")
@@ -63,10 +65,7 @@ def test_metrics_port_in_use_is_one_clear_line(tmp_path):
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     port = busy.getsockname()[1]
-    free = socket.socket()
-    free.bind(("127.0.0.1", 0))
-    listen_port = free.getsockname()[1]
-    free.close()
+    listen_port = free_port()
     cfg = tmp_path / "sendguard.toml"
     cfg.write_text(
         f"[general]\nstate_dir = '{tmp_path}'\n[policyd]\n"

@@ -27,6 +27,7 @@ from Milter.testctx import TestCtx
 from sendguard.config import load
 from sendguard_milter.app import Runtime, SendguardMilter
 from sendguard_milter.keys import KeyStore
+from ports import free_port
 
 HERE = Path(__file__).resolve().parent
 
@@ -407,10 +408,6 @@ def final_message(result: dict) -> bytes:
     return out + b"\r\n" + (result["body"] if result["body"] is not None else result["raw_body"])
 
 
-def free_port() -> int:
-    with _socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MilterProcess:

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import logging
-import socket
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
+from ports import free_port
 from sendguard.config import Config, parse
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -13,15 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from ports import free_port
 from sendguard_policyd.client import PolicyClient, postfix_message
 
 CAP = 40
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(tmp_path: Path, name: str, db: Path, stamp: Path) -> tuple[Path, int]:
