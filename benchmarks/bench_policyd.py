@@ -196,6 +196,8 @@ def run_daemon(
     workdir = Path(tempfile.mkdtemp(prefix="bench-policyd-"))
     port, mport = free_port(), free_port()
     busy_poll = "" if args.busy_poll_usec is None else f"busy_poll_usec = {args.busy_poll_usec}"
+    if args.cpu_latency_hold:
+        busy_poll += "\ncpu_latency_hold = true"
     (workdir / "bench.toml").write_text(
         CONFIG.format(dir=workdir, port=port, mport=mport, busy_poll=busy_poll, **caps)  # type: ignore[arg-type]
     )
@@ -308,7 +310,7 @@ class _PacedConnection(asyncio.Protocol):
 
 
 async def _share(
-    port: int, requests: list[bytes], conns: int, pace: float | None, start: float, stagger: float
+    address: int | str, requests: list[bytes], conns: int, pace: float | None, start: float, stagger: float
 ) -> tuple[list[float], list[float], float]:
     per = [requests[i::conns] for i in range(conns)]
     lat: list[float] = []
@@ -316,9 +318,11 @@ async def _share(
     loop = asyncio.get_running_loop()
     protos = []
     for i, p in enumerate(per):
-        _, proto = await loop.create_connection(
-            lambda p=p, i=i: _PacedConnection(p, lat, lags, pace, start + i * stagger), "127.0.0.1", port
-        )
+        factory = lambda p=p, i=i: _PacedConnection(p, lat, lags, pace, start + i * stagger)  # noqa: E731
+        if isinstance(address, str):
+            _, proto = await loop.create_unix_connection(factory, address)
+        else:
+            _, proto = await loop.create_connection(factory, "127.0.0.1", address)
         protos.append(proto)
     await asyncio.gather(*(proto.done for proto in protos))
     return lat, lags, max(proto.finished for proto in protos)
@@ -366,8 +370,9 @@ def single_connection(address: int | str, requests: list[bytes]) -> list[float]:
     return lat
 
 
-def echo_server(port: int, path: str, busy_poll_usec: int | None) -> None:
+def echo_server(port: int, path: str, busy_poll_usec: int | None, cpu_latency_hold: bool = False) -> None:
     """Run the do-nothing baseline (in a child process): the daemon's own socket loop, answering DUNNO unread."""
+    from sendguard_policyd.cpu_latency import CpuLatencyHold
     from sendguard_policyd.server import PolicyServer
     from sendguard_policyd.settings import PolicydSettings
 
@@ -376,7 +381,8 @@ def echo_server(port: int, path: str, busy_poll_usec: int | None) -> None:
             self._send(conn, b"action=DUNNO\n\n")
 
     usec = PolicydSettings.busy_poll_usec if busy_poll_usec is None else busy_poll_usec
-    server = DoNothing(None, 330.0, "DUNNO", usec / 1e6)  # type: ignore[arg-type]
+    hold = CpuLatencyHold() if cpu_latency_hold else None
+    server = DoNothing(None, 330.0, "DUNNO", usec / 1e6, cpu_hold=hold)  # type: ignore[arg-type]
     server.listen_tcp("127.0.0.1", port)
     server.listen_unix(path, 0o600)
     server.serve_forever()
@@ -420,7 +426,7 @@ def scenario(
 ) -> dict[str, float]:
     """Run one scenario; with several connections the client is ``args.client_procs`` processes.
 
-    ``address``: a TCP port on 127.0.0.1 or a unix socket path (one connection only).
+    ``address``: a TCP port on 127.0.0.1 or a unix socket path.
     Also measures the client's own CPU per request, to show whether the client could be the bottleneck,
     and the part of the daemon's CPU it spent busy polling (from its metrics endpoint ``mport``).
     """
@@ -503,6 +509,17 @@ def main() -> int:
         type=int,
         help="the daemon's policyd.busy_poll_usec (default: the daemon's own default); 0 turns busy polling off",
     )
+    parser.add_argument(
+        "--only",
+        metavar="TEXT",
+        help="run only the scenarios whose name contains TEXT (e.g. 'paced'), baseline included",
+    )
+    parser.add_argument(
+        "--cpu-latency-hold",
+        action="store_true",
+        help="run the daemon (and the do-nothing server) with policyd.cpu_latency_hold = true: idle CPUs kept"
+        " polling while requests flow (a PM QoS request on /dev/cpu_dma_latency; needs root)",
+    )
     args = parser.parse_args()
 
     load_before = os.getloadavg()[0]
@@ -513,6 +530,8 @@ def main() -> int:
         ("20 connections, closed loop", 20, None, "tcp"),
         ("20 connections, paced at 5,000 req/s", 20, 5000.0, "tcp"),
     ]
+    if args.only:
+        plan = [step for step in plan if args.only in step[0]]
     runs: dict[str, list[dict[str, float]]] = {}
     for _ in range(args.repeat):
         for store in args.store:
@@ -526,7 +545,7 @@ def main() -> int:
         bport = free_port()
         bpath = os.path.join(tempfile.mkdtemp(prefix="bench-policyd-"), "baseline.sock")
         baseline = multiprocessing.get_context("fork").Process(
-            target=echo_server, args=(bport, bpath, args.busy_poll_usec), daemon=True
+            target=echo_server, args=(bport, bpath, args.busy_poll_usec, args.cpu_latency_hold), daemon=True
         )
         baseline.start()
         wait_port(bport)
@@ -613,7 +632,7 @@ def write_results(
     with open(args.out, "w") as out:
         out.write("# Policy daemon benchmark\n\n")
         out.write(
-            f"`python3 benchmarks/bench_policyd.py --requests {args.requests} --repeat {args.repeat} --out {args.out}`, "
+            f"`python3 benchmarks/bench_policyd.py {' '.join(sys.argv[1:])}`, "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Each row is the median of {args.repeat} runs (a new "
             "daemon each time) by daemon CPU per decision; the CPU range over all runs is in brackets.\n\n"
         )
@@ -625,7 +644,13 @@ def write_results(
             f"for 1 connection, {args.client_procs} processes on {client_loop_name(args.client_loop)} for 20), over TCP on "
             "127.0.0.1 (one row over the daemon's unix socket); the daemon runs its own epoll loop with "
             f"busy_poll_usec = {busy_poll_setting(args)} and "
-            "logs every counted, deferred and held message at INFO to a file. CPU stolen by the hypervisor over "
+            + (
+                "*cpu_latency_hold = true* (idle CPUs kept polling while requests flow, the do-nothing server "
+                "too; docs/policyd.md) and "
+                if args.cpu_latency_hold
+                else ""
+            )
+            + "logs every counted, deferred and held message at INFO to a file. CPU stolen by the hypervisor over "
             f"the whole run: {steal_pct:.1f}% of the machine's CPU time.\n\n"
         )
         out.write(

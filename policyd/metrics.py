@@ -41,6 +41,10 @@ BUSY_POLL_SECONDS = Counter(
     "Time the event loop spent polling for the next request instead of sleeping (policyd.busy_poll_usec):"
     " CPU spent to save wake-ups.",
 )
+CPU_LATENCY_HOLD_SECONDS = Counter(
+    "sendguard_policyd_cpu_latency_hold_seconds",
+    "Time the daemon kept idle CPUs polling because requests were flowing (policyd.cpu_latency_hold).",
+)
 CONNECTIONS = Gauge("sendguard_policyd_connections", "Open Postfix connections.")
 REQUEST_SECONDS = Histogram(
     "sendguard_policyd_request_duration_seconds",

@@ -39,6 +39,7 @@ from typing import Callable
 
 from sendguard import logs
 from sendguard_policyd import metrics
+from sendguard_policyd.cpu_latency import CpuLatencyHold
 from sendguard_policyd.decide import Decider
 from sendguard_policyd.protocol import (
     MAX_LINE_BYTES,
@@ -99,12 +100,15 @@ class PolicyServer:
         bad_action: str,
         busy_poll: float = 0.0,
         now: Callable[[], float] = time.time,
+        cpu_hold: CpuLatencyHold | None = None,
     ) -> None:
         self.decider = decider
         self.idle_timeout = idle_timeout
         self.bad_action = bad_action
         self.busy_poll = busy_poll
         self.now = now
+        #: Held while requests flow, released by the sweep once they stop (see cpu_latency.py).
+        self.cpu_hold = cpu_hold
         self._epoll = select.epoll()
         self._listeners: dict[int, socket.socket] = {}
         #: Listeners set aside after accept() failed (see _accept), back in at the next sweep.
@@ -194,6 +198,7 @@ class PolicyServer:
         spin = self.busy_poll
         polled = 0.0  # seconds spent polling with nothing to do, not yet added to the metric
         last_event = float("-inf")
+        cpu_hold = self.cpu_hold
         sweep_every = min(1.0, self.idle_timeout / 2)
         next_sweep = _monotonic() + sweep_every
         try:
@@ -218,6 +223,8 @@ class PolicyServer:
                             metrics.BUSY_POLL_SECONDS.inc(polled)
                             polled = 0.0
                         events = poll(max(0.0, next_sweep - _monotonic()))
+                if cpu_hold is not None and events and not cpu_hold.held:
+                    cpu_hold.hold(_clock())  # before the replies: their wake-ups are the point
                 held_since = 0.0
                 if len(events) > 1:
                     self._held = []
@@ -250,6 +257,8 @@ class PolicyServer:
                 if _monotonic() >= next_sweep:
                     self._resume_listeners()
                     self._sweep_idle()
+                    if cpu_hold is not None:
+                        cpu_hold.release_if_idle(_clock(), last_event)
                     next_sweep = _monotonic() + sweep_every
                     if polled:  # a loop that never sleeps reports here
                         metrics.BUSY_POLL_SECONDS.inc(polled)
@@ -281,6 +290,8 @@ class PolicyServer:
             self._shutdown()
 
     def _shutdown(self) -> None:
+        if self.cpu_hold is not None:
+            self.cpu_hold.close(_clock())
         for conn in list(self.connections.values()):
             self._close(conn)
         for sock in self._listeners.values():

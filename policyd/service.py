@@ -14,7 +14,7 @@ from typing import Callable
 
 from sendguard import logs
 from sendguard.config import Config, ConfigError, parse_hostport
-from sendguard_policyd import metrics
+from sendguard_policyd import cpu_latency, metrics
 from sendguard_policyd.decide import Decider
 from sendguard_policyd.server import PolicyServer
 from sendguard_policyd.sqlite_store import SQLiteCounterStore, StoreError
@@ -59,7 +59,22 @@ def start(config: Config) -> Handle:
     except (StoreError, OSError) as exc:
         raise ConfigError(config.file, "policyd.database", str(exc)) from None
     decider = Decider(settings, config.streams, store)
-    server = PolicyServer(decider, settings.idle_timeout, settings.bad_request_action, settings.busy_poll_usec / 1e6)
+    cpu_hold = None
+    if settings.cpu_latency_hold:
+        try:
+            cpu_hold = cpu_latency.CpuLatencyHold()
+        except OSError as exc:
+            decider.close()
+            store.close()
+            raise ConfigError(
+                config.file,
+                "policyd.cpu_latency_hold",
+                f"cannot make a CPU latency request on {exc.filename or cpu_latency.DEVICE}: {exc.strerror or exc}"
+                " (it needs root and a kernel with PM QoS)",
+            ) from None
+    server = PolicyServer(
+        decider, settings.idle_timeout, settings.bad_request_action, settings.busy_poll_usec / 1e6, cpu_hold=cpu_hold
+    )
     try:
         host, port = _bind(config, server)
     except BaseException:

@@ -49,6 +49,8 @@ class PolicydSettings:
     reuse_port: bool = False
     #: After a request, poll this many microseconds for the next one before sleeping (0: never poll).
     busy_poll_usec: int = 200
+    #: While requests flow, keep idle CPUs polling (a PM QoS request on /dev/cpu_dma_latency).
+    cpu_latency_hold: bool = False
     #: SQLite ``synchronous``: "normal" (fast, durable across process crashes) or "full" (also power loss).
     sqlite_synchronous: str = "normal"
 
@@ -114,6 +116,7 @@ def parse_policyd(top: Section, general: General) -> PolicydSettings:
     busy_poll = section.get(
         "busy_poll_usec", int, 200, lambda v: None if 0 <= v <= 10000 else "must be between 0 and 10000 microseconds"
     )
+    cpu_hold = section.get("cpu_latency_hold", bool, False)
     sync = section.get("sqlite_synchronous", str, "normal", check_one_of("normal", "full"))
     if not database:
         raise section.error("database", "cannot be empty")
@@ -134,5 +137,6 @@ def parse_policyd(top: Section, general: General) -> PolicydSettings:
         idle_timeout=float(idle),
         busy_poll_usec=busy_poll,
         reuse_port=reuse_port,
+        cpu_latency_hold=cpu_hold,
         sqlite_synchronous=sync,
     )

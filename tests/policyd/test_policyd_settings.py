@@ -18,6 +18,7 @@ def test_defaults_work_next_to_a_stock_postfix(tmp_path):
     assert s.expected_states == ("RCPT", "END-OF-MESSAGE")
     assert s.socket == "" and s.socket_mode == 0o666
     assert s.busy_poll_usec == 200
+    assert s.cpu_latency_hold is False  # it changes the whole machine: only when asked for
 
 
 def test_all_keys_parse(tmp_path):
@@ -34,11 +35,13 @@ def test_all_keys_parse(tmp_path):
                 "idle_timeout": 60,
                 "sqlite_synchronous": "full",
                 "busy_poll_usec": 0,
+                "cpu_latency_hold": True,
             }
         }
     ).policyd
     assert s.socket_mode == 0o660 and s.unmatched == "defer" and s.idle_timeout == 60.0
     assert s.busy_poll_usec == 0
+    assert s.cpu_latency_hold is True
     assert s.family_extra_domains == ("btinternet.com", "sky.*")
     assert s.bad_request_action.startswith("DEFER_IF_PERMIT 4.3.0")
 
@@ -59,6 +62,7 @@ def test_all_keys_parse(tmp_path):
         ("sqlite_synchronous", "off", "is not one of"),
         ("busy_poll_usec", 20000, "between 0 and 10000"),
         ("busy_poll_usec", "200us", "expected an integer"),
+        ("cpu_latency_hold", "yes", "expected a boolean"),
         ("databse", "/tmp/x", "unknown key"),
     ],
 )
