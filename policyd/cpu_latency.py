@@ -3,9 +3,9 @@
 On a virtual machine whose idle vCPUs halt, every wake-up of a process on
 another vCPU (smtpd reading its answer, the daemon reading the next request)
 costs an inter-processor interrupt, which is a trip through the hypervisor,
-and a halted vCPU may not get its physical CPU back at once: on the 2-core VMs
-this project is measured on, that showed as 1-20% "steal" and a policy p99 of
-3-10 ms at 5,000 requests/s, against 0-1% and 1.3-3 ms with idle CPUs polling.
+and a halted vCPU may not get its physical CPU back at once (it shows as
+"steal"; the measurements are in docs/policyd.md, *Idle CPUs on virtual
+machines*).
 
 The kernel's knob for this is a PM QoS CPU latency request: while a process
 holds ``/dev/cpu_dma_latency`` open with 0 written to it, the idle loop polls
@@ -68,10 +68,14 @@ class CpuLatencyHold:
         """Release the hold when no request came for :data:`IDLE_RELEASE` seconds; account the time held."""
         if not self.held:
             return
-        metrics.CPU_LATENCY_HOLD_SECONDS.inc(max(0.0, now - self._since))
-        self._since = now
+        self._account(now)
         if now - last_request >= IDLE_RELEASE:
             self._release()
+
+    def _account(self, now: float) -> None:
+        # The metric grows while held (each sweep), not only when the hold ends.
+        metrics.CPU_LATENCY_HOLD_SECONDS.inc(max(0.0, now - self._since))
+        self._since = now
 
     def _release(self) -> None:
         self.held = False
@@ -85,7 +89,7 @@ class CpuLatencyHold:
         if self._fd is None:
             return
         if self.held:
-            metrics.CPU_LATENCY_HOLD_SECONDS.inc(max(0.0, now - self._since))
+            self._account(now)
         self.held = False
         os.close(self._fd)
         self._fd = None
