@@ -14,6 +14,7 @@ from typing import Sequence
 
 from sendguard import __version__, logs
 from sendguard.config import Config, ConfigError, load
+from sendguard.gc_freeze import freeze_start_up_heap
 from sendguard.metrics_http import ListenError
 
 EXIT_USAGE = 64  # EX_USAGE from sysexits.h
@@ -44,6 +45,7 @@ def cmd_policyd(args: argparse.Namespace) -> int:
 
     metrics_http.serve(config.policyd.metrics_listen)
     handle = service.start(config)
+    freeze_start_up_heap()
     try:
         _wait_for_signal()
     finally:
@@ -58,6 +60,7 @@ def cmd_milter(args: argparse.Namespace) -> int:
     from sendguard_milter import service
 
     metrics_http.serve(config.milter.metrics_listen)
+    freeze_start_up_heap()  # what the milter builds next (keys, settings) is small beside its imports
     service.run(config)  # blocks in libmilter's main loop until SIGTERM/SIGINT
     return 0
 
@@ -71,6 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     metrics_http.serve(config.policyd.metrics_listen)
     handle = policyd_service.start(config)
+    freeze_start_up_heap()
     try:
         milter_service.run(config)
     finally:
