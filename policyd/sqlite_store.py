@@ -31,7 +31,8 @@ the latency flat. A writer that skips the flock (the sqlite3 shell) is still
 safe: it waits for, or is refused, SQLite's write lock like any other.
 
 WAL checkpoints run in a background thread, not on commit, so that no request
-pays for copying the WAL back into the database file.
+pays for copying the WAL back into the database file. The same thread keeps the
+WAL file allocated ahead of its writer (wal_headroom.py).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from sendguard_policyd.counter_store import (
     Admission,
     WindowCounts,
 )
+from sendguard_policyd.wal_headroom import WalHeadroom
 
 log = logs.get("policyd")
 
@@ -623,20 +625,26 @@ class SQLiteCounterStore:
 
     def _checkpoint_loop(self) -> None:
         conn = None
+        headroom = None
         while not self._stop.wait(CHECKPOINT_INTERVAL):
             try:
                 if conn is None:
                     conn = connect(self.path, self.synchronous, create=False)
+                    headroom = WalHeadroom(conn, self.path, WAL_SIZE_LIMIT)
                 # PASSIVE never waits for, nor blocks, a writer; what it cannot copy now waits for the next round.
                 _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 if frames > self.wal_restart_frames:
                     self._catch_up(conn)
+                assert headroom is not None
+                headroom.after_checkpoint(frames)
                 newest = self._newest_now
                 if newest >= self._next_prune:
                     self._next_prune = newest + PRUNE_INTERVAL
                     self.prune(newest, conn)
             except (sqlite3.Error, StoreError) as exc:
                 log.warning("counter store %s: checkpoint failed: %s", self.path, exc)
+            except OSError as exc:  # the WAL's headroom (disk full): commits extend the file themselves
+                log.warning("counter store %s: cannot extend the WAL ahead of its writer: %s", self.path, exc)
         if conn is not None:
             try:
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
