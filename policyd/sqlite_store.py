@@ -636,15 +636,16 @@ class SQLiteCounterStore:
                 if frames > self.wal_restart_frames:
                     self._catch_up(conn)
                 assert headroom is not None
-                headroom.after_checkpoint(frames)
+                try:
+                    headroom.after_checkpoint(frames)
+                except OSError as exc:  # a full disk: commits extend the file themselves, as before
+                    log.warning("counter store %s: cannot extend the WAL ahead of its writer: %s", self.path, exc)
                 newest = self._newest_now
                 if newest >= self._next_prune:
                     self._next_prune = newest + PRUNE_INTERVAL
                     self.prune(newest, conn)
             except (sqlite3.Error, StoreError) as exc:
                 log.warning("counter store %s: checkpoint failed: %s", self.path, exc)
-            except OSError as exc:  # the WAL's headroom (disk full): commits extend the file themselves
-                log.warning("counter store %s: cannot extend the WAL ahead of its writer: %s", self.path, exc)
         if conn is not None:
             try:
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
