@@ -242,8 +242,19 @@ def test_the_wal_stays_bounded_under_a_steady_stream_of_counted_messages(tmp_pat
     # the WAL over: about 3 KB per counted message, without end. The store catches up with the
     # writers held off once the WAL is long, and the next write starts it over.
     from sendguard_policyd import sqlite_store
+    from sendguard_policyd.wal_headroom import WalHeadroom
 
     monkeypatch.setattr(sqlite_store, "CHECKPOINT_INTERVAL", 0.05)
+    # The frames the WAL holds at each round, as the checkpoint reports them (the file itself is
+    # also allocated ahead of them, up to the size limit: its size says less).
+    frames_seen: list[int] = []
+    real = WalHeadroom.after_checkpoint
+
+    def recorded(self: WalHeadroom, frames: int) -> int:
+        frames_seen.append(frames)
+        return real(self, frames)
+
+    monkeypatch.setattr(WalHeadroom, "after_checkpoint", recorded)
     store = SQLiteCounterStore(str(tmp_path / "p.sqlite"))
     store.wal_restart_frames = 2000  # about 2 MB
     wal = tmp_path / "p.sqlite-wal"
@@ -257,4 +268,6 @@ def test_the_wal_stays_bounded_under_a_steady_stream_of_counted_messages(tmp_pat
         assert store.windows("trucking", now + 20).hour == 20000
     finally:
         store.close()
-    assert biggest < 16 * 1024 * 1024, f"WAL grew to {biggest / 1e6:.0f} MB"
+    longest = max(frames_seen) * 1048
+    assert longest < 16 * 1024 * 1024, f"WAL grew to {longest / 1e6:.0f} MB of frames"
+    assert biggest <= sqlite_store.WAL_SIZE_LIMIT
