@@ -615,13 +615,12 @@ def paced_runs_table(runs: dict[str, list[dict[str, float]]]) -> str:
             f"| {res['steal_pct']:.1f}% | {name} | {res['p99_ms']:.2f} ms | {res['p50_ms']:.2f} ms | "
             f"{res['rate']:,.0f} | {res['cpu_us']:.0f} µs | {verdict(name, res)} |\n"
         )
-    daemon = [res for name, res in paced if not name.startswith("baseline")]
-    quiet = [res for res in daemon if res["steal_pct"] < 0.5]
-    stolen = [res for res in daemon if res["steal_pct"] >= 0.5]
+    daemon = [(name, res) for name, res in paced if not name.startswith("baseline")]
+    quiet = [(name, res) for name, res in daemon if res["steal_pct"] < 0.5]
+    stolen = [(name, res) for name, res in daemon if res["steal_pct"] >= 0.5]
 
-    def share(group: list[dict[str, float]]) -> str:
-        met = sum(1 for res in group if res["p99_ms"] < TARGET_P99_MS and res["rate"] >= TARGET_RATE * 0.95)
-        return f"{met} of {len(group)}"
+    def share(group: list[tuple[str, dict[str, float]]]) -> str:
+        return f"{sum(1 for name, res in group if verdict(name, res) == 'met')} of {len(group)}"
 
     lines.append(
         f"\nThe daemon's paced runs met the target in {share(daemon)}: {share(quiet)} while the hypervisor stole "
