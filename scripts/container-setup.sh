@@ -4,10 +4,13 @@
 #
 # - A working Docker engine (`docker info` answers) is used as it is: nothing
 #   is installed or changed.
-# - Otherwise Podman (runc, netavark, aardvark-dns) from Debian, podman-compose
-#   from PyPI, an engine config that works on these machines, and the base
-#   image debian:bookworm-slim built offline with debootstrap, because no
-#   image registry can be reached here.
+# - Otherwise Podman (runc, netavark, aardvark-dns, iptables) from Debian,
+#   podman-compose from PyPI, an engine config that works on these machines,
+#   and the base image debian:bookworm-slim built offline with debootstrap,
+#   because no image registry can be reached here.
+# - Before anything is built, every binary the engine needs is looked for, and
+#   a throw-away container is started on the default network: a missing piece
+#   stops here with one line that names it, not later inside an image build.
 #
 # Usage: scripts/container-setup.sh        (called by scripts/bootstrap.sh test)
 set -eu
@@ -28,7 +31,10 @@ fi
 
 # -- packages -----------------------------------------------------------------
 missing=""
-for pkg in podman runc netavark aardvark-dns debootstrap uidmap; do
+# iptables: netavark programs the bridge's NAT with it, and a fresh bookworm
+# image does not have it ("netavark: No such file or directory" at the first RUN).
+PACKAGES="podman runc netavark aardvark-dns iptables debootstrap uidmap"
+for pkg in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then
@@ -36,8 +42,30 @@ if [ -n "$missing" ]; then
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing
 else
-  log "podman, runc, netavark, aardvark-dns, debootstrap: present"
+  log "$PACKAGES: present"
 fi
+
+# -- every binary the engine runs, by the path it runs it from ------------------------
+# A package can be installed and its binary still missing (removed by hand, a
+# diverted path): name the file, so the fix is obvious.
+need_binary() {  # PACKAGE NAME, then candidate paths or command names
+  pkg=$1; name=$2; shift 2
+  for candidate in "$@"; do
+    case $candidate in
+      /*) [ -x "$candidate" ] && return 0 ;;
+      *) command -v "$candidate" >/dev/null 2>&1 && return 0 ;;
+    esac
+  done
+  echo "container-setup: missing $name (looked for: $*); install it with apt-get install $pkg" >&2
+  exit 1
+}
+need_binary podman podman podman
+need_binary runc runc runc
+need_binary netavark netavark /usr/lib/podman/netavark /usr/libexec/podman/netavark
+need_binary aardvark-dns aardvark-dns /usr/lib/podman/aardvark-dns /usr/libexec/podman/aardvark-dns
+need_binary iptables iptables iptables /usr/sbin/iptables
+need_binary debootstrap debootstrap debootstrap /usr/sbin/debootstrap
+need_binary uidmap newuidmap newuidmap
 
 # -- podman-compose (PyPI: Debian's 1.0.3 lacks what the compose file uses) ----
 if command -v podman-compose >/dev/null 2>&1; then
@@ -100,4 +128,10 @@ else
 fi
 
 podman info >/dev/null
+# The same path an image build's RUN takes (runc, a netavark bridge, iptables),
+# tried once on the smallest container: a broken engine fails here, named.
+if ! out=$(podman run --rm --network bridge "$BASE_IMAGE" true 2>&1); then
+  echo "container-setup: the engine cannot start a container on its default network: $(echo "$out" | tail -1)" >&2
+  exit 1
+fi
 log "ready: podman $(podman --version | awk '{print $3}'), $(podman-compose --version 2>/dev/null | grep -i compose | tail -1)"
