@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from Milter.testctx import TestCtx
 
-from sendguard.config import load
+from sendguard.cli.settings import load
 from sendguard_milter import dkim_sign
 from sendguard_milter.app import Runtime, SendguardMilter
 from sendguard_milter.keys import KeyStore
@@ -107,7 +107,7 @@ key_file = "{tmp}/send.private"
 """
     )
     config = load(tmp / "sendguard.toml")
-    runtime = Runtime(config.milter, KeyStore(config.milter.keys))
+    runtime = Runtime(config.milter, config.streams, KeyStore(config.milter.keys))
     include = dkim_sign.header_list(HEADERS, config.milter.signed_headers, config.milter.oversign_headers)
 
     print(f"# {platform.processor() or platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} CPUs, "

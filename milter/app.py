@@ -17,16 +17,17 @@ from __future__ import annotations
 import re
 import socket
 import time
-from typing import Any
 
 import Milter
 
 from sendguard import logs
+from sendguard.streams import Stream
 
 from . import dkim_sign, link_log, link_metrics, link_rewrite, metrics
 from .decision import Decision, Facts, after_signing_error, check_body, decide, find_long_line
 from .keys import KeyStore
 from .refusal import INTERNAL_ERROR, reply_args
+from .settings import MilterSettings
 from .trusted_scope import is_local_submission
 
 log = logs.get("milter")
@@ -36,10 +37,11 @@ _SIG_PREFIX = b"DKIM-Signature: "
 
 
 class Runtime:
-    """What every connection shares: the settings and the keys in service."""
+    """What every connection shares: the settings, the streams and the keys in service."""
 
-    def __init__(self, settings: Any, keys: KeyStore) -> None:
+    def __init__(self, settings: MilterSettings, streams: tuple[Stream, ...], keys: KeyStore) -> None:
         self.settings = settings
+        self.streams = streams
         self.keys = keys
 
 
@@ -53,11 +55,6 @@ def header_block(headers: list[tuple[str, bytes]]) -> bytes:
         sep = b":" if value[:1] in (b" ", b"\t") else b": "
         out.append(raw_name + sep + value + b"\r\n")
     return b"".join(out)
-
-
-def link_policy(settings: Any, stream: Any) -> link_rewrite.LinkPolicy:
-    """The link policy for a message: ``[links]``, with the stream's mode if it sets one."""
-    return settings.links.with_mode(getattr(stream, "links", None))
 
 
 class SendguardMilter(Milter.Base):
@@ -79,7 +76,7 @@ class SendguardMilter(Milter.Base):
 
     # -- callbacks -------------------------------------------------------------------
 
-    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+    def connect(self, hostname: str, family: int, hostaddr: tuple[str, int] | str | None) -> int:
         """Remember who the client is; every client may talk, the decision is at end of message."""
         self.hostname = hostname
         port = self.getsymval("{client_port}")
@@ -153,12 +150,12 @@ class SendguardMilter(Milter.Base):
         body = b"".join(self.chunks)
         # Scope, stream, bulk, From, row and key depend on the headers only, which
         # link repair leaves alone: decide once, check the final body afterwards.
-        decision = decide(settings, self.runtime.keys.get, self.facts())
+        decision = decide(settings, self.runtime.streams, self.runtime.keys.get, self.facts())
 
         new_body: bytes | None = None
         if decision.scope.trusted:
             # Only our own outgoing mail is repaired; inbound mail passes untouched.
-            policy = link_policy(settings, decision.stream)
+            policy = settings.link_policy(decision.stream)
             if policy.mode != "off":
                 result = link_rewrite.rewrite_message(self.headers, body, policy)
                 link_log.log_result(log, queue_id, result, policy.mode)
@@ -182,6 +179,7 @@ class SendguardMilter(Milter.Base):
     def _sign(self, decision: Decision, message: bytes) -> bytes:
         settings = self.runtime.settings
         key = decision.key
+        assert key is not None  # a "sign" decision always carries its key
         include = dkim_sign.header_list([n for n, _ in self.headers], settings.signed_headers, settings.oversign_headers)
         return dkim_sign.sign(
             message,
@@ -214,6 +212,7 @@ class SendguardMilter(Milter.Base):
             value = signature[len(_SIG_PREFIX) :].rstrip(b"\r\n").replace(b"\r\n", b"\n")
             # Index 0: the signature goes on top, above every header it covers.
             self.addheader("DKIM-Signature", value.decode("ascii"), 0)
+            assert decision.key is not None and decision.row is not None
             spec = decision.key.spec
             metrics.SIGNATURES.labels(domain=spec.domain, selector=spec.selector).inc()
             metrics.MESSAGES.labels(outcome="signed").inc()

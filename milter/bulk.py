@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from sendguard.senders import SenderSet
+
 DEFAULT_HEADERS = ("List-Unsubscribe", "X-Listmonk-Campaign")
 DEFAULT_PRECEDENCE = ("bulk", "list", "junk")
 
@@ -21,14 +23,7 @@ class BulkRules:
 
     headers: tuple[str, ...] = DEFAULT_HEADERS
     precedence: tuple[str, ...] = DEFAULT_PRECEDENCE
-    sender_addresses: frozenset[str] = field(default_factory=frozenset)
-    sender_domains: frozenset[str] = field(default_factory=frozenset)
-
-    def _sender_listed(self, address: str | None) -> bool:
-        if not address:
-            return False
-        a = address.strip().strip("<>").lower()
-        return a in self.sender_addresses or a.rpartition("@")[2] in self.sender_domains
+    senders: SenderSet = field(default_factory=SenderSet)
 
 
 def bulk_reasons(
@@ -56,8 +51,8 @@ def bulk_reasons(
                 reasons.append(f"Precedence: {word}")
     if stream_bulk and stream_name:
         reasons.append(f"stream {stream_name} is bulk")
-    if rules._sender_listed(envelope_sender):
-        reasons.append(f"envelope sender {envelope_sender.strip('<>')} is a bulk sender")  # type: ignore[union-attr]
-    elif rules._sender_listed(from_address):
+    if envelope_sender and rules.senders.matches(envelope_sender):
+        reasons.append(f"envelope sender {envelope_sender.strip('<>')} is a bulk sender")
+    elif rules.senders.matches(from_address):
         reasons.append(f"From {from_address} is a bulk sender")
     return reasons

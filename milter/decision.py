@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
-from sendguard.streams import match_stream
+from sendguard.streams import Stream, match_stream
 
 from .bulk import bulk_reasons
 from .from_address import FromResult, parse_from
+from .keys import LoadedKey
 from .refusal import Refusal
+from .settings import MilterSettings
 from .signing_table import TableRow
 from .trusted_scope import ScopeResult
 
@@ -67,9 +69,10 @@ class Decision:
     scope: ScopeResult
     bulk: list[str]
     sender_from: FromResult
-    stream: Any = None
+    stream: Stream | None = None
     row: TableRow | None = None
-    key: Any = None  # keys.LoadedKey when signing
+    #: The key that signs (set when action is "sign").
+    key: LoadedKey | None = None
     refusal: Refusal | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -79,7 +82,7 @@ class Decision:
         return bool(self.bulk)
 
 
-KeyGetter = Callable[[str], Any]
+KeyGetter = Callable[[str], LoadedKey | None]
 
 
 #: Half a long line: a run of MAX_LINE + 1 bytes without a newline always covers one
@@ -116,9 +119,9 @@ def _first_long_line(header_block: bytes, body: bytes) -> tuple[int, int] | None
     return None
 
 
-def decide(settings: Any, get_key: KeyGetter, facts: Facts) -> Decision:
-    """Decide what to do with the message described by ``facts``."""
-    stream = match_stream(list(settings.streams), facts.stream_attrs())
+def decide(settings: MilterSettings, streams: Sequence[Stream], get_key: KeyGetter, facts: Facts) -> Decision:
+    """Decide what to do with the message described by ``facts``, in one of ``streams`` or none."""
+    stream = match_stream(streams, facts.stream_attrs())
     sender_from = parse_from(facts.headers)
     bulk = bulk_reasons(
         settings.bulk,
@@ -126,16 +129,16 @@ def decide(settings: Any, get_key: KeyGetter, facts: Facts) -> Decision:
         envelope_sender=facts.envelope_sender,
         from_address=sender_from.address,
         stream_name=stream.name if stream is not None else None,
-        stream_bulk=bool(stream is not None and stream.bulk),
+        stream_bulk=settings.rules_for(stream).bulk,
     )
     scope = settings.scope.check(facts.client_addr, facts.sasl_user, facts.local_submission)
     client = facts.client_addr or "unknown client"
     base = dict(scope=scope, bulk=bulk, sender_from=sender_from, stream=stream)
 
-    def fail(reason: str, detail: str, **extra: Any) -> Decision:
+    def fail(reason: str, detail: str, row: TableRow | None = None) -> Decision:
         if bulk:
-            return Decision("refuse", reason, refusal=Refusal(reason, detail, client), **base, **extra)
-        return Decision("pass", reason, notes=[detail], **base, **extra)
+            return Decision("refuse", reason, refusal=Refusal(reason, detail, client), row=row, **base)
+        return Decision("pass", reason, notes=[detail], row=row, **base)
 
     if not scope.trusted:
         if not bulk:

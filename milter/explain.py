@@ -6,12 +6,15 @@ given From and headers, so what it prints is what the milter does.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
+
+from sendguard.streams import Stream
 
 from . import dkim_sign
 from .decision import Facts, decide
 from .keys import KeyStore
 from .refusal import reply_args
+from .settings import MilterSettings
 
 
 def _headers(from_addr: str, headers: Sequence[str]) -> list[tuple[str, bytes]]:
@@ -25,7 +28,9 @@ def _headers(from_addr: str, headers: Sequence[str]) -> list[tuple[str, bytes]]:
 
 
 def explain(
-    config: Any,
+    settings: MilterSettings,
+    streams: Sequence[Stream],
+    keys: KeyStore,
     from_addr: str,
     client: str,
     sasl: str | None = None,
@@ -34,8 +39,6 @@ def explain(
     sender: str | None = None,
 ) -> str:
     """Describe, line by line, what the milter would do with such a message and why."""
-    settings = config.milter
-    keys = KeyStore(settings.keys)
     hdrs = _headers(from_addr, headers)
     facts = Facts(
         client_addr=client,
@@ -44,14 +47,14 @@ def explain(
         envelope_sender=sender or from_addr.strip().rpartition("<")[2].rstrip(">").strip(),
         headers=hdrs,
     )
-    d = decide(settings, keys.get, facts)
+    d = decide(settings, streams, keys.get, facts)
     lines = []
     f = d.sender_from
     lines.append(f"from:      {f.address} (domain {f.domain})" if f.address else f"from:      {f.detail}")
     lines.append(f"client:    {client}" + (f", SASL user {sasl}" if sasl else ", no SASL") + (f", port {port}" if port else ""))
     lines.append(f"scope:     {'in scope' if d.scope.trusted else 'NOT in scope'}: {d.scope.why}")
     if d.stream is not None:
-        lines.append(f"stream:    {d.stream.name}" + (" (bulk = true)" if d.stream.bulk else ""))
+        lines.append(f"stream:    {d.stream.name}" + (" (bulk = true)" if settings.rules_for(d.stream).bulk else ""))
     else:
         lines.append("stream:    none matched")
     lines.append("bulk:      " + ("yes: " + ", ".join(d.bulk) if d.bulk else "no"))
@@ -66,11 +69,11 @@ def explain(
             lines.append(f"key:       {spec.name}: d={spec.domain} s={spec.selector}, {spec.key_file} ({state})")
     elif f.domain:
         lines.append(f"table row: none for {f.domain}")
-    if d.action == "sign":
+    if d.action == "sign" and d.key is not None:
         spec = d.key.spec
         h = b":".join(dkim_sign.header_list([n for n, _ in hdrs], settings.signed_headers, settings.oversign_headers))
         lines.append(f"decision:  SIGN d={spec.domain} s={spec.selector} a=rsa-sha256 c=relaxed/relaxed h={h.decode()}")
-    elif d.action == "refuse":
+    elif d.action == "refuse" and d.refusal is not None:
         rcode, xcode, text = reply_args(d.refusal, settings.refusal_code, settings.refusal_xcode)
         lines.append(f"decision:  REFUSE ({d.reason}): {rcode} {xcode} {text.replace('%%', '%')}")
     else:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sendguard import logs
+from sendguard.config_reader import ConfigError
 
 #: The shortest RSA key accepted (RFC 8301 makes 1024 the floor for verifiers).
 MIN_KEY_BITS = 1024
@@ -30,6 +31,9 @@ log = logs.get("milter")
 
 class KeyLoadError(Exception):
     """A key file that cannot serve: the message names the file and the reason."""
+
+    #: The ``[signing.keys.NAME]`` whose file failed, when known (set at start-up).
+    key_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,11 @@ class KeyStore:
         self._observer = observer
         keys: dict[str, LoadedKey] = {}
         for spec in self._specs.values():
-            keys[spec.name] = load_key(spec)  # at start-up every failure is fatal
+            try:
+                keys[spec.name] = load_key(spec)  # at start-up every failure is fatal
+            except KeyLoadError as exc:
+                exc.key_name = spec.name
+                raise
         self._keys = keys
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -175,3 +183,15 @@ class KeyStore:
     def stop(self) -> None:
         """Stop the watcher thread."""
         self._stop.set()
+
+
+def open_keys(specs: Iterable[KeySpec], file: str, observer: ReloadObserver | None = None) -> KeyStore:
+    """Open every key file for service; a key that cannot serve stops start-up.
+
+    The :class:`~sendguard.config_reader.ConfigError` names the config file and
+    ``signing.keys.NAME.key_file``, with the reason (missing, world-readable, too short ...).
+    """
+    try:
+        return KeyStore(specs, observer=observer)
+    except KeyLoadError as exc:
+        raise ConfigError(file, f"signing.keys.{exc.key_name}.key_file", str(exc)) from None

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import re
 
-from sendguard.config import Section, check_one_of
-from sendguard.streams import LINK_MODES
+from sendguard.config_reader import Section, check_one_of
 from sendguard_milter.link_rewrite import LinkPolicy
+
+#: How the milter treats links (``[links] mode``, and a stream's ``links`` override).
+LINK_MODES = ("strip", "report-only", "off")
 
 #: Always per-subscriber: the brief's carrier (DOT), provider (NPI) and lab (CLIA) ids.
 BUILTIN_PARAMS = ("dot", "npi", "clia")

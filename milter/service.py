@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Any
+from types import FrameType
 
 import Milter
 import milter as libmilter  # pymilter's C extension
 
 from sendguard import logs
-from sendguard.config import ConfigError
+from sendguard.config import Config
 
 from . import metrics
 from .app import Runtime, SendguardMilter
-from .keys import KeyLoadError, KeyStore
+from .keys import open_keys
+from .settings import MilterSettings
 
 log = logs.get("milter")
 
@@ -31,20 +32,15 @@ log = logs.get("milter")
 MILTER_NAME = "sendguard"
 
 
-def build_runtime(config: Any) -> Runtime:
-    """Load the keys (a failure is a config error) and bundle them with the settings."""
-    settings = config.milter
-    try:
-        keys = KeyStore(settings.keys, observer=metrics.count_reload)
-    except KeyLoadError as exc:
-        raise ConfigError(config.file, "signing.keys", str(exc)) from None
-    return Runtime(settings, keys)
+def build_runtime(config: Config, settings: MilterSettings) -> Runtime:
+    """Open the keys (a failure is a config error) and bundle them with the settings and streams."""
+    keys = open_keys(settings.keys, config.file, observer=metrics.count_reload)
+    return Runtime(settings, config.streams, keys)
 
 
-def run(config: Any) -> None:
+def run(config: Config, settings: MilterSettings) -> None:
     """Serve Postfix until SIGTERM or SIGINT (blocking). SIGHUP reloads the keys."""
-    runtime = build_runtime(config)
-    settings = runtime.settings
+    runtime = build_runtime(config, settings)
     Milter.factory = lambda: SendguardMilter(runtime)
     # Only what the milter does: add the signature header, replace a repaired body.
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGBODY)
@@ -57,11 +53,11 @@ def run(config: Any) -> None:
         except BaseException as exc:  # reported by the main thread
             failure.append(exc)
 
-    def reload(signum: int, frame: Any) -> None:
+    def reload(signum: int, frame: FrameType | None) -> None:
         log.info("SIGHUP: reloading keys")
         runtime.keys.reload()
 
-    def stop(signum: int, frame: Any) -> None:
+    def stop(signum: int, frame: FrameType | None) -> None:
         log.info("%s: stopping", signal.Signals(signum).name)
         libmilter.stop()
 

@@ -1,27 +1,30 @@
-"""The ``[milter]``, ``[milter.bulk]`` and ``[signing]`` sections (``[links]`` is parsed by link_settings).
+"""The milter's part of the config: ``[milter]``, ``[milter.bulk]``, ``[signing]``, ``[links]``
+(parsed by link_settings) and the milter's keys in each ``[streams.NAME]`` table.
 
-Everything that can be checked at start-up is checked here, so a config that
-starts is a config that signs: listen syntax, networks (an open scope needs an
-explicit override), every key file (readable, not world-readable, RSA of at
-least 1024 bits), every signing-table row (its key exists and its d= aligns
-with the From domains it serves) and the signed-header lists.
+Everything that can be checked without opening a file is checked here, so a
+config that starts is a config that signs: listen syntax, networks (an open
+scope needs an explicit override), every signing-table row (its key exists and
+its d= aligns with the From domains it serves) and the signed-header lists.
+The key files themselves are opened once, by :func:`sendguard_milter.keys.open_keys`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Mapping
 
-from sendguard.config import General, Section, check_hostport, check_network, check_parses
+from sendguard.addresses import check_hostport, check_network, parse_network
+from sendguard.config import Config, ConfigDocument
+from sendguard.config_reader import Section, check_one_of, check_parses
+from sendguard.senders import SenderSet, check_sender
+from sendguard.streams import Stream
 
 from .bulk import DEFAULT_HEADERS, DEFAULT_PRECEDENCE, BulkRules
 from .dkim_sign import NEVER_SIGN
-from .keys import KeyLoadError, KeySpec, load_key
+from .keys import KeySpec
 from .link_rewrite import LinkPolicy
-from .link_settings import parse_links
+from .link_settings import LINK_MODES, parse_links
 from .signing_table import SigningTable, TableRow, alignment_problem, normalise_domain
 from .trusted_scope import LOOPBACK, TrustedScope
 
@@ -41,6 +44,20 @@ _HEADER_RE = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")
 
 
 @dataclass(frozen=True)
+class StreamRules:
+    """The milter's keys in one ``[streams.NAME]`` table."""
+
+    #: Mail in this stream is bulk (it must leave signed).
+    bulk: bool = False
+    #: The link mode for this stream; None means the ``[links]`` mode.
+    links: str | None = None
+
+
+#: The rules of mail in no stream, and of a stream that sets none of the milter's keys.
+NO_STREAM_RULES = StreamRules()
+
+
+@dataclass(frozen=True)
 class MilterSettings:
     """Settings of the milter (``[milter]`` + ``[signing]`` + ``[links]``)."""
 
@@ -48,7 +65,7 @@ class MilterSettings:
     metrics_listen: str = "127.0.0.1:9467"
     #: libmilter's I/O timeout towards Postfix, seconds.
     timeout: int = 600
-    scope: TrustedScope = field(default_factory=lambda: TrustedScope(tuple(ipaddress.ip_network(n) for n in LOOPBACK)))
+    scope: TrustedScope = field(default_factory=lambda: TrustedScope(tuple(parse_network(n) for n in LOOPBACK)))
     refusal_code: int = 550
     bulk: BulkRules = field(default_factory=BulkRules)
     keys: tuple[KeySpec, ...] = ()
@@ -58,13 +75,23 @@ class MilterSettings:
     #: Seconds between checks for changed key files (0: only SIGHUP reloads).
     key_check_interval: float = 10.0
     links: LinkPolicy = field(default_factory=LinkPolicy)
-    #: The streams (parsed by sendguard.streams), kept here for the milter's bulk and link rules.
-    streams: tuple[Any, ...] = field(default=(), metadata={"effective": False})
+    #: Per stream name, the milter's keys of ``[streams.NAME]`` (rendered with each stream).
+    stream_rules: Mapping[str, StreamRules] = field(default_factory=dict, metadata={"effective": False})
 
     @property
     def refusal_xcode(self) -> str:
         """The enhanced status code of a refusal (5.7.1 or 4.7.1)."""
         return REFUSAL_CODES[self.refusal_code]
+
+    def rules_for(self, stream: Stream | None) -> StreamRules:
+        """The milter's rules for mail in ``stream`` (None: in no stream)."""
+        if stream is None:
+            return NO_STREAM_RULES
+        return self.stream_rules.get(stream.name, NO_STREAM_RULES)
+
+    def link_policy(self, stream: Stream | None) -> LinkPolicy:
+        """The link policy for mail in ``stream``: ``[links]``, with the stream's mode if it sets one."""
+        return self.links.with_mode(self.rules_for(stream).links)
 
     def key_spec(self, name: str) -> KeySpec | None:
         """The key named ``name``."""
@@ -111,7 +138,7 @@ def _check_header_name(value: str) -> str | None:
 def _parse_scope(section: Section) -> TrustedScope:
     nets = section.get_list("trusted_hosts", str, list(LOOPBACK), check_network)
     allow_open = section.get("allow_open_trusted_hosts", bool, False)
-    networks = tuple(ipaddress.ip_network(n, strict=False) for n in nets)
+    networks = tuple(parse_network(n) for n in nets)
     for i, net in enumerate(networks):
         if net.prefixlen == 0 and not allow_open:
             raise section.error(
@@ -129,18 +156,16 @@ def _parse_scope(section: Section) -> TrustedScope:
 def _parse_bulk(section: Section) -> BulkRules:
     headers = section.get_list("headers", str, list(DEFAULT_HEADERS), _check_header_name)
     precedence = section.get_list("precedence", str, list(DEFAULT_PRECEDENCE))
-    senders = section.get_list("senders", str, [], lambda s: None if s.strip() else "empty sender")
+    senders = section.get_list("senders", str, [], check_sender)
     section.finish()
-    lowered = [s.strip().lower() for s in senders]
     return BulkRules(
         headers=tuple(headers),
         precedence=tuple(p.strip().lower() for p in precedence),
-        sender_addresses=frozenset(s for s in lowered if "@" in s),
-        sender_domains=frozenset(s for s in lowered if "@" not in s),
+        senders=SenderSet.parse(senders),
     )
 
 
-def _parse_keys(signing: Section, base: Path) -> tuple[KeySpec, ...]:
+def _parse_keys(signing: Section, config: Config) -> tuple[KeySpec, ...]:
     specs: list[KeySpec] = []
     for name, section in signing.tables("keys"):
         domain = normalise_domain(section.get("domain", str))
@@ -149,19 +174,12 @@ def _parse_keys(signing: Section, base: Path) -> tuple[KeySpec, ...]:
         selector = section.get("selector", str)
         if not _SELECTOR_RE.match(selector):
             raise section.error("selector", f"{selector!r} is not a DKIM selector (letters, digits, '-', '.')")
-        key_file = Path(section.get("key_file", str))
-        if not key_file.is_absolute():
-            key_file = base / key_file
+        key_file = config.resolve(section.get("key_file", str))
         algorithm = section.get("algorithm", str, "rsa-sha256")
         if algorithm != "rsa-sha256":
             raise section.error("algorithm", f"{algorithm!r} is not supported (only rsa-sha256)")
         section.finish()
-        spec = KeySpec(name=name, domain=domain, selector=selector, key_file=key_file, algorithm=algorithm)
-        try:
-            load_key(spec)
-        except KeyLoadError as exc:
-            raise section.error("key_file", str(exc)) from None
-        specs.append(spec)
+        specs.append(KeySpec(name=name, domain=domain, selector=selector, key_file=key_file, algorithm=algorithm))
     return tuple(specs)
 
 
@@ -197,9 +215,11 @@ def _parse_table(signing: Section, keys: tuple[KeySpec, ...]) -> SigningTable:
     return SigningTable(tuple(rows))
 
 
-def _parse_signing(top: Section, base: Path) -> tuple[tuple[KeySpec, ...], SigningTable, tuple[str, ...], tuple[str, ...]]:
+def _parse_signing(
+    top: Section, config: Config
+) -> tuple[tuple[KeySpec, ...], SigningTable, tuple[str, ...], tuple[str, ...]]:
     signing = top.sub("signing")
-    keys = _parse_keys(signing, base)
+    keys = _parse_keys(signing, config)
     table = _parse_table(signing, keys)
     signed = signing.get_list("signed_headers", str, list(DEFAULT_SIGNED_HEADERS), _check_header_name)
     if "from" not in {h.lower() for h in signed}:
@@ -226,9 +246,18 @@ def _dedupe(names: list[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def parse_milter(top: Section, general: General, streams: list[Any]) -> MilterSettings:
-    """Parse ``[milter]``, ``[milter.bulk]``, ``[signing]`` and ``[links]``."""
-    base = Path(top.file).resolve().parent if top.file != "<embedded defaults>" else Path.cwd()
+def _parse_stream_rules(doc: ConfigDocument) -> dict[str, StreamRules]:
+    rules: dict[str, StreamRules] = {}
+    for name, table in doc.stream_tables.items():
+        bulk = table.get("bulk", bool, False)
+        links = table.get("links", str, None, check_one_of(*LINK_MODES))
+        rules[name] = StreamRules(bulk=bulk, links=links)
+    return rules
+
+
+def parse_milter(doc: ConfigDocument) -> MilterSettings:
+    """Parse ``[milter]``, ``[milter.bulk]``, ``[signing]``, ``[links]`` and the streams' milter keys."""
+    top = doc.top
     section = top.sub("milter")
     listen = section.get("listen", str, "inet:8891@127.0.0.1", check_parses(milter_socket))
     metrics = section.get("metrics_listen", str, "127.0.0.1:9467", check_hostport)
@@ -242,8 +271,9 @@ def parse_milter(top: Section, general: General, streams: list[Any]) -> MilterSe
     scope = _parse_scope(section)
     bulk = _parse_bulk(section.sub("bulk"))
     section.finish()
-    keys, table, signed, oversign = _parse_signing(top, base)
+    keys, table, signed, oversign = _parse_signing(top, doc.config)
     links = parse_links(top.sub("links"))
+    stream_rules = _parse_stream_rules(doc)
     return MilterSettings(
         listen=milter_socket(listen),
         metrics_listen=metrics,
@@ -257,5 +287,5 @@ def parse_milter(top: Section, general: General, streams: list[Any]) -> MilterSe
         oversign_headers=oversign,
         key_check_interval=float(interval),
         links=links,
-        streams=tuple(streams),
+        stream_rules=stream_rules,
     )

@@ -8,12 +8,9 @@ sendmail(1). Everything else is inbound mail and is never signed.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
-from sendguard.streams import parse_client_address
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from sendguard.addresses import IPNetwork, parse_client_address
 
 #: The default scope: this host only.
 LOOPBACK = ("127.0.0.0/8", "::1/128")

@@ -22,7 +22,7 @@ import functools
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from sendguard import logs
 from sendguard.streams import MATCH_ATTRIBUTES, Stream, match_stream
@@ -92,7 +92,7 @@ class Decider:
     def __init__(
         self,
         settings: PolicydSettings,
-        streams: list[Stream],
+        streams: Sequence[Stream],
         store: CounterStore,
         family: FamilyMatcher | None = None,
         clock: Callable[[], float] = time.monotonic,

@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from sendguard import logs
-from sendguard.config import Config, ConfigError, parse_hostport
+from sendguard.addresses import parse_hostport
+from sendguard.config import Config
+from sendguard.config_reader import ConfigError
 from sendguard_policyd import cpu_latency, metrics
 from sendguard_policyd.decide import Decider
 from sendguard_policyd.server import PolicyServer
+from sendguard_policyd.settings import PolicydSettings
 from sendguard_policyd.sqlite_store import SQLiteCounterStore, StoreError
 from sendguard_policyd.status import StreamStatus, snapshot
 
@@ -51,9 +54,8 @@ class Handle:
         log.info("policyd stopped")
 
 
-def start(config: Config) -> Handle:
-    """Start the policy daemon for ``config``; return a :class:`Handle` (non-blocking)."""
-    settings = config.policyd
+def start(config: Config, settings: PolicydSettings) -> Handle:
+    """Start the policy daemon for ``config``'s streams; return a :class:`Handle` (non-blocking)."""
     try:
         store = SQLiteCounterStore(settings.database, settings.sqlite_synchronous)
     except (StoreError, OSError) as exc:
@@ -76,7 +78,7 @@ def start(config: Config) -> Handle:
         decider, settings.idle_timeout, settings.bad_request_action, settings.busy_poll_usec / 1e6, cpu_hold=cpu_hold
     )
     try:
-        host, port = _bind(config, server)
+        host, port = _bind(config.file, settings, server)
     except BaseException:
         server.close()
         decider.close()
@@ -98,17 +100,16 @@ def start(config: Config) -> Handle:
     return Handle(host, port, settings.socket, store, decider, thread, server, gauges)
 
 
-def _bind(config: Config, server: PolicyServer) -> tuple[str, int]:
+def _bind(file: str, settings: PolicydSettings, server: PolicyServer) -> tuple[str, int]:
     """Open the listening sockets; a failure is a :class:`ConfigError` naming the key."""
-    settings = config.policyd
     host, port = parse_hostport(settings.listen)
     try:
         bound = server.listen_tcp(host, port, settings.reuse_port)
     except OSError as exc:
-        raise ConfigError(config.file, "policyd.listen", f"cannot listen on {settings.listen}: {exc.strerror or exc}")
+        raise ConfigError(file, "policyd.listen", f"cannot listen on {settings.listen}: {exc.strerror or exc}")
     if settings.socket:
         try:
             server.listen_unix(settings.socket, settings.socket_mode)
         except OSError as exc:
-            raise ConfigError(config.file, "policyd.socket", f"cannot listen on {settings.socket}: {exc.strerror or exc}")
+            raise ConfigError(file, "policyd.socket", f"cannot listen on {settings.socket}: {exc.strerror or exc}")
     return bound

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from sendguard.config import General, Section, check_hostport, check_one_of
+from sendguard.addresses import check_hostport
+from sendguard.config import ConfigDocument
+from sendguard.config_reader import check_one_of
 
 #: Every protocol_state Postfix sends (SMTPD_POLICY_README).
 PROTOCOL_STATES = ("CONNECT", "EHLO", "HELO", "MAIL", "RCPT", "DATA", "END-OF-MESSAGE", "VRFY", "ETRN")
@@ -94,9 +96,10 @@ def _check_nameserver(value: str) -> str | None:
     return None
 
 
-def parse_policyd(top: Section, general: General) -> PolicydSettings:
+def parse_policyd(doc: ConfigDocument) -> PolicydSettings:
     """Parse ``[policyd]``."""
-    section = top.sub("policyd")
+    section = doc.top.sub("policyd")
+    general = doc.config.general
     listen = section.get("listen", str, "127.0.0.1:10040", check_hostport)
     metrics = section.get("metrics_listen", str, "127.0.0.1:9466", check_hostport)
     database = section.get("database", str, os.path.join(general.state_dir, "policyd.sqlite"))

@@ -23,6 +23,7 @@ from sendguard_policyd.sqlite_store import (
     read_held_backlog,
     read_windows,
 )
+from sendguard_policyd.settings import PolicydSettings
 from sendguard_policyd.warmup import Warmup
 
 
@@ -69,10 +70,10 @@ def _cap(value: int | None) -> str:
     return "unlimited" if value is None else str(value)
 
 
-def render(config: Config, now: float | None = None) -> str:
+def render(config: Config, settings: PolicydSettings, now: float | None = None) -> str:
     """The status report for ``config``'s streams, as text."""
     now = time.time() if now is None else now
-    path = config.policyd.database
+    path = settings.database
     lines = [f"counter store: {path}"]
     conn = None
     if not os.path.exists(path):

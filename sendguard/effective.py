@@ -12,7 +12,7 @@ import datetime as dt
 import enum
 import ipaddress
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from sendguard.config import Config
 
@@ -75,16 +75,29 @@ def _is_table_list(v: Any) -> bool:
     return isinstance(v, (list, tuple)) and bool(v) and all(_is_table(i) for i in v)
 
 
-def render(config: Config) -> str:
-    """The effective configuration as TOML-like text, one table per section and stream."""
+def render(
+    config: Config,
+    sections: Sequence[tuple[str, object]],
+    stream_keys: Sequence[Mapping[str, object]] = (),
+) -> str:
+    """The effective configuration as TOML-like text, one table per section and stream.
+
+    ``sections`` are the services' settings (dataclasses) by table name;
+    ``stream_keys`` maps stream names to what a service reads of each stream's
+    table (a dataclass of its own), shown in that stream's table.
+    """
     lines = [f"# effective configuration of {config.file}"]
     _table("general", config.general, lines)
-    _table("policyd", config.policyd, lines)
-    _table("milter", config.milter, lines)
+    for name, settings in sections:
+        _table(name, settings, lines)
     for stream in config.streams:
         fields = dict(_fields(stream))
         rule = fields.pop("rule")
         fields["ramp"] = [list(step) for step in stream.ramp]
+        for keys in stream_keys:
+            extra = keys.get(stream.name)
+            if extra is not None:
+                fields.update(_fields(extra))
         _table(f"streams.{stream.name}", fields, lines)
         lines.append(f"# match: {rule.describe()}")
     return "\n".join(lines).lstrip("\n") + "\n"

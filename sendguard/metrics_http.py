@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from prometheus_client import disable_created_metrics, start_http_server
 
-from sendguard.config import parse_hostport
+from sendguard.addresses import parse_hostport
 
 
 # The *_created series double every counter's output and no dashboard uses them.

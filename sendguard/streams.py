@@ -11,43 +11,29 @@ match (AND), any value in an attribute's list may match (OR). Streams are tried
 in file order and the first match wins, but two streams whose rules could both
 match one request are refused at start-up: an overlap would let one stream
 spend the other's budget depending on the order of the file.
+
+The core reads what every part needs of a stream (its rule, ramp, caps and
+start); a service may keep per-stream keys of its own in the same table (the
+milter's ``bulk`` and ``links``): :func:`parse_streams` leaves each stream's
+:class:`Section` open for them, and whoever composes the services closes it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
-from sendguard.config import ConfigError, Section, check_network, check_one_of
+from sendguard.addresses import IPNetwork, check_network, parse_client_address, parse_network
+from sendguard.config_reader import ConfigError, Section, resolve_path
+from sendguard.senders import SenderSet, check_sender
 
 #: The request attributes a stream may match on (names as in SMTPD_POLICY_README).
 MATCH_ATTRIBUTES = ("server_port", "policy_context", "client_address", "sender", "sasl_username")
 
-#: How the milter treats links in a stream (``None`` on a stream: use ``[links]``).
-LINK_MODES = ("strip", "report-only", "off")
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parse_client_address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """An address as Postfix reports it (``IPv6:`` prefix and IPv4-mapped IPv6 allowed), or None.
-
-    Both services read client addresses through this one function, so the
-    milter's trusted scope and the streams can never disagree about a client.
-    """
-    text = value.strip().strip("[]")
-    if text[:5].lower() == "ipv6:":
-        text = text[5:]
-    try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
+#: A warmup day, and the rolling day window, in seconds.
+DAY_SECONDS = 86400
 
 
 @dataclass(frozen=True)
@@ -57,8 +43,7 @@ class MatchRule:
     server_port: frozenset[int] = frozenset()
     policy_context: frozenset[str] = frozenset()
     client_address: tuple[IPNetwork, ...] = ()
-    sender_addresses: frozenset[str] = frozenset()
-    sender_domains: frozenset[str] = frozenset()
+    senders: SenderSet = field(default_factory=SenderSet)
     sasl_username: frozenset[str] = frozenset()
 
     def matches(self, attrs: Mapping[str, str]) -> bool:
@@ -73,11 +58,8 @@ class MatchRule:
             addr = parse_client_address(attrs.get("client_address", ""))
             if addr is None or not any(addr in net for net in self.client_address):
                 return False
-        if self.sender_addresses or self.sender_domains:
-            sender = attrs.get("sender", "").lower()
-            domain = sender.rpartition("@")[2]
-            if sender not in self.sender_addresses and domain not in self.sender_domains:
-                return False
+        if self.senders and not self.senders.matches(attrs.get("sender", "")):
+            return False
         if self.sasl_username and attrs.get("sasl_username", "") not in self.sasl_username:
             return False
         return True
@@ -95,9 +77,7 @@ class MatchRule:
         if self.client_address and other.client_address:
             if not any(a.version == b.version and a.overlaps(b) for a in self.client_address for b in other.client_address):  # type: ignore[arg-type]
                 return False
-        mine = self.sender_addresses | self.sender_domains
-        theirs = other.sender_addresses | other.sender_domains
-        if mine and theirs and not _senders_overlap(self, other):
+        if self.senders and other.senders and not self.senders.may_overlap(other.senders):
             return False
         if self.sasl_username and other.sasl_username and not self.sasl_username & other.sasl_username:
             return False
@@ -112,25 +92,16 @@ class MatchRule:
             parts.append("context " + "|".join(sorted(self.policy_context)))
         if self.client_address:
             parts.append("client " + "|".join(str(n) for n in self.client_address))
-        senders = sorted(self.sender_addresses | self.sender_domains)
-        if senders:
-            parts.append("sender " + "|".join(senders))
+        if self.senders:
+            parts.append("sender " + "|".join(self.senders.entries()))
         if self.sasl_username:
             parts.append("sasl " + "|".join(sorted(self.sasl_username)))
         return ", ".join(parts)
 
 
-def _senders_overlap(a: MatchRule, b: MatchRule) -> bool:
-    if a.sender_addresses & b.sender_addresses or a.sender_domains & b.sender_domains:
-        return True
-    if any(addr.rpartition("@")[2] in b.sender_domains for addr in a.sender_addresses):
-        return True
-    return any(addr.rpartition("@")[2] in a.sender_domains for addr in b.sender_addresses)
-
-
 @dataclass(frozen=True)
 class Stream:
-    """One sending stream: its match rule, warmup ramp, caps and per-stream settings."""
+    """One sending stream: its match rule, warmup ramp and caps."""
 
     name: str
     rule: MatchRule
@@ -144,10 +115,6 @@ class Stream:
     start_file: Path | None = None
     #: The warmup start as a fixed instant (from ``start_date`` in the config).
     start_epoch: float | None = None
-    #: Mail in this stream is bulk for the milter (it must leave signed).
-    bulk: bool = False
-    #: The milter's link mode for this stream; None means the global ``[links]`` mode.
-    links: str | None = None
 
     @property
     def capped(self) -> bool:
@@ -165,7 +132,7 @@ class Stream:
         return cap
 
 
-def match_stream(streams: list[Stream], attrs: Mapping[str, str]) -> Stream | None:
+def match_stream(streams: Sequence[Stream], attrs: Mapping[str, str]) -> Stream | None:
     """The first stream whose rule matches, or None."""
     for stream in streams:
         if stream.rule.matches(attrs):
@@ -197,16 +164,14 @@ def _parse_rule(section: Section) -> MatchRule:
     ports = section.get_list("server_port", int, [], lambda p: None if 0 < p < 65536 else f"{p} is not a port")
     contexts = section.get_list("policy_context", str, [])
     nets = section.get_list("client_address", str, [], check_network)
-    senders = section.get_list("sender", str, [], lambda s: None if s.strip() else "empty sender")
+    senders = section.get_list("sender", str, [], check_sender)
     sasl = section.get_list("sasl_username", str, [])
     section.finish()
-    lowered = [s.strip().lower() for s in senders]
     rule = MatchRule(
         server_port=frozenset(ports),
         policy_context=frozenset(contexts),
-        client_address=tuple(ipaddress.ip_network(n, strict=False) for n in nets),
-        sender_addresses=frozenset(s for s in lowered if "@" in s),
-        sender_domains=frozenset(s for s in lowered if "@" not in s),
+        client_address=tuple(parse_network(n) for n in nets),
+        senders=SenderSet.parse(senders),
         sasl_username=frozenset(sasl),
     )
     if rule == MatchRule():
@@ -241,9 +206,7 @@ def _parse_start(section: Section, base: Path) -> tuple[Path | None, float | Non
     if start_file is not None and start_date is not None:
         raise section.error("start_date", "give start_file or start_date, not both")
     if start_file is not None:
-        path = Path(start_file)
-        if not path.is_absolute():
-            path = base / path
+        path = resolve_path(base, start_file)
         try:
             read_stamp(path)
         except ValueError as exc:
@@ -259,18 +222,15 @@ def _parse_start(section: Section, base: Path) -> tuple[Path | None, float | Non
 
 
 def parse_stream(name: str, section: Section, base: Path) -> Stream:
-    """Parse one ``[streams.NAME]`` table."""
+    """Parse what the core reads of one ``[streams.NAME]`` table (the caller finishes the section)."""
     rule = _parse_rule(section.sub("match", default_empty=False))
     ramp = _parse_ramp(section)
     positive = lambda v: None if v > 0 else "must be positive"  # noqa: E731
     ceiling = section.get("hourly_ceiling", int, None, positive)
     daily = section.get("daily_cap", int, None, positive)
     start_file, start_epoch = _parse_start(section, base)
-    bulk = section.get("bulk", bool, False)
-    links = section.get("links", str, None, check_one_of(*LINK_MODES))
     if ramp and start_file is None and start_epoch is None:
         raise section.error("start_file", "a stream with a ramp needs start_file or start_date")
-    section.finish()
     return Stream(
         name=name,
         rule=rule,
@@ -279,14 +239,17 @@ def parse_stream(name: str, section: Section, base: Path) -> Stream:
         daily_cap=daily,
         start_file=start_file,
         start_epoch=start_epoch,
-        bulk=bulk,
-        links=links,
     )
 
 
-def parse_streams(top: Section, base: Path) -> list[Stream]:
-    """Parse every ``[streams.NAME]`` table and refuse overlapping rules."""
+def parse_streams(top: Section, base: Path) -> tuple[tuple[Stream, ...], dict[str, Section]]:
+    """Parse every ``[streams.NAME]`` table and refuse overlapping rules.
+
+    Returns the streams in file order and each stream's table, still open for
+    the services' own per-stream keys.
+    """
     streams: list[Stream] = []
+    tables: dict[str, Section] = {}
     for name, section in top.tables("streams"):
         if not name.replace("-", "").replace("_", "").isalnum():
             raise section.error("", "stream names may hold letters, digits, '-' and '_' only")
@@ -300,4 +263,5 @@ def parse_streams(top: Section, base: Path) -> list[Stream]:
                     " a request could match both",
                 )
         streams.append(stream)
-    return streams
+        tables[name] = section
+    return tuple(streams), tables

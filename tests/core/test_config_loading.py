@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sendguard.config import ConfigError, load, parse
+from sendguard.cli.settings import load, parse
+from sendguard.config_reader import ConfigError
 
 
 def write(tmp_path, text: str):
@@ -16,7 +17,7 @@ def write(tmp_path, text: str):
 def test_embedded_defaults_need_no_file():
     config = load(None)
     assert config.policyd.listen == "127.0.0.1:10040"
-    assert config.streams == []
+    assert config.streams == ()
 
 
 def test_unknown_top_level_key_names_file_and_key(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from sendguard.config import load
+from sendguard.cli.settings import load
 from sendguard.streams import match_stream
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sendguard.toml"

@@ -22,7 +22,7 @@ from ports import free_port
 PROBE = textwrap.dedent(
     """
     import gc, json, sys
-    from sendguard import cli
+    from sendguard.cli import commands as cli
     from sendguard_milter import service as milter_service
 
     def report(*_args, **_kwargs):

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from sendguard.config import ConfigError, parse
+from sendguard.cli.settings import parse
+from sendguard.config_reader import ConfigError
 from sendguard.streams import match_stream, read_stamp
 
 TWO_STREAMS = {
@@ -118,7 +119,7 @@ def test_stamp_file_is_read_relative_to_the_config(tmp_path):
     (tmp_path / "trucking.start").write_text(f"{int(time.time())}\n")
     cfg = tmp_path / "sendguard.toml"
     cfg.write_text('[streams.t]\nramp = [[0, 5]]\nstart_file = "trucking.start"\n[streams.t.match]\nserver_port = [25]\n')
-    from sendguard.config import load
+    from sendguard.cli.settings import load
 
     stream = load(cfg).streams[0]
     assert stream.start_file == tmp_path / "trucking.start"

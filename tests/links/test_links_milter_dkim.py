@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from Milter import testctx
 
-from sendguard.config import load
+from sendguard.cli.settings import load
 from sendguard_milter.app import Runtime, SendguardMilter
 from sendguard_milter.keys import KeyStore
 
@@ -73,7 +73,7 @@ def run_milter(tmp_path, key, headers, body: bytes, mode: str = "strip"):
     config_path = tmp_path / "sendguard.toml"
     config_path.write_text(CONFIG.format(key=key[0], mode=mode))
     config = load(config_path)
-    runtime = Runtime(config.milter, KeyStore(config.milter.keys))
+    runtime = Runtime(config.milter, config.streams, KeyStore(config.milter.keys))
     Milter.factory = lambda: SendguardMilter(runtime)
     ctx = Ctx()
     ctx._setsymval("{daemon_port}", "25")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sendguard.config import ConfigError, Section, parse
+from sendguard.cli.settings import parse
+from sendguard.config_reader import ConfigError, Section
 from sendguard_milter.link_rewrite import LinkPolicy
 from sendguard_milter.link_settings import parse_links
 

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from Milter.testctx import TestCtx
 
-from sendguard.config import load
+from sendguard.cli.settings import load
 from sendguard_milter.app import Runtime, SendguardMilter
 from sendguard_milter.keys import KeyStore
 from ports import free_port
@@ -191,7 +191,7 @@ class Driver:
     def __init__(self, config_path: Path) -> None:
         self.config = load(config_path)
         self.keys = KeyStore(self.config.milter.keys)
-        self.runtime = Runtime(self.config.milter, self.keys)
+        self.runtime = Runtime(self.config.milter, self.config.streams, self.keys)
 
     def run(
         self,

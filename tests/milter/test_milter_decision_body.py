@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from sendguard.config import load
+from sendguard.cli.settings import load
 from sendguard_milter import decision
 from sendguard_milter.decision import MAX_LINE, Facts, check_body, decide, find_long_line
 from sendguard_milter.keys import KeyStore
@@ -38,20 +38,22 @@ def facts(case: dict, long_line: tuple[int, int] | None = None) -> Facts:
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("long_line", [None, (9, 1500)])
 def test_body_checked_apart_equals_one_decision_with_the_fact(write_config, name, long_line) -> None:
-    settings = load(write_config()).milter
+    loaded = load(write_config())
+    settings, streams = loaded.milter, loaded.streams
     keys = KeyStore(settings.keys)
-    whole = decide(settings, keys.get, facts(CASES[name], long_line))
-    apart = check_body(decide(settings, keys.get, facts(CASES[name])), long_line, CASES[name]["client_addr"])
+    whole = decide(settings, streams, keys.get, facts(CASES[name], long_line))
+    apart = check_body(decide(settings, streams, keys.get, facts(CASES[name])), long_line, CASES[name]["client_addr"])
     assert apart == whole
 
 
 def test_long_line_refuses_bulk_and_notes_it_for_other_mail(write_config) -> None:
-    settings = load(write_config()).milter
+    loaded = load(write_config())
+    settings, streams = loaded.milter, loaded.streams
     keys = KeyStore(settings.keys)
-    bulk = check_body(decide(settings, keys.get, facts(CASES["bulk sign"])), (3, 1200), "172.18.0.5")
+    bulk = check_body(decide(settings, streams, keys.get, facts(CASES["bulk sign"])), (3, 1200), "172.18.0.5")
     assert (bulk.action, bulk.reason, bulk.refusal.reason) == ("refuse", "long_line", "long_line")
     assert "line 3 is 1200 bytes" in bulk.refusal.text()
-    other = check_body(decide(settings, keys.get, facts(CASES["non-bulk sign"])), (3, 1200), "127.0.0.1")
+    other = check_body(decide(settings, streams, keys.get, facts(CASES["non-bulk sign"])), (3, 1200), "127.0.0.1")
     assert other.action == "sign" and other.notes == [f"line 3 is 1200 bytes, over {MAX_LINE}; Postfix would fold it and break the signature"]
 
 

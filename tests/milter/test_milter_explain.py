@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from sendguard.cli import main
-from sendguard.config import load
-from sendguard_milter.explain import explain
+from sendguard.cli.settings import load
+from sendguard_milter import explain as explain_module
+from sendguard_milter.keys import KeyStore
+
+
+def explain(settings, **question):
+    """The explanation for ``settings`` (what ``sendguard explain`` prints)."""
+    return explain_module.explain(settings.milter, settings.streams, KeyStore(settings.milter.keys), **question)
 
 
 def test_campaign_mail_from_listmonk_is_signed_with_selector_send(write_config):

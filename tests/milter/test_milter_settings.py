@@ -7,7 +7,9 @@ import subprocess
 
 import pytest
 
-from sendguard.config import ConfigError, load, parse
+from sendguard_milter.keys import open_keys
+from sendguard.cli.settings import load, parse
+from sendguard.config_reader import ConfigError
 from sendguard_milter.settings import milter_socket
 
 
@@ -77,10 +79,16 @@ def _signing(tmp_path, key_file, table=None, domain="send.example.net"):
     }
 
 
+def start_up(data):
+    """Parse as start-up does, then open the key files as the milter does when it starts."""
+    settings = parse(data)
+    return open_keys(settings.milter.keys, settings.file)
+
+
 def test_world_readable_key_stops_start_up(tmp_path, write_key):
     write_key(tmp_path / "k", mode=0o644)
     with pytest.raises(ConfigError) as err:
-        parse(_signing(tmp_path, tmp_path / "k"))
+        start_up(_signing(tmp_path, tmp_path / "k"))
     assert "signing.keys.send.key_file" in str(err.value) and "world-readable" in str(err.value)
 
 
@@ -89,19 +97,19 @@ def test_short_key_stops_start_up(tmp_path, write_key):
     subprocess.run(["openssl", "genrsa", "-out", str(tmp_path / "k"), "512"], check=True, capture_output=True)
     os.chmod(tmp_path / "k", 0o600)
     with pytest.raises(ConfigError, match="512-bit RSA key; at least 1024 bits"):
-        parse(_signing(tmp_path, tmp_path / "k"))
+        start_up(_signing(tmp_path, tmp_path / "k"))
 
 
 def test_unparseable_missing_and_non_file_keys_stop_start_up(tmp_path, write_key):
     (tmp_path / "garbage").write_text("not a key\n")
     os.chmod(tmp_path / "garbage", 0o600)
     with pytest.raises(ConfigError, match="does not hold a PEM private key"):
-        parse(_signing(tmp_path, tmp_path / "garbage"))
+        start_up(_signing(tmp_path, tmp_path / "garbage"))
     with pytest.raises(ConfigError, match="does not exist"):
-        parse(_signing(tmp_path, tmp_path / "nope"))
+        start_up(_signing(tmp_path, tmp_path / "nope"))
     (tmp_path / "dir").mkdir(mode=0o700)
     with pytest.raises(ConfigError, match="signing.keys.send.key_file"):
-        parse(_signing(tmp_path, tmp_path / "dir"))
+        start_up(_signing(tmp_path, tmp_path / "dir"))
 
 
 def test_misaligned_table_row_stops_start_up(tmp_path, write_key):

@@ -9,7 +9,8 @@ from typing import Any, Callable
 import pytest
 
 from ports import free_port
-from sendguard.config import Config, parse
+from sendguard.cli.settings import parse
+from sendguard.cli.settings import Settings
 
 
 @pytest.fixture
@@ -18,10 +19,10 @@ def port() -> int:
 
 
 @pytest.fixture
-def make_config(tmp_path: Path) -> Callable[..., Config]:
-    """Build a validated Config: ``streams`` as TOML-shaped dicts, ``policyd`` keys on top of test defaults."""
+def make_config(tmp_path: Path) -> Callable[..., Settings]:
+    """Build validated Settings: ``streams`` as TOML-shaped dicts, ``policyd`` keys on top of test defaults."""
 
-    def build(streams: dict[str, Any] | None = None, **policyd: Any) -> Config:
+    def build(streams: dict[str, Any] | None = None, **policyd: Any) -> Settings:
         settings = {"listen": f"127.0.0.1:{free_port()}", "database": str(tmp_path / "state" / "policyd.sqlite")}
         settings.update(policyd)
         data: dict[str, Any] = {"general": {"state_dir": str(tmp_path / "state")}, "policyd": settings}

@@ -13,7 +13,7 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
-from sendguard.config import ConfigError
+from sendguard.config_reader import ConfigError
 from sendguard_policyd import cpu_latency, service
 from sendguard_policyd.client import PolicyClient, postfix_request
 
@@ -57,7 +57,7 @@ def quiet_machine():
 def test_held_while_requests_flow_and_released_when_they_stop(make_config, quiet_machine, monkeypatch):
     monkeypatch.setattr(cpu_latency, "IDLE_RELEASE", 0.3)
     config = make_config(STREAMS, cpu_latency_hold=True, idle_timeout=1)  # sweeps every 0.5 s
-    handle = service.start(config)
+    handle = service.start(config.config, config.policyd)
     try:
         before = held_seconds()
         assert latency_in_force() > 0  # started, but no request yet: an idle daemon holds nothing
@@ -91,7 +91,7 @@ def test_a_request_that_cannot_be_made_stops_start_up_with_the_key(make_config, 
     monkeypatch.setattr(cpu_latency, "DEVICE", str(tmp_path / "no-such-device"))
     config = make_config(STREAMS, cpu_latency_hold=True)
     with pytest.raises(ConfigError) as info:
-        service.start(config)
+        service.start(config.config, config.policyd)
     message = str(info.value)
     assert "policyd.cpu_latency_hold" in message
     assert "no-such-device" in message and "No such file or directory" in message

@@ -49,7 +49,7 @@ def test_metrics_answer_the_operators_questions(make_config, endpoint):
         }
     )
     before = scrape(endpoint)
-    handle = service.start(config)
+    handle = service.start(config.config, config.policyd)
     try:
         with PolicyClient((handle.host, handle.port)) as client:
             for i in range(4):

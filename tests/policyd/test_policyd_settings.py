@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sendguard.config import ConfigError, parse
+from sendguard.cli.settings import parse
+from sendguard.config_reader import ConfigError
 
 
 def test_defaults_work_next_to_a_stock_postfix(tmp_path):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from sendguard.config import ConfigError
+from sendguard.config_reader import ConfigError
 from sendguard_policyd import service, status
 from sendguard_policyd.client import PolicyClient, postfix_message, postfix_request
 from sendguard_policyd.protocol import MAX_LINE_BYTES, format_request
@@ -29,7 +29,7 @@ def daemon(make_config):
 
     def run(streams=None, **policyd):
         config = make_config(streams if streams is not None else {"trucking": trucking()}, **policyd)
-        handle = service.start(config)
+        handle = service.start(config.config, config.policyd)
         handles.append(handle)
         return config, handle
 
@@ -57,7 +57,7 @@ def test_postfix_session_three_per_hour_lets_three_through_and_holds_yahoo(daemo
         assert held[0].startswith("HOLD ") and "Yahoo/Verizon-Media family (rule yahoo.*)" in held[0]
         assert held[1] == "DUNNO"
     assert handle.store.windows("trucking", time.time()).hour == 3
-    assert "rolling hour    3 of 3" in status.render(config)
+    assert "rolling hour    3 of 3" in status.render(config.config, config.policyd)
 
 
 def test_yahoo_hold_consumes_no_cap(daemon):
@@ -152,11 +152,11 @@ def test_unix_socket(daemon, tmp_path):
 
 def test_restart_keeps_the_window(make_config):
     config = make_config({"trucking": trucking(cap=3)})
-    first = service.start(config)
+    first = service.start(config.config, config.policyd)
     with PolicyClient((first.host, first.port)) as client:
         assert [send_message(client, f"a{i}", ["x@example.com"])[-1] for i in range(2)] == ["DUNNO"] * 2
     first.stop()
-    second = service.start(config)
+    second = service.start(config.config, config.policyd)
     try:
         with PolicyClient((second.host, second.port)) as client:
             assert send_message(client, "b0", ["x@example.com"])[-1] == "DUNNO"
@@ -171,7 +171,7 @@ def test_listen_address_in_use_stops_startup_with_the_key(make_config):
         busy.listen()
         config = make_config({}, listen=f"127.0.0.1:{busy.getsockname()[1]}")
         with pytest.raises(ConfigError) as info:
-            service.start(config)
+            service.start(config.config, config.policyd)
     assert "policyd.listen" in str(info.value) and "cannot listen" in str(info.value)
 
 
@@ -240,8 +240,9 @@ def test_many_connections_ready_at_once_each_get_their_own_answer(daemon):
 def test_a_second_daemon_does_not_take_the_first_ones_unix_socket(daemon, make_config, tmp_path):
     path = str(tmp_path / "spool" / "sendguard-policy")
     _, first = daemon(socket=path)
+    again = make_config({"trucking": trucking()}, socket=path)
     with pytest.raises(ConfigError) as info:
-        service.start(make_config({"trucking": trucking()}, socket=path))
+        service.start(again.config, again.policyd)
     assert "policyd.socket" in str(info.value) and "another process is listening on it" in str(info.value)
     with PolicyClient(path) as client:  # the first daemon still owns it
         assert client.ask(postfix_request()) == "DUNNO"
@@ -263,10 +264,10 @@ def test_daemons_sharing_a_port_with_reuse_port_share_the_load_and_the_cap(make_
     # Two daemons (as two processes would) on one TCP port and one store: the kernel spreads
     # the connections over both, and together they still let exactly the cap through.
     db = str(tmp_path / "shared.sqlite")
-    first = service.start(make_config({"trucking": trucking(cap=30)}, database=db, reuse_port=True))
-    second = service.start(
-        make_config({"trucking": trucking(cap=30)}, database=db, reuse_port=True, listen=f"127.0.0.1:{first.port}")
-    )
+    one = make_config({"trucking": trucking(cap=30)}, database=db, reuse_port=True)
+    first = service.start(one.config, one.policyd)
+    two = make_config({"trucking": trucking(cap=30)}, database=db, reuse_port=True, listen=f"127.0.0.1:{first.port}")
+    second = service.start(two.config, two.policyd)
     clients = [PolicyClient((first.host, first.port)) for _ in range(20)]
     try:
         time.sleep(0.2)  # let both loops accept
@@ -287,5 +288,6 @@ def test_daemons_sharing_a_port_with_reuse_port_share_the_load_and_the_cap(make_
 
 def test_without_reuse_port_a_taken_port_stops_start_up(daemon, make_config):
     _, first = daemon()
+    taken = make_config({"trucking": trucking()}, listen=f"127.0.0.1:{first.port}", reuse_port=True)
     with pytest.raises(ConfigError, match="policyd.listen: cannot listen on"):
-        service.start(make_config({"trucking": trucking()}, listen=f"127.0.0.1:{first.port}", reuse_port=True))
+        service.start(taken.config, taken.policyd)

@@ -29,7 +29,8 @@ def streams(tmp_path):
 
 
 def test_status_without_a_store_yet(make_config, tmp_path):
-    text = status.render(make_config(streams(tmp_path)))
+    settings = make_config(streams(tmp_path))
+    text = status.render(settings.config, settings.policyd)
     assert "(absent: nothing counted yet)" in text
     assert "stream trucking:" in text and "warmup day      3" in text
     assert "cap in force    150/rolling hour, 4000/rolling 24 h" in text
@@ -45,7 +46,7 @@ def test_status_reads_counts_written_by_another_store(make_config, tmp_path):
     store.admit("healthcare", "c", 1, now - 10, 600, 10000)
     store.mark_family_hold("d", "trucking", now - 5, "QD", "yahoo.*")
     store.close()
-    text = status.render(config, now)
+    text = status.render(config.config, config.policyd, now)
     trucking = text.split("stream trucking:")[1].split("stream healthcare:")[0]
     assert "rolling hour    2 of 150" in trucking
     assert "rolling day     6 of 4000" in trucking

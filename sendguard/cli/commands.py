@@ -1,4 +1,4 @@
-"""The ``sendguard`` command: start either service or both, check a config, show status.
+"""The ``sendguard`` sub-commands: start either service or both, check a config, show status.
 
 Each sub-command is a thin shell over the service's own module; what a
 service does lives there, not here.
@@ -13,7 +13,8 @@ import threading
 from typing import Sequence
 
 from sendguard import __version__, logs
-from sendguard.config import Config, ConfigError, load
+from sendguard.cli.settings import Settings, load
+from sendguard.config_reader import ConfigError
 from sendguard.gc_freeze import freeze_start_up_heap
 from sendguard.metrics_http import ListenError
 
@@ -22,10 +23,10 @@ EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h, as Postfix's own tools use it
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: a listener could not be opened
 
 
-def _load(path: str | None) -> Config:
-    config = load(path)
-    logs.setup(config.general.log_level)
-    return config
+def _load(path: str | None) -> Settings:
+    settings = load(path)
+    logs.setup(settings.config.general.log_level)
+    return settings
 
 
 def _wait_for_signal() -> None:
@@ -39,12 +40,12 @@ def _wait_for_signal() -> None:
 
 def cmd_policyd(args: argparse.Namespace) -> int:
     """Run the policy daemon alone (its own metrics endpoint)."""
-    config = _load(args.config)
+    settings = _load(args.config)
     from sendguard import metrics_http
     from sendguard_policyd import service
 
-    metrics_http.serve(config.policyd.metrics_listen)
-    handle = service.start(config)
+    metrics_http.serve(settings.policyd.metrics_listen)
+    handle = service.start(settings.config, settings.policyd)
     freeze_start_up_heap()
     try:
         _wait_for_signal()
@@ -55,28 +56,28 @@ def cmd_policyd(args: argparse.Namespace) -> int:
 
 def cmd_milter(args: argparse.Namespace) -> int:
     """Run the milter alone (its own metrics endpoint)."""
-    config = _load(args.config)
+    settings = _load(args.config)
     from sendguard import metrics_http
     from sendguard_milter import service
 
-    metrics_http.serve(config.milter.metrics_listen)
-    freeze_start_up_heap()  # what the milter builds next (keys, settings) is small beside its imports
-    service.run(config)  # blocks in libmilter's main loop until SIGTERM/SIGINT
+    metrics_http.serve(settings.milter.metrics_listen)
+    freeze_start_up_heap()  # what the milter builds next (keys) is small beside its imports
+    service.run(settings.config, settings.milter)  # blocks in libmilter's main loop until SIGTERM/SIGINT
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run both services in one process, one metrics endpoint (policyd.metrics_listen)."""
-    config = _load(args.config)
+    settings = _load(args.config)
     from sendguard import metrics_http
     from sendguard_milter import service as milter_service
     from sendguard_policyd import service as policyd_service
 
-    metrics_http.serve(config.policyd.metrics_listen)
-    handle = policyd_service.start(config)
+    metrics_http.serve(settings.policyd.metrics_listen)
+    handle = policyd_service.start(settings.config, settings.policyd)
     freeze_start_up_heap()
     try:
-        milter_service.run(config)
+        milter_service.run(settings.config, settings.milter)
     finally:
         handle.stop()
     return 0
@@ -85,9 +86,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a config file as start-up would, and print the effective configuration."""
     from sendguard import effective
+    from sendguard_milter.keys import open_keys
 
-    config = load(args.file)
-    sys.stdout.write(effective.render(config))
+    settings = load(args.file)
+    open_keys(settings.milter.keys, settings.file)  # as start-up does: every key file must serve
+    sections = (("policyd", settings.policyd), ("milter", settings.milter))
+    sys.stdout.write(effective.render(settings.config, sections, [settings.milter.stream_rules]))
     print(f"# {args.file}: OK", file=sys.stderr)
     return 0
 
@@ -96,19 +100,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Show, per stream, the warmup day, cap in force, window counts and held backlog."""
     from sendguard_policyd import status
 
-    config = load(args.config)
-    sys.stdout.write(status.render(config))
+    settings = load(args.config)
+    sys.stdout.write(status.render(settings.config, settings.policyd))
     return 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """Print the decision the milter would take for a sender and client, and why."""
     from sendguard_milter import explain
+    from sendguard_milter.keys import open_keys
 
-    config = load(args.config)
+    settings = load(args.config)
+    keys = open_keys(settings.milter.keys, settings.file)
     try:
         text = explain.explain(
-            config,
+            settings.milter,
+            settings.config.streams,
+            keys,
             from_addr=args.from_addr,
             client=args.client,
             sasl=args.sasl,
