@@ -2,9 +2,5 @@
 
 :mod:`.settings` composes the config (the core's part, then each service's
 sections) and :mod:`.commands` runs the sub-commands. Nothing outside this
-package imports both services.
+package imports both services, and nothing outside it imports it.
 """
-
-from sendguard.cli.commands import main
-
-__all__ = ["main"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sendguard.cli import main
+from sendguard.cli.commands import main
 from sendguard.cli.settings import load
 from sendguard_milter import explain as explain_module
 from sendguard_milter.keys import KeyStore
