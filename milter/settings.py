@@ -1,4 +1,4 @@
-"""The ``[milter]``, ``[milter.bulk]`` and ``[signing]`` sections (``[links]`` is parsed by link_settings).
+"""The ``[milter]``, ``[milter.bulk]`` and ``[signing]`` sections (``[links]`` is parsed by links.settings).
 
 Everything that can be checked at start-up is checked here, so a config that
 starts is a config that signs: listen syntax, networks (an open scope needs an
@@ -20,8 +20,8 @@ from sendguard.config import General, Section, check_hostport, check_network, ch
 from .bulk import DEFAULT_HEADERS, DEFAULT_PRECEDENCE, BulkRules
 from .dkim_sign import NEVER_SIGN
 from .keys import KeyLoadError, KeySpec, load_key
-from .link_rewrite import LinkPolicy
-from .link_settings import parse_links
+from .links.rewrite import LinkPolicy
+from .links.settings import parse_links
 from .signing_table import SigningTable, TableRow, alignment_problem, normalise_domain
 from .trusted_scope import LOOPBACK, TrustedScope
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sendguard.config import ConfigError, Section, parse
-from sendguard_milter.link_rewrite import LinkPolicy
-from sendguard_milter.link_settings import parse_links
+from sendguard_milter.links.rewrite import LinkPolicy
+from sendguard_milter.links.settings import parse_links
 
 
 def links(data: dict) -> LinkPolicy:

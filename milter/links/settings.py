@@ -21,7 +21,8 @@ import re
 
 from sendguard.config import Section, check_one_of
 from sendguard.streams import LINK_MODES
-from sendguard_milter.link_rewrite import LinkPolicy
+
+from .rewrite import LinkPolicy
 
 #: Always per-subscriber: the brief's carrier (DOT), provider (NPI) and lab (CLIA) ids.
 BUILTIN_PARAMS = ("dot", "npi", "clia")
