@@ -40,6 +40,9 @@ from .scan import FoundLink, find_links
 from .url_repair import repair_url
 
 KINDS = ("marker_stripped", "query_repaired")
+#: Always per-subscriber: the brief's carrier (DOT), provider (NPI) and lab (CLIA) ids.
+#: ``[links] per_subscriber_params`` adds to these, never replaces them.
+BUILTIN_PARAMS: tuple[str, ...] = ("dot", "npi", "clia")
 _TEXT_TYPES = ("text/html", "text/plain")
 
 
@@ -48,7 +51,7 @@ class LinkPolicy:
     """What to do with links: ``mode`` is strip | report-only | off."""
 
     mode: str = "strip"
-    per_subscriber_params: tuple[str, ...] = ("dot", "npi", "clia")
+    per_subscriber_params: tuple[str, ...] = BUILTIN_PARAMS
     strip_all_markers: bool = False
     #: Larger messages are passed unchanged without a look (reason message_too_large).
     max_message_bytes: int = 32 * 1024 * 1024

@@ -20,12 +20,11 @@ from __future__ import annotations
 import re
 
 from sendguard.config import Section, check_one_of
-from sendguard.streams import LINK_MODES
 
-from .rewrite import LinkPolicy
+from .rewrite import BUILTIN_PARAMS, LinkPolicy
 
-#: Always per-subscriber: the brief's carrier (DOT), provider (NPI) and lab (CLIA) ids.
-BUILTIN_PARAMS = ("dot", "npi", "clia")
+#: What ``[links] mode`` and a stream's ``links`` may say.
+LINK_MODES = ("strip", "report-only", "off")
 
 _PARAM_NAME = re.compile(r"^[A-Za-z0-9_.\-\[\]]+$")
 
