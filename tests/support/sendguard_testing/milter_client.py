@@ -28,6 +28,7 @@ from typing import Sequence
 
 import Milter
 from Milter.testctx import TestCtx
+from ports import wait_listening
 
 from sendguard.config import load
 from sendguard_milter.app import Runtime, SendguardMilter
@@ -292,16 +293,7 @@ class MilterProcess:
         self.fh = open(log, "wb")
         exe = shutil.which("sendguard") or "sendguard"
         self.proc = subprocess.Popen([exe, "milter", "--config", str(config)], stdout=self.fh, stderr=subprocess.STDOUT)
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"milter exited: {log.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError(f"milter did not listen: {log.read_text()}")
+        wait_listening(port, self.proc, log.read_text)
 
     def wait_log(self, text: str, timeout: float = 10.0) -> str:
         """Wait until ``text`` appears in the log; return the whole log."""
