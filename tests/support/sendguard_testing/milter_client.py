@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
 import socket
 import struct
 import subprocess
@@ -33,6 +32,8 @@ from ports import wait_listening
 from sendguard.config import load
 from sendguard_milter.app import Runtime, SendguardMilter
 from sendguard_milter.keys import KeyStore
+
+from .command import sendguard_command
 
 #: A header field as the milter receives it: name, and value with folding kept as LF.
 Field = tuple[str, bytes]
@@ -291,8 +292,7 @@ class MilterProcess:
     def __init__(self, config: Path, log: Path, port: int, metrics_port: int) -> None:
         self.port, self.metrics_port, self.log = port, metrics_port, log
         self.fh = open(log, "wb")
-        exe = shutil.which("sendguard") or "sendguard"
-        self.proc = subprocess.Popen([exe, "milter", "--config", str(config)], stdout=self.fh, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([sendguard_command(), "milter", "--config", str(config)], stdout=self.fh, stderr=subprocess.STDOUT)
         wait_listening(port, self.proc, log.read_text)
 
     def wait_log(self, text: str, timeout: float = 10.0) -> str:
