@@ -30,7 +30,7 @@ import re
 import time
 from pathlib import Path
 
-from sendguard_milter.link_rewrite import LinkPolicy, rewrite_message
+from sendguard_milter.links.rewrite import LinkPolicy, rewrite_message
 
 REDIRECT = "https://lists.example.net/link/0f2c7e38-2f7b-4b26-a0b5-0c2f8b3b6c11/3b0c6a9e-5d2f-4c1a-9f3e-7a8b9c0d1e2f/7f6e5d4c-3b2a-4190-8f7e-6d5c4b3a2918"
 ROW = (

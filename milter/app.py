@@ -23,7 +23,8 @@ import Milter
 from sendguard import logs
 from sendguard.streams import Stream
 
-from . import dkim_sign, link_log, link_metrics, link_rewrite, metrics
+from . import dkim_sign, metrics
+from .links import log as link_log, metrics as link_metrics, rewrite as link_rewrite
 from .decision import Decision, Facts, after_signing_error, check_body, decide, find_long_line
 from .keys import KeyStore
 from .refusal import INTERNAL_ERROR, reply_args

@@ -1,5 +1,5 @@
 """The milter's part of the config: ``[milter]``, ``[milter.bulk]``, ``[signing]``, ``[links]``
-(parsed by link_settings) and the milter's keys in each ``[streams.NAME]`` table.
+(parsed by links.settings) and the milter's keys in each ``[streams.NAME]`` table.
 
 Everything that can be checked without opening a file is checked here, so a
 config that starts is a config that signs: listen syntax, networks (an open
@@ -23,8 +23,8 @@ from sendguard.streams import Stream
 from .bulk import DEFAULT_HEADERS, DEFAULT_PRECEDENCE, BulkRules
 from .dkim_sign import NEVER_SIGN
 from .keys import KeySpec
-from .link_rewrite import LinkPolicy
-from .link_settings import LINK_MODES, parse_links
+from .links.rewrite import LinkPolicy
+from .links.settings import LINK_MODES, parse_links
 from .signing_table import SigningTable, TableRow, alignment_problem, normalise_domain
 from .trusted_scope import LOOPBACK, TrustedScope
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 
 from ports import free_port
+from sendguard_testing.command import sendguard_command
 
 
 def sendguard(*args: str) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which("sendguard")
-    assert exe, "the sendguard command is not installed (pip install -e .)"
-    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sendguard_command(), *args], capture_output=True, text=True, timeout=60)
 
 
 def test_valid_config_prints_effective_configuration(tmp_path):

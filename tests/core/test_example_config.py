@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sendguard.cli.settings import load
 from sendguard.streams import match_stream
+from sendguard_testing.command import sendguard_command
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sendguard.toml"
 
@@ -54,6 +54,6 @@ def test_example_models_the_brief(tmp_path):
 
 def test_example_passes_check_config(tmp_path):
     cfg = installed_example(tmp_path)
-    result = subprocess.run([shutil.which("sendguard"), "check-config", str(cfg)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sendguard_command(), "check-config", str(cfg)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "[streams.healthcare]" in result.stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sendguard_milter.link_rewrite import LinkPolicy, rewrite_message
+from sendguard_milter.links.rewrite import LinkPolicy, rewrite_message
 
 CTA = "https://example.net/order/slug&utm_source=x&dot=5@TrackLink"
 NASTY = [b"\r\n", b"\n", b"=", b"=\r\n", b"--", b"&amp;", b"&", b"@TrackLink", b"{{", b"}}", b'"', b"\x00", b"\xff\xfe", b"base64", b"http://", b"?"]

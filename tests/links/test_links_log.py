@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from sendguard_milter import link_log
-from sendguard_milter.link_rewrite import LinkPolicy, rewrite_message
+from sendguard_milter.links import log as link_log
+from sendguard_milter.links.rewrite import LinkPolicy, rewrite_message
 
 
 def test_changes_are_logged_without_query_values(lm, caplog) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY
 
-from sendguard_milter import link_metrics
-from sendguard_milter.link_rewrite import LinkChange, LinkPolicy, RewriteResult, rewrite_message
+from sendguard_milter.links import metrics as link_metrics
+from sendguard_milter.links.rewrite import LinkChange, LinkPolicy, RewriteResult, rewrite_message
 
 
 def value(name: str, **labels: str) -> float:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import os
 import re
 
@@ -12,11 +11,7 @@ import Milter
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from Milter import testctx
-
-from sendguard.cli.settings import load
-from sendguard_milter.app import Runtime, SendguardMilter
-from sendguard_milter.keys import KeyStore
+from sendguard_testing.milter_client import Driver, Outcome
 
 CONFIG = """
 [milter]
@@ -41,21 +36,6 @@ client_address = ["172.18.0.5/32"]
 """
 
 
-class Ctx(testctx.TestCtx):
-    """Keeps what the milter asks the MTA to add and replace."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.added: list[tuple[str, str]] = []
-        self.new_body: bytes | None = None
-
-    def addheader(self, field, value, idx):
-        self.added.append((field, value))
-
-    def replacebody(self, chunk):
-        self.new_body = (self.new_body or b"") + chunk
-
-
 @pytest.fixture(scope="module")
 def key(tmp_path_factory):
     path = tmp_path_factory.mktemp("links-keys") / "send.private"
@@ -68,30 +48,16 @@ def key(tmp_path_factory):
     return path, b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
 
 
-def run_milter(tmp_path, key, headers, body: bytes, mode: str = "strip"):
-    """Feed one message from Listmonk's address through the milter; return (ctx, message as sent on)."""
+def run_milter(tmp_path, key, headers, body: bytes, mode: str = "strip") -> Outcome:
+    """Feed one message from Listmonk's address through the milter; its ``message`` is what is sent on."""
     config_path = tmp_path / "sendguard.toml"
     config_path.write_text(CONFIG.format(key=key[0], mode=mode))
-    config = load(config_path)
-    runtime = Runtime(config.milter, config.streams, KeyStore(config.milter.keys))
-    Milter.factory = lambda: SendguardMilter(runtime)
-    ctx = Ctx()
-    ctx._setsymval("{daemon_port}", "25")
-    ctx._setsymval("{client_port}", "40000")
-    ctx._setsymval("{client_addr}", "172.18.0.5")
-    ctx._setsymval("i", "5C0FFEE123")
-    assert ctx._connect(host="listmonk", helo="listmonk", ip="172.18.0.5") == Milter.CONTINUE
-    assert ctx._envfrom(b"<bounce@send.example.net>") == Milter.CONTINUE
-    assert ctx._envrcpt(b"<dispatch@carrier.example.org>") == Milter.CONTINUE
-    for name, value in headers:
-        assert ctx._priv.header_bytes(name, value) == Milter.CONTINUE
-    assert ctx._eoh() == Milter.CONTINUE
-    assert ctx._feed_body(io.BytesIO(body)) == Milter.CONTINUE
-    assert ctx._eom() == Milter.CONTINUE
-    sent = b"".join(f.encode() + b": " + v.encode().replace(b"\n", b"\r\n") + b"\r\n" for f, v in ctx.added)
-    sent += b"".join(n.encode() + b": " + v + b"\r\n" for n, v in headers)
-    sent += b"\r\n" + (ctx.new_body if ctx.new_body is not None else body)
-    return ctx, sent
+    out = Driver(config_path).run_parts(
+        headers, body, client="172.18.0.5", client_port="40000", hostname="listmonk", helo="listmonk",
+        recipient="dispatch@carrier.example.org", queue_id="5C0FFEE123",
+    )
+    assert out.rc == Milter.CONTINUE
+    return out
 
 
 def verify(message: bytes, key) -> bool:
@@ -104,28 +70,28 @@ def verify(message: bytes, key) -> bool:
 def test_listmonk_campaign_is_rewritten_then_signed_and_verifies(tmp_path, key, lm) -> None:
     cta = "https://send.example.net/order/acme-freight&utm_source=listmonk&dot=1234567@TrackLink"
     msg = lm.listmonk_alternative(cta)
-    ctx, sent = run_milter(tmp_path, key, msg.headers, msg.body)
-    assert ctx.new_body is not None and b"TrackLink" not in ctx.new_body
+    out = run_milter(tmp_path, key, msg.headers, msg.body)
+    assert out.new_body is not None and b"TrackLink" not in out.new_body
     fixed = "https://send.example.net/order/acme-freight?utm_source=listmonk&dot=1234567"
-    assert all(fixed.encode() in payload for _, payload in lm.decoded_leaves(msg, ctx.new_body))
-    assert [f for f, _ in ctx.added] == ["DKIM-Signature"]
-    assert verify(sent, key)
+    assert all(fixed.encode() in payload for _, payload in lm.decoded_leaves(msg, out.new_body))
+    assert [f for f, _, _ in out.added] == ["DKIM-Signature"]
+    assert verify(out.message, key)
     # The signature covers the repaired body: the original body would not verify under it.
-    original = sent.replace(ctx.new_body, msg.body)
+    original = out.message.replace(out.new_body, msg.body)
     assert not verify(original, key)
 
 
 def test_report_only_signs_the_untouched_body(tmp_path, key, lm) -> None:
     msg = lm.listmonk_alternative("https://send.example.net/order/acme?dot=1@TrackLink")
-    ctx, sent = run_milter(tmp_path, key, msg.headers, msg.body, mode="report-only")
-    assert ctx.new_body is None
-    assert verify(sent, key)
+    out = run_milter(tmp_path, key, msg.headers, msg.body, mode="report-only")
+    assert out.new_body is None
+    assert verify(out.message, key)
 
 
 def test_broken_mime_is_passed_unchanged_and_still_signed(tmp_path, key, lm) -> None:
     headers = lm.top_headers('multipart/alternative; boundary="never-closed"')
     body = b"--never-closed\r\nContent-Type: text/plain\r\n\r\nhttps://send.example.net/o?dot=1@TrackLink\r\n"
-    ctx, sent = run_milter(tmp_path, key, headers, body)
-    assert ctx.new_body is None
-    assert re.search(rb"^DKIM-Signature: ", sent)
-    assert verify(sent, key)
+    out = run_milter(tmp_path, key, headers, body)
+    assert out.new_body is None
+    assert re.search(rb"^DKIM-Signature: ", out.message)
+    assert verify(out.message, key)

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from sendguard_milter import link_rewrite
-from sendguard_milter.link_rewrite import LinkPolicy, rewrite_message
+from sendguard_milter.links import rewrite as link_rewrite
+from sendguard_milter.links.rewrite import LinkPolicy, rewrite_message
 
 CTA = "https://example.net/order/acme-freight?dot=1234567&utm_source=listmonk&utm_campaign=lanes"
 STRIP = LinkPolicy()

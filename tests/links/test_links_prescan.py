@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sendguard_milter.link_prescan import might_change
-from sendguard_milter.link_rewrite import LinkPolicy, rewrite_message
+from sendguard_milter.links.prescan import might_change
+from sendguard_milter.links.rewrite import LinkPolicy, rewrite_message
 
 
 def test_clean_listmonk_message_is_skipped(lm) -> None:

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sendguard_milter import link_rewrite
-from sendguard_milter.link_prescan import might_change
-from sendguard_milter.link_rewrite import LinkPolicy, rewrite_message
+from sendguard_milter.links import rewrite as link_rewrite
+from sendguard_milter.links.prescan import might_change
+from sendguard_milter.links.rewrite import LinkPolicy, rewrite_message
 
 PER_SUBSCRIBER = {"dot", "npi", "clia"}
 # No 'h', 'r', 's', '-', '{' or '_': filler can never spell a URL, an attribute, a marker or a boundary.

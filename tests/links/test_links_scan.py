@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sendguard_milter.link_scan import find_links
+from sendguard_milter.links.scan import find_links
 
 
 def links(text: str, html: bool) -> list[tuple[str, str]]:

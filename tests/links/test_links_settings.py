@@ -6,8 +6,8 @@ import pytest
 
 from sendguard.cli.settings import parse
 from sendguard.config_reader import ConfigError, Section
-from sendguard_milter.link_rewrite import LinkPolicy
-from sendguard_milter.link_settings import parse_links
+from sendguard_milter.links.rewrite import LinkPolicy
+from sendguard_milter.links.settings import parse_links
 
 
 def links(data: dict) -> LinkPolicy:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sendguard_milter.url_repair import repair_url
+from sendguard_milter.links.url_repair import repair_url
 
 PARAMS = frozenset({"dot", "npi", "clia"})
 

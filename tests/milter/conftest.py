@@ -1,33 +1,22 @@
-"""Shared fixtures of the milter tests: keys generated at test time, configs, and a driver
-that feeds raw messages through pymilter's test harness (``Milter.testctx.TestCtx``)
-exactly as libmilter would call the callbacks, then verifies what came out."""
+"""Shared fixtures of the milter tests: keys generated at test time, configs, sample messages,
+and the MTA side of the milter (sendguard_testing.milter_client) in-process or over a socket."""
 
 from __future__ import annotations
 
 import base64
-import io
 import os
-import re
 import shutil
-import socket as _socket
-import struct as _struct
 import subprocess
 import sys
 import textwrap
-import time as _time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import Milter
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from Milter.testctx import TestCtx
-
-from sendguard.cli.settings import load
-from sendguard_milter.app import Runtime, SendguardMilter
-from sendguard_milter.keys import KeyStore
 from ports import free_port
+from sendguard_testing.milter_client import Driver, MilterClient, MilterProcess, final_message
 
 HERE = Path(__file__).resolve().parent
 
@@ -135,105 +124,6 @@ def write_config(tmp_path, test_keys):
     return make
 
 
-class RecordingCtx(TestCtx):
-    """TestCtx that keeps header additions and body replacements as the MTA would receive them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.added: list[tuple[str, str, int]] = []
-        self.new_body: bytes | None = None
-
-    def addheader(self, field, value, idx):
-        self.added.append((field, value, idx))
-
-    def replacebody(self, chunk):
-        self.new_body = (self.new_body or b"") + chunk
-
-
-def split_message(message: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
-    """Split raw bytes into (name, value) pairs as Postfix hands them to a milter, and the body.
-
-    Postfix strips the whitespace after the colon and joins continuation lines with LF.
-    """
-    m = re.search(rb"\r?\n\r?\n", message)
-    head, body = (message[: m.start()], message[m.end() :]) if m else (message, b"")
-    fields: list[list] = []
-    for line in re.split(rb"\r?\n", head):
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1][1] += b"\n" + line
-        else:
-            name, _, value = line.partition(b":")
-            fields.append([name.decode("ascii"), value.lstrip(b" \t")])
-    return [(n, v) for n, v in fields], body
-
-
-@dataclass
-class Outcome:
-    rc: int
-    reply: tuple | None
-    added: list
-    new_body: bytes | None
-    message: bytes  # what Postfix would send on: added headers on top, body possibly replaced
-    milter: SendguardMilter = field(repr=False, default=None)
-
-    @property
-    def signature_headers(self) -> list[bytes]:
-        return [v.encode() for f, v, _ in self.added if f == "DKIM-Signature"]
-
-    def tags(self, i: int = 0) -> dict[str, str]:
-        sig = re.sub(rb"\s+", b"", self.signature_headers[i]).decode()
-        return dict(part.split("=", 1) for part in sig.split(";") if part)
-
-
-class Driver:
-    """Feeds one message per call through SendguardMilter with libmilter's callback order."""
-
-    def __init__(self, config_path: Path) -> None:
-        self.config = load(config_path)
-        self.keys = KeyStore(self.config.milter.keys)
-        self.runtime = Runtime(self.config.milter, self.config.streams, self.keys)
-
-    def run(
-        self,
-        message: bytes,
-        *,
-        client: str = "127.0.0.1",
-        client_port: str = "41234",
-        hostname: str = "client.example",
-        daemon_port: str = "25",
-        sasl: str | None = None,
-        sender: str = "bounce@send.example.net",
-        queue_id: str = "4ABCDEF123",
-        crlf_body: bool = True,
-    ) -> Outcome:
-        Milter.factory = lambda: SendguardMilter(self.runtime)
-        ctx = RecordingCtx()
-        ctx._setsymval("{daemon_port}", daemon_port)
-        ctx._setsymval("{client_port}", client_port)
-        ctx._setsymval("{client_addr}", client)
-        ctx._setsymval("i", queue_id)
-        if sasl:
-            ctx._setsymval("{auth_authen}", sasl)
-        assert ctx._connect(host=hostname, helo="helo.example", ip=client) == Milter.CONTINUE
-        assert ctx._envfrom(f"<{sender}>".encode()) == Milter.CONTINUE
-        assert ctx._envrcpt(b"<rcpt@example.org>") == Milter.CONTINUE
-        headers, body = split_message(message)
-        for name, value in headers:
-            assert ctx._priv.header_bytes(name, value) == Milter.CONTINUE
-        assert ctx._eoh() == Milter.CONTINUE
-        if crlf_body:
-            # SMTP (and so the milter protocol) carries CRLF line ends.
-            body = re.sub(rb"(?<!\r)\n", b"\r\n", body)
-        assert ctx._feed_body(io.BytesIO(body)) == Milter.CONTINUE
-        rc = ctx._eom()
-        out = b""
-        for f, v, _ in ctx.added:
-            out += f.encode() + b": " + v.encode().replace(b"\n", b"\r\n") + b"\r\n"
-        head = b"".join(n.encode() + b": " + v.replace(b"\n", b"\r\n") + b"\r\n" for n, v in headers)
-        out += head + b"\r\n" + (ctx.new_body if ctx.new_body is not None else body)
-        return Outcome(rc=rc, reply=ctx._reply, added=ctx.added, new_body=ctx.new_body, message=out, milter=ctx._priv)
-
-
 @pytest.fixture
 def driver(write_config):
     """A Driver over the brief's deployment (optionally with extra TOML)."""
@@ -296,158 +186,6 @@ def opendkim(tmp_path, test_keys):
         return opendkim_verify(message, test_keys.records(), tmp_path)
 
     return check
-
-
-# -- the MTA side of the milter protocol, for tests against the real libmilter -----------
-
-P_NOCONNECT, P_NOHELO, P_NOMAIL, P_NORCPT, P_NOBODY, P_NOHDRS, P_NOEOH = 0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x40
-P_NR_HDR, P_NODATA = 0x80, 0x200
-P_NR_CONN, P_NR_HELO, P_NR_MAIL, P_NR_RCPT, P_NR_DATA, P_NR_EOH, P_NR_BODY = (
-    0x1000, 0x2000, 0x4000, 0x8000, 0x10000, 0x40000, 0x80000,
-)  # fmt: skip
-
-
-class MilterClient:
-    """A minimal MTA side of the milter protocol (version 6), the part Postfix speaks to a milter."""
-
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
-        self.sock = _socket.create_connection((host, port), timeout=timeout)
-        self._send(b"O", _struct.pack("!III", 6, 0x1FF, 0x1FFFFF))
-        cmd, data = self._recv()
-        assert cmd == b"O", cmd
-        self.version, self.actions, self.protocol = _struct.unpack("!III", data[:12])
-
-    def _send(self, cmd: bytes, data: bytes = b"") -> None:
-        self.sock.sendall(_struct.pack("!I", len(data) + 1) + cmd + data)
-
-    def _recv(self) -> tuple[bytes, bytes]:
-        head = self._read(4)
-        (length,) = _struct.unpack("!I", head)
-        payload = self._read(length)
-        return payload[:1], payload[1:]
-
-    def _read(self, n: int) -> bytes:
-        buf = b""
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
-            if not chunk:
-                raise ConnectionError("milter closed the connection")
-            buf += chunk
-        return buf
-
-    def _step(self, cmd: bytes, data: bytes, skip: int, noreply: int) -> bytes | None:
-        if self.protocol & skip:
-            return None
-        self._send(cmd, data)
-        if self.protocol & noreply:
-            return None
-        reply, payload = self._recv()
-        if reply != b"c":
-            return reply + payload
-        return None
-
-    def _macros(self, stage: bytes, macros: dict[str, str]) -> None:
-        if macros:
-            self._send(b"D", stage + b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in macros.items()))
-
-    def connect(self, client: str, port: int, hostname: str = "client.example", daemon_port: str = "25") -> None:
-        self._macros(b"C", {"{daemon_port}": daemon_port, "{client_addr}": client, "{client_port}": str(port)})
-        family = b"6" if ":" in client else b"4"
-        data = hostname.encode() + b"\0" + family + _struct.pack("!H", port) + client.encode() + b"\0"
-        assert self._step(b"C", data, P_NOCONNECT, P_NR_CONN) is None
-        assert self._step(b"H", b"helo.example\0", P_NOHELO, P_NR_HELO) is None
-
-    def message(self, message: bytes, sender: str, sasl: str | None = None, queue_id: str = "5B1E2D3C4F") -> dict:
-        """Send one message; return {'result': b'a'|b'c'|b'r'|b't'|b'y...', 'added': [...], 'body': bytes|None}."""
-        mail_macros = {"i": queue_id, "{mail_addr}": sender}
-        if sasl:
-            mail_macros["{auth_authen}"] = sasl
-        self._macros(b"M", mail_macros)
-        early = self._step(b"M", f"<{sender}>".encode() + b"\0", P_NOMAIL, P_NR_MAIL)
-        assert early is None, early
-        assert self._step(b"R", b"<rcpt@example.org>\0", P_NORCPT, P_NR_RCPT) is None
-        assert self._step(b"T", b"", P_NODATA, P_NR_DATA) is None
-        headers, body = split_message(message)
-        for name, value in headers:
-            assert self._step(b"L", name.encode() + b"\0" + value + b"\0", P_NOHDRS, P_NR_HDR) is None
-        assert self._step(b"N", b"", P_NOEOH, P_NR_EOH) is None
-        for i in range(0, len(body), 65535):
-            assert self._step(b"B", body[i : i + 65535], P_NOBODY, P_NR_BODY) is None
-        self._macros(b"E", {"i": queue_id})
-        self._send(b"E")
-        added, new_body = [], None
-        while True:
-            cmd, data = self._recv()
-            if cmd == b"i":
-                (idx,) = _struct.unpack("!I", data[:4])
-                name, value, _ = data[4:].split(b"\0")
-                added.append((name.decode(), value, idx))
-            elif cmd == b"h":
-                name, value, _ = data.split(b"\0")
-                added.append((name.decode(), value, -1))
-            elif cmd == b"b":
-                new_body = (new_body or b"") + data
-            elif cmd in (b"a", b"c", b"r", b"t", b"y"):
-                return {"result": cmd + data.rstrip(b"\0"), "added": added, "body": new_body, "headers": headers, "raw_body": body}
-            else:
-                raise AssertionError(f"unexpected milter reply {cmd!r}")
-
-    def close(self) -> None:
-        try:
-            self._send(b"Q")
-        finally:
-            self.sock.close()
-
-
-def final_message(result: dict) -> bytes:
-    """The message as Postfix would send it on: added headers on top (LF folding becomes CRLF)."""
-    out = b""
-    for name, value, _ in result["added"]:
-        out += name.encode() + b": " + value.replace(b"\n", b"\r\n") + b"\r\n"
-    out += b"".join(n.encode() + b": " + v.replace(b"\n", b"\r\n") + b"\r\n" for n, v in result["headers"])
-    return out + b"\r\n" + (result["body"] if result["body"] is not None else result["raw_body"])
-
-
-
-
-class MilterProcess:
-    """``sendguard milter --config FILE`` as a real process, with its log."""
-
-    def __init__(self, config: Path, log: Path, port: int, metrics_port: int) -> None:
-        self.port, self.metrics_port, self.log = port, metrics_port, log
-        self.fh = open(log, "wb")
-        exe = shutil.which("sendguard") or "sendguard"
-        self.proc = subprocess.Popen([exe, "milter", "--config", str(config)], stdout=self.fh, stderr=subprocess.STDOUT)
-        deadline = _time.time() + 20
-        while _time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"milter exited: {log.read_text()}")
-            try:
-                _socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                return
-            except OSError:
-                _time.sleep(0.1)
-        raise AssertionError(f"milter did not listen: {log.read_text()}")
-
-    def wait_log(self, text: str, timeout: float = 10.0) -> str:
-        deadline = _time.time() + timeout
-        while _time.time() < deadline:
-            content = self.log.read_text(errors="replace")
-            if text in content:
-                return content
-            _time.sleep(0.05)
-        raise AssertionError(f"{text!r} not in log:\n{self.log.read_text()}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.fh.close()
-        return self.proc.returncode
 
 
 @pytest.fixture

@@ -1,4 +1,9 @@
-"""dkim_sign (OpenSSL RSA) produces byte-identical DKIM-Signature headers to dkimpy's own signer."""
+"""dkim_sign (OpenSSL RSA) produces byte-identical DKIM-Signature headers to dkimpy's own signer.
+
+dkim_sign calls names outside dkimpy's public API (see the comment at its top);
+these tests are what keeps that safe: they fail if a dkimpy release drops one of
+those names or changes what it gives, and pyproject.toml admits only the tested series.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from dkim.canonicalization import Relaxed
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from packaging.requirements import Requirement
 
 from sendguard_milter import dkim_sign
 
@@ -25,20 +31,66 @@ MESSAGES = [
 ]
 
 
-@pytest.mark.parametrize("message", MESSAGES)
-@pytest.mark.parametrize("key_name", ["send", "mail"])
-def test_identical_to_dkimpy(message, key_name, test_keys, monkeypatch):
-    key = getattr(test_keys, key_name)
+#: (signed, oversigned) header lists: the smallest, the deployment's, and a long one naming
+#: fields that are absent or repeated in some messages (h= then folds over several lines).
+HEADER_SETS = {
+    "from only": (["From"], []),
+    "deployment": (["From", "To", "Subject", "Date", "List-Unsubscribe"], ["From", "Subject"]),
+    "long, absent and repeated": (
+        ["From", "Sender", "Reply-To", "To", "Cc", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type",
+         "Content-Transfer-Encoding", "List-Id", "List-Unsubscribe", "List-Unsubscribe-Post"],
+        ["From", "To", "Subject", "Reply-To", "List-Unsubscribe"],
+    ),
+}
+
+#: (domain, selector): the deployment's two, and names long enough to move every fold.
+IDENTITIES = {
+    "send": ("send.example.net", "send"),
+    "mail": ("example.net", "mail"),
+    "long names": ("transactional-notifications.eu-west.mail.example.net", "rotation-2026-11-rsa2048-primary"),
+}
+
+
+def _dkimpy_sign(message, key, domain, selector, include, when, monkeypatch):
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())
-    domain = "send.example.net" if key_name == "send" else "example.net"
-    headers, _ = dkim.rfc822_parse(message)
-    include = dkim_sign.header_list([n for n, _ in headers], ["From", "To", "Subject", "Date", "List-Unsubscribe"], ["From", "Subject"])
-    when = 1795000000
-    ours = dkim_sign.sign(message, domain=domain, selector=key_name, private_key=key, include_headers=include, timestamp=when)
     monkeypatch.setattr(time, "time", lambda: when)
-    theirs = dkim.sign(message, key_name.encode(), domain.encode(), pem, canonicalize=(b"relaxed", b"relaxed"), include_headers=include)
-    assert ours == theirs
-    assert dkim.verify(ours + message, dnsfunc=test_keys.dnsfunc)
+    return dkim.sign(message, selector.encode(), domain.encode(), pem, canonicalize=(b"relaxed", b"relaxed"), include_headers=include)
+
+
+@pytest.mark.parametrize("message", MESSAGES)
+@pytest.mark.parametrize("header_set", HEADER_SETS)
+@pytest.mark.parametrize("identity", IDENTITIES)
+def test_identical_to_dkimpy(message, header_set, identity, test_keys, dns_txt, monkeypatch):
+    domain, selector = IDENTITIES[identity]
+    key = test_keys.mail if identity == "mail" else test_keys.send
+    headers, _ = dkim.rfc822_parse(message)
+    include = dkim_sign.header_list([n for n, _ in headers], *HEADER_SETS[header_set])
+    when = 1795000000
+    ours = dkim_sign.sign(message, domain=domain, selector=selector, private_key=key, include_headers=include, timestamp=when)
+    assert ours == _dkimpy_sign(message, key, domain, selector, include, when, monkeypatch)
+    record = dns_txt(key)
+    assert dkim.verify(ours + message, dnsfunc=lambda name, timeout=5: record)
+
+
+def test_dkimpy_is_the_tested_series():
+    """The installed dkimpy is one pyproject.toml admits, so the tests above speak for it."""
+    from importlib.metadata import requires, version
+
+    spec = next(Requirement(r) for r in requires("sendguard") if Requirement(r).name == "dkimpy")
+    assert spec.specifier.contains(version("dkimpy")), (spec, version("dkimpy"))
+    assert spec.specifier.contains("1.1.8") and not spec.specifier.contains("1.2.0"), spec
+
+
+def test_the_private_dkimpy_names_dkim_sign_uses_still_exist():
+    """One clear failure (instead of an AttributeError deep in sign) when a release renames one."""
+    import dkim.canonicalization as canonicalization
+
+    for module, name in [
+        (dkim, "fold"), (dkim, "RE_BTAG"), (dkim, "hash_headers"), (dkim, "rfc822_parse"),
+        (canonicalization, "CanonicalizationPolicy"), (canonicalization, "correct_empty_body"),
+        (canonicalization, "strip_trailing_lines"),
+    ]:  # fmt: skip
+        assert hasattr(module, name), f"dkimpy {module.__name__}.{name} is gone: dkim_sign needs a new look"
 
 
 def test_header_list_counts_occurrences_and_oversigns():

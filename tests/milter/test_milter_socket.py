@@ -11,6 +11,7 @@ import subprocess
 import urllib.request
 
 import dkim
+from sendguard_testing.command import sendguard_command
 
 
 def test_signs_refuses_and_passes_over_a_real_socket(milter_process, milter_client, as_sent, make_msg, test_keys):
@@ -87,6 +88,6 @@ def test_a_taken_port_is_a_clear_start_up_failure(milter_process, write_config, 
     first = milter_process()
     # Same milter port, another metrics port: only the milter socket is in the way.
     config = write_config(port=first.port, metrics_port=first.metrics_port + 1 if first.metrics_port < 65535 else 1025)
-    proc = subprocess.run([shutil.which("sendguard"), "milter", "--config", str(config)], capture_output=True, timeout=30)
+    proc = subprocess.run([sendguard_command(), "milter", "--config", str(config)], capture_output=True, timeout=30)
     assert proc.returncode != 0
     assert f"cannot serve on inet:{first.port}@127.0.0.1" in proc.stderr.decode()

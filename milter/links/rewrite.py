@@ -9,8 +9,8 @@ the rules.
 
 How the milter uses it, at end-of-message and before it signs::
 
-    from sendguard_milter import link_log, link_metrics
-    from sendguard_milter.link_rewrite import rewrite_message
+    from sendguard_milter.links import log as link_log, metrics as link_metrics
+    from sendguard_milter.links.rewrite import rewrite_message
 
     policy = settings.links.with_mode(stream.links if stream else None)
     result = rewrite_message(headers, body, policy)   # never raises
@@ -33,13 +33,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from sendguard_milter.link_prescan import might_change
-from sendguard_milter.link_scan import FoundLink, find_links
-from sendguard_milter.mime_text import PartText, decode_part, encode_part
-from sendguard_milter.mime_tree import BrokenMime, Leaf, MimeLimits, leaf_parts
-from sendguard_milter.url_repair import repair_url
+from .mime_text import PartText, decode_part, encode_part
+from .mime_tree import BrokenMime, Leaf, MimeLimits, leaf_parts
+from .prescan import might_change
+from .scan import FoundLink, find_links
+from .url_repair import repair_url
 
 KINDS = ("marker_stripped", "query_repaired")
+#: Always per-subscriber: the brief's carrier (DOT), provider (NPI) and lab (CLIA) ids.
+#: ``[links] per_subscriber_params`` adds to these, never replaces them.
+BUILTIN_PARAMS: tuple[str, ...] = ("dot", "npi", "clia")
 _TEXT_TYPES = ("text/html", "text/plain")
 
 
@@ -48,7 +51,7 @@ class LinkPolicy:
     """What to do with links: ``mode`` is strip | report-only | off."""
 
     mode: str = "strip"
-    per_subscriber_params: tuple[str, ...] = ("dot", "npi", "clia")
+    per_subscriber_params: tuple[str, ...] = BUILTIN_PARAMS
     strip_all_markers: bool = False
     #: Larger messages are passed unchanged without a look (reason message_too_large).
     max_message_bytes: int = 32 * 1024 * 1024

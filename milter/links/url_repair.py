@@ -44,7 +44,7 @@ _LISTMONK_REDIRECT = re.compile(r"/link/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F
 # which keeps a path such as /a&b/c (legal, if odd) out of the repair.
 _QUERY_PAIR = re.compile(r"[^/=&#?\s]+=")
 
-_NOT_URL = re.compile(r"[ \t\n\r\f\v\"'<>]")  # ASCII only, as in link_prescan's bytes pattern
+_NOT_URL = re.compile(r"[ \t\n\r\f\v\"'<>]")  # ASCII only, as in prescan's bytes pattern
 _SCHEME = re.compile(r"(?i)https?://")
 
 #: Longest path kept for logs.
@@ -129,7 +129,7 @@ def _split(url: str) -> tuple[str, str, int, int]:
     if qmark < 0:
         first_amp = url.find("&", path_start, end_frag)
         # White space, a quote or a tag character before the '&' means this is
-        # not one URL (link_prescan relies on the same rule).
+        # not one URL (prescan relies on the same rule).
         if first_amp > path_start and not _NOT_URL.search(url, rest_start, first_amp):
             if _QUERY_PAIR.match(url, first_amp + 1):
                 amp = first_amp

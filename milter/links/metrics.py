@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter
 
-from sendguard_milter.link_rewrite import KINDS, RewriteResult
+from .rewrite import KINDS, RewriteResult
 
 LINK_CHANGES = Counter(
     "sendguard_links_changes_total",

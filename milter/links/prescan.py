@@ -21,7 +21,7 @@ import binascii
 import re
 from typing import Sequence
 
-from sendguard_milter.mime_text import opaque_charset
+from .mime_text import opaque_charset
 
 # Every search below runs on lower-cased bytes with a literal start, so the
 # regular-expression engine can skip ahead instead of trying every position.

@@ -20,7 +20,7 @@ import codecs
 import re
 from dataclasses import dataclass
 
-from sendguard_milter.mime_tree import BrokenMime
+from .mime_tree import BrokenMime
 
 _IDENTITY = ("", "7bit", "8bit", "binary")
 _WHITESPACE = b" \t\r\n"

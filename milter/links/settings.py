@@ -20,13 +20,11 @@ from __future__ import annotations
 import re
 
 from sendguard.config_reader import Section, check_one_of
-from sendguard_milter.link_rewrite import LinkPolicy
 
-#: How the milter treats links (``[links] mode``, and a stream's ``links`` override).
+from .rewrite import BUILTIN_PARAMS, LinkPolicy
+
+#: What ``[links] mode`` and a stream's ``links`` may say.
 LINK_MODES = ("strip", "report-only", "off")
-
-#: Always per-subscriber: the brief's carrier (DOT), provider (NPI) and lab (CLIA) ids.
-BUILTIN_PARAMS = ("dot", "npi", "clia")
 
 _PARAM_NAME = re.compile(r"^[A-Za-z0-9_.\-\[\]]+$")
 

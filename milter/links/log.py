@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from sendguard_milter.link_rewrite import RewriteResult
+from .rewrite import RewriteResult
 
 
 def log_result(log: logging.Logger, queue_id: str, result: RewriteResult, mode: str) -> None:
