@@ -355,13 +355,19 @@ def summarise(rounds: list[Round], daemons: list[str]) -> str:
 
 
 SECTION = re.compile(r"<!-- section: (.*?) -->\n(.*?)<!-- end of section -->\n", re.S)
+#: Everything after this line in the results file is hand-written and kept when the file is rewritten.
+NOTES_MARKER = "<!-- Notes below are written by hand and kept when the benchmark rewrites this file. -->"
 
 
 def write_results(out: Path, label: str, section: str, command: str) -> None:
-    """Write ``out``: the command and method on top, then one section per label, this run's replacing its label's."""
+    """Write ``out``: the command and method on top, one section per label (this run's replacing its label's), the notes."""
     sections: dict[str, str] = {}
+    notes = ""
     if out.exists():
-        sections = {m.group(1): m.group(2) for m in SECTION.finditer(out.read_text())}
+        old = out.read_text()
+        if NOTES_MARKER in old:
+            old, notes = old[: old.index(NOTES_MARKER)], old[old.index(NOTES_MARKER) :]
+        sections = {m.group(1): m.group(2) for m in SECTION.finditer(old)}
     sections[label] = section
     head = (
         "# Policy daemon beside policyd-rate-limit\n\n"
@@ -385,6 +391,8 @@ def write_results(out: Path, label: str, section: str, command: str) -> None:
         f.write(head)
         for name, text in sections.items():
             f.write(f"\n<!-- section: {name} -->\n{text}<!-- end of section -->\n")
+        if notes:
+            f.write("\n" + notes)
 
 
 def main() -> int:
