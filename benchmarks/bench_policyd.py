@@ -138,13 +138,14 @@ BRIEF_CAPS = dict(
 )  # fmt: skip
 
 
-def prefill(database: Path, caps: dict[str, tuple[int, int]], now: float) -> int:
-    """Fill the store with a day of earlier traffic, as after a day of sending; return the messages added.
+def prefill_rows(caps: dict[str, tuple[int, int]], now: float) -> list[tuple[str, str, int, float]]:
+    """A day of earlier traffic as (instance, stream, recipients, at) rows, oldest first.
 
     Per stream: the last hour holds min(hourly cap, 3,600) one-recipient messages spread
     evenly (the hour at its cap when the cap is lower), and every minute of the 23 hours
-    before holds a few more, keeping the day under three quarters of its cap. Rows go into
-    the messages table, so the store's own trigger fills its buckets whatever its schema.
+    before holds a few more, keeping the day under three quarters of its cap. Separate from
+    :func:`prefill` so that another daemon's store (the anchor benchmark's) can be given the
+    very same day.
     """
     rows = []
     for stream, (hourly, daily) in caps.items():
@@ -153,6 +154,16 @@ def prefill(database: Path, caps: dict[str, tuple[int, int]], now: float) -> int
         per_minute = max(1, min(5, int((0.75 * daily - in_hour) / 1380)))
         rows += [(f"prefill-{stream}-d{m}", stream, per_minute, now - m * 60) for m in range(61, 1441)]
     rows.sort(key=lambda r: r[3])
+    return rows
+
+
+def prefill(database: Path, caps: dict[str, tuple[int, int]], now: float) -> int:
+    """Fill the store with a day of earlier traffic, as after a day of sending; return the messages added.
+
+    The rows are :func:`prefill_rows`'. They go into the messages table, so the store's own
+    trigger fills its buckets whatever its schema.
+    """
+    rows = prefill_rows(caps, now)
     conn = sqlite3.connect(database, timeout=10, isolation_level=None)
     conn.execute("BEGIN IMMEDIATE")
     conn.executemany(
