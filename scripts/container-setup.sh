@@ -56,7 +56,7 @@ need_binary() {  # PACKAGE NAME, then candidate paths or command names
       *) command -v "$candidate" >/dev/null 2>&1 && return 0 ;;
     esac
   done
-  echo "container-setup: missing $name (looked for: $*); install it with apt-get install $pkg" >&2
+  echo "container-setup: missing $name (looked for: $*); (re)install it: apt-get install --reinstall $pkg" >&2
   exit 1
 }
 need_binary podman podman podman
