@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sendguard_policyd.client import postfix_request
+from sendguard_testing.policy_client import postfix_request
 from sendguard_policyd.protocol import (
     MAX_ATTRIBUTES,
     MAX_LINE_BYTES,

@@ -1,0 +1,1 @@
+"""Test and benchmark clients for sendguard's services (not part of the installed package)."""
