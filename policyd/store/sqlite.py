@@ -102,46 +102,35 @@ class SQLiteCounterStore:
             instance = f"no-instance:{os.getpid()}:{now}:{self._seq}"
         self.maintenance.saw(now)
         with self._writers:
-            return self._admit(stream, instance, recipients, now, hourly_cap, daily_cap, queue_id)
-
-    def _admit(
-        self,
-        stream: str,
-        instance: str,
-        recipients: int,
-        now: float,
-        hourly_cap: int | None,
-        daily_cap: int | None,
-        queue_id: str,
-    ) -> Admission:
-        cur = self._cur
-        read = (stream, hour_floor(now), day_floor(now), instance)
-        if stream in self._over_cap:
-            # The stream was over a cap a moment ago (a campaign push): read first, so that a
-            # refusal, the likely answer, never opens a write transaction.
-            state, total, before_hour, before_day = cur.execute(_ADMIT_READ, read).fetchone()
-            hour, day = counts(total, before_hour, before_day)
-            if state is not None or not _fits(hour, day, recipients, hourly_cap, daily_cap):
-                return self._refused(cur, stream, now, recipients, hourly_cap, daily_cap, state, total, hour, day)
-        cur.execute("BEGIN IMMEDIATE")
-        try:
-            # Read and write in one transaction: nothing can be counted between the check and the add.
-            state, total, before_hour, before_day = cur.execute(_ADMIT_READ, read).fetchone()
-            hour, day = counts(total, before_hour, before_day)
-            counted = state is None and _fits(hour, day, recipients, hourly_cap, daily_cap)
+            cur = self._cur
+            read = (stream, hour_floor(now), day_floor(now), instance)
+            if stream in self._over_cap:
+                # The stream was over a cap a moment ago (a campaign push): read first, so that a
+                # refusal, the likely answer, never opens a write transaction.
+                state, total, before_hour, before_day = cur.execute(_ADMIT_READ, read).fetchone()
+                hour, day = counts(total, before_hour, before_day)
+                if state is not None or not _fits(hour, day, recipients, hourly_cap, daily_cap):
+                    return self._refused(cur, stream, now, recipients, hourly_cap, daily_cap, state, total, hour, day)
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                # Read and write in one transaction: nothing can be counted between the check and the add.
+                state, total, before_hour, before_day = cur.execute(_ADMIT_READ, read).fetchone()
+                hour, day = counts(total, before_hour, before_day)
+                counted = state is None and _fits(hour, day, recipients, hourly_cap, daily_cap)
+                if counted:
+                    hour += recipients
+                    day += recipients
+                    cur.execute(_ADMIT_INSERT, (instance, stream, recipients, now, queue_id, hour, day))
+                cur.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    cur.execute("ROLLBACK")
+                raise
             if counted:
-                hour += recipients
-                day += recipients
-                cur.execute(_ADMIT_INSERT, (instance, stream, recipients, now, queue_id, hour, day))
-            cur.execute("COMMIT")
-        except BaseException:
-            if self._conn.in_transaction:
-                cur.execute("ROLLBACK")
-            raise
-        if counted:
-            self._over_cap.discard(stream)
-            return Admission(COUNTED, hour, day)
-        return self._refused(cur, stream, now, recipients, hourly_cap, daily_cap, state, total, hour, day)
+                self._over_cap.discard(stream)
+                return Admission(COUNTED, hour, day)
+            # Still under the lock: the room search reads the windows this check saw.
+            return self._refused(cur, stream, now, recipients, hourly_cap, daily_cap, state, total, hour, day)
 
     def _refused(
         self,
