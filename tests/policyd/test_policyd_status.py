@@ -51,3 +51,16 @@ def test_status_reads_counts_written_by_another_store(make_config, tmp_path):
     assert "rolling day     6 of 4000" in trucking
     assert "family holds    1 message(s) in the last 24 h" in trucking
     assert "rolling hour    1 of 600" in text.split("stream healthcare:")[1]
+
+
+def test_status_of_a_store_with_another_schema_names_the_versions(make_config, tmp_path):
+    import sqlite3
+
+    config = make_config(streams(tmp_path))
+    SQLiteCounterStore(config.policyd.database).close()
+    conn = sqlite3.connect(config.policyd.database, isolation_level=None)
+    conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    conn.close()
+    text = status.render(config)
+    assert f"cannot read the store: counter store {config.policyd.database}: schema version 4 found, version 3 expected" in text
+    assert "cap in force    150/rolling hour, 4000/rolling 24 h" in text  # the caps are still shown
