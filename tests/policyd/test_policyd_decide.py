@@ -6,9 +6,9 @@ import datetime as dt
 
 import pytest
 
-from sendguard_testing.policy_client import postfix_message, postfix_request
 from sendguard_policyd.decide import Decider
 from sendguard_policyd.store.sqlite import SQLiteCounterStore
+from sendguard_testing.policy_client import postfix_message, postfix_request
 
 def trucking(cap: int = 3, daily: int = 4000) -> dict:
     return {

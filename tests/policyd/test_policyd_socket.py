@@ -10,8 +10,8 @@ import pytest
 
 from sendguard.config import ConfigError
 from sendguard_policyd import service, status
-from sendguard_testing.policy_client import PolicyClient, postfix_message, postfix_request
 from sendguard_policyd.protocol import MAX_LINE_BYTES, format_request
+from sendguard_testing.policy_client import PolicyClient, postfix_message, postfix_request
 
 
 def trucking(cap: int = 3) -> dict:
