@@ -252,8 +252,9 @@ class Decider:
             held_before = self._state_of(attrs) == STATE_FAMILY_HOLD
         if held_before:
             # Postfix applied the HOLD at RCPT already; DUNNO here does not undo it (a deferral
-            # would), and nothing is counted.
-            log.debug("%s: pass: stream %s: held for the yahoo family at RCPT, not counted", qid, name)
+            # would), and nothing is counted. INFO: a hold is a decision, and this is the one line
+            # that ties it to the queue id (RCPT has none yet).
+            log.info("%s: pass: stream %s: held for the yahoo family at RCPT, not counted", qid, name)
             return _dunno(name)
         if family is not None:
             return self._family_hold(attrs, now, family[0], family[1], name)  # no RCPT hook: hold now

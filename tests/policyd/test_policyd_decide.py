@@ -221,3 +221,12 @@ def test_one_summary_line_per_busy_stream_per_interval(decider, policyd_log):
         "INFO: summary: stream healthcare: 2 recipient(s) in 1 message(s) counted in the last 15 min,"
         " 0 deferred, 0 held; hour 2/100, day 2/unlimited, warmup day -"
     ]
+
+
+def test_the_held_message_is_named_by_queue_id_at_info_its_counted_neighbours_at_debug(decider, policyd_log):
+    d = decider()
+    for request in postfix_message("h", "QHELD1", ["a@example.com", "bob@yahoo.com"]):
+        d.decide(dict(request), NOW)
+    assert d.decide(eom("c"), NOW + 1).action == "DUNNO"
+    assert policyd_log.matching("INFO: QHELD1: pass: stream trucking: held for the yahoo family at RCPT, not counted")
+    assert policyd_log.matching("DEBUG: QC: pass: stream trucking: 1 recipient(s) counted")
