@@ -32,8 +32,8 @@ connections are staggered evenly over the interval, and each row records the
 CPU the hypervisor stole meanwhile (a VM's vCPU taken away shows as latency).
 
 Usage: python3 benchmarks/bench_policyd.py [--requests N] [--out benchmarks/RESULTS-policyd.md]
-(run it from outside the repository root or with the package installed; it only
-imports ``sendguard_policyd``.)
+(run it with the package installed; it imports ``sendguard_policyd`` and the
+test client from ``tests/support``, which it puts on ``sys.path`` itself.)
 """
 
 from __future__ import annotations
@@ -56,8 +56,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-from sendguard_policyd.client import postfix_request
-from sendguard_policyd.protocol import format_request
+# The policy client is a test helper, not part of the installed package: it lives in tests/support.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
+
+from sendguard_policyd.protocol import format_request  # noqa: E402
+from sendguard_testing.policy_client import postfix_request  # noqa: E402
 
 
 def free_port() -> int:
@@ -207,8 +210,6 @@ def run_daemon(
     workdir = Path(tempfile.mkdtemp(prefix="bench-policyd-"))
     port, mport = free_port(), free_port()
     busy_poll = "" if args.busy_poll_usec is None else f"busy_poll_usec = {args.busy_poll_usec}"
-    if args.cpu_latency_hold:
-        busy_poll += "\ncpu_latency_hold = true"
     (workdir / "bench.toml").write_text(
         CONFIG.format(dir=workdir, port=port, mport=mport, busy_poll=busy_poll, **caps)  # type: ignore[arg-type]
     )
@@ -381,9 +382,8 @@ def single_connection(address: int | str, requests: list[bytes]) -> list[float]:
     return lat
 
 
-def echo_server(port: int, path: str, busy_poll_usec: int | None, cpu_latency_hold: bool = False) -> None:
+def echo_server(port: int, path: str, busy_poll_usec: int | None) -> None:
     """Run the do-nothing baseline (in a child process): the daemon's own socket loop, answering DUNNO unread."""
-    from sendguard_policyd.cpu_latency import CpuLatencyHold
     from sendguard_policyd.server import PolicyServer
     from sendguard_policyd.settings import PolicydSettings
 
@@ -391,9 +391,11 @@ def echo_server(port: int, path: str, busy_poll_usec: int | None, cpu_latency_ho
         def _answer(self, conn, block):  # type: ignore[no-untyped-def]
             self._send(conn, b"action=DUNNO\n\n")
 
+        def _tick(self) -> None:
+            pass  # no decider, no periodic work
+
     usec = PolicydSettings.busy_poll_usec if busy_poll_usec is None else busy_poll_usec
-    hold = CpuLatencyHold() if cpu_latency_hold else None
-    server = DoNothing(None, 330.0, "DUNNO", usec / 1e6, cpu_hold=hold)  # type: ignore[arg-type]
+    server = DoNothing(None, 330.0, "DUNNO", usec / 1e6)  # type: ignore[arg-type]
     server.listen_tcp("127.0.0.1", port)
     server.listen_unix(path, 0o600)
     server.serve_forever()
@@ -525,12 +527,6 @@ def main() -> int:
         metavar="TEXT",
         help="run only the scenarios whose name contains TEXT (e.g. 'paced'), baseline included",
     )
-    parser.add_argument(
-        "--cpu-latency-hold",
-        action="store_true",
-        help="run the daemon (and the do-nothing server) with policyd.cpu_latency_hold = true: idle CPUs kept"
-        " polling while requests flow (a PM QoS request on /dev/cpu_dma_latency; needs root)",
-    )
     args = parser.parse_args()
 
     load_before = os.getloadavg()[0]
@@ -556,7 +552,7 @@ def main() -> int:
         bport = free_port()
         bpath = os.path.join(tempfile.mkdtemp(prefix="bench-policyd-"), "baseline.sock")
         baseline = multiprocessing.get_context("fork").Process(
-            target=echo_server, args=(bport, bpath, args.busy_poll_usec, args.cpu_latency_hold), daemon=True
+            target=echo_server, args=(bport, bpath, args.busy_poll_usec), daemon=True
         )
         baseline.start()
         wait_port(bport)
@@ -689,13 +685,8 @@ def write_results(
             f"for 1 connection, {args.client_procs} processes on {client_loop_name(args.client_loop)} for 20), over TCP on "
             "127.0.0.1 (one row over the daemon's unix socket); the daemon runs its own epoll loop with "
             f"busy_poll_usec = {busy_poll_setting(args)} and "
-            + (
-                "*cpu_latency_hold = true* (idle CPUs kept polling while requests flow, the do-nothing server "
-                "too; docs/policyd.md) and "
-                if args.cpu_latency_hold
-                else ""
-            )
-            + "logs every counted, deferred and held message at INFO to a file. CPU stolen by the hypervisor over "
+            "logs deferred and held messages at INFO (counted ones at DEBUG, not written) to a file. "
+            "CPU stolen by the hypervisor over "
             f"the whole run: {steal_pct:.1f}% of the machine's CPU time.\n\n"
         )
         out.write(

@@ -12,6 +12,10 @@
   about (log and metric): a hook in the wrong restriction list is a silent
   failure otherwise.
 
+Decisions are logged, not traffic: a hold or a deferral at INFO, a pass at
+DEBUG, and every few minutes one INFO summary line per busy stream
+(summary.py).
+
 Every function takes ``now`` (epoch seconds) so tests drive the clock.
 """
 
@@ -19,15 +23,20 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import logging
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
+from prometheus_client import Counter
+
 from sendguard import logs
 from sendguard.streams import MATCH_ATTRIBUTES, Stream, match_stream
 from sendguard_policyd import metrics
-from sendguard_policyd.counter_store import (
+from sendguard_policyd.family import FamilyMatcher
+from sendguard_policyd.family_mx import RULE as MX_RULE
+from sendguard_policyd.family_mx import MxFamily
+from sendguard_policyd.settings import PROTOCOL_STATES, PolicydSettings
+from sendguard_policyd.store import (
     ALREADY_COUNTED,
     ALREADY_HELD,
     COUNTED,
@@ -36,26 +45,12 @@ from sendguard_policyd.counter_store import (
     STATE_FAMILY_HOLD,
     TOO_LARGE,
     CounterStore,
+    StoreError,
 )
-from sendguard_policyd.family import FamilyMatcher
-from sendguard_policyd.family_mx import RULE as MX_RULE
-from sendguard_policyd.family_mx import MxFamily
-from sendguard_policyd.settings import PROTOCOL_STATES, PolicydSettings
-from sendguard_policyd.sqlite_store import StoreError
-from sendguard_policyd.warmup import Warmup
+from sendguard_policyd.summary import Summary
+from sendguard_policyd.warmup import Caps, Warmup, cap_text
 
 log = logs.get("policyd")
-_INFO = logging.INFO
-
-
-def _info(msg: str, *args: object) -> None:
-    """``log.info`` without its caller lookup (a walk up the stack for every decision line).
-
-    The log format names no source line, and the record still passes through the
-    logger's level, filters and handlers as usual.
-    """
-    if log.isEnabledFor(_INFO):
-        log.handle(log.makeRecord(log.name, _INFO, __file__, 0, msg, args, None, "decide"))
 
 
 NO_STREAM = "none"  # the stream label of mail that matches no stream
@@ -113,13 +108,15 @@ class Decider:
         self._unexpected_logged: dict[str, float] = {}
         self._stream_cache: dict[tuple[str, ...], Stream | None] = {}
         # Labelled metric children, looked up once: .labels() costs more than the increment.
-        self._decision_counters: dict[tuple[str, str], object] = {}
-        self._counted_counters: dict[str, object] = {}
+        self._decision_counters: dict[tuple[str, str], Counter] = {}
+        self._counted_counters: dict[str, Counter] = {}
         self._family_holds = metrics.HOLDS.labels("family")
         self._unexpected_since: dict[str, int] = {}
+        self.summary = Summary(store.windows, self._caps_of)
 
     def decide(self, attrs: Mapping[str, str], now: float) -> Decision:
         """The answer to one parsed request at ``now`` (counted in the decisions metric)."""
+        self.summary.tick(now)  # before this request: the summary covers the interval that ended
         state = attrs["protocol_state"]
         if state not in self.expected:
             self._warn_unexpected(state, attrs)
@@ -134,10 +131,20 @@ class Decider:
         counter = self._decision_counters.get(key)
         if counter is None:
             counter = self._decision_counters[key] = metrics.DECISIONS.labels(*key)
-        counter.inc()  # type: ignore[attr-defined]
+        counter.inc()
+        if decision.label == "defer_if_permit":
+            self.summary.deferred(decision.stream, now)
         return decision
 
-    def _counted_metric(self, stream: str):  # type: ignore[no-untyped-def]
+    def tick(self, now: float) -> None:
+        """Periodic work between requests (the event loop calls it about once a second): the summary line."""
+        self.summary.tick(now)
+
+    def _caps_of(self, stream: str, now: float) -> Caps | None:
+        warmup = self.warmups.get(stream)
+        return warmup.caps(now, self._clock()) if warmup is not None else None
+
+    def _counted_metric(self, stream: str) -> Counter:
         counter = self._counted_counters.get(stream)
         if counter is None:
             counter = self._counted_counters[stream] = metrics.COUNTED_RECIPIENTS.labels(stream)
@@ -155,12 +162,12 @@ class Decider:
         stream = self._stream_cache[key] = match_stream(self.streams, attrs)
         return stream
 
-    # -- RCPT: the family hold -------------------------------------------------------------------
-
     def close(self) -> None:
         """Stop background work (MX lookups)."""
         if self.mx is not None:
             self.mx.close()
+
+    # -- RCPT: the family hold -------------------------------------------------------------------
 
     def _rcpt(self, attrs: Mapping[str, str], now: float, stream: Stream | None) -> Decision:
         name = stream.name if stream else NO_STREAM
@@ -179,9 +186,19 @@ class Decider:
             return _dunno(name)
         return self._family_hold(attrs, now, recipient, rule, name)
 
-    def _mx_rule_at_eom(self, attrs: Mapping[str, str], recipient: str) -> tuple[str, str] | None:
-        """(recipient, rule) when a domain of this message turned out to be Yahoo-hosted."""
-        assert self.mx is not None
+    def _family_at_eom(self, attrs: Mapping[str, str]) -> tuple[str, str] | None:
+        """(recipient, rule) when the message is for the family as END-OF-MESSAGE sees it.
+
+        Postfix names the recipient here only when the message has exactly one; with more, the
+        RCPT hook has held it already and the store knows. The MX check also looks at every
+        domain whose lookup had not finished at RCPT.
+        """
+        recipient = attrs.get("recipient", "")
+        rule = self.family.rule_for(recipient) if recipient else None
+        if rule is not None:
+            return recipient, rule
+        if self.mx is None:
+            return None
         domains = self._mx_unknown.pop(attrs.get("instance", ""), set())
         if "@" in recipient:
             domains.add(recipient.rpartition("@")[2])
@@ -190,8 +207,8 @@ class Decider:
             if known:
                 return (recipient if recipient.endswith("@" + domain) else f"*@{domain}"), MX_RULE
             if known is None:
-                _info("%s: MX lookup of %s not finished at END-OF-MESSAGE: not held as yahoo family",
-                      _qid(attrs), domain)  # fmt: skip
+                log.info("%s: MX lookup of %s not finished at END-OF-MESSAGE: not held as yahoo family",
+                         _qid(attrs), domain)  # fmt: skip
         return None
 
     def _family_hold(self, attrs: Mapping[str, str], now: float, recipient: str, rule: str, stream: str) -> Decision:
@@ -206,8 +223,9 @@ class Decider:
             first = True
         if first:  # the holds metric counts messages, not the HOLD answers to each family recipient
             self._family_holds.inc()
+            self.summary.held(stream, now)
         domain = recipient.rpartition("@")[2]
-        _info("%s: hold: recipient %s: yahoo family rule %s (stream %s)", qid, recipient, rule, stream)
+        log.info("%s: hold: recipient %s: yahoo family rule %s (stream %s)", qid, recipient, rule, stream)
         return Decision(
             f"HOLD sendguard: recipient domain {domain} is in the Yahoo/Verizon-Media family (rule {rule});"
             " held, never sent",
@@ -215,59 +233,67 @@ class Decider:
             stream,
         )
 
-    def _held_before(self, attrs: Mapping[str, str], qid: str, name: str) -> Decision:
-        # Postfix applied the HOLD at RCPT already; DUNNO here does not undo it, and nothing is counted.
-        _info("%s: pass: stream %s: held for the yahoo family at RCPT, not counted", qid, name)
-        return _dunno(name)
-
     # -- END-OF-MESSAGE: the caps ------------------------------------------------------------------
 
     def _end_of_message(self, attrs: Mapping[str, str], now: float, stream: Stream | None) -> Decision:
         qid = _qid(attrs)
         name = stream.name if stream else NO_STREAM
-        # Postfix names the recipient here only when the message has exactly one. With more,
-        # the RCPT hook has held it already and the store knows (ALREADY_HELD below).
-        recipient = attrs.get("recipient", "")
-        rule = self.family.rule_for(recipient) if recipient else None
-        if rule is not None:
-            if self._state_of(attrs) == STATE_FAMILY_HOLD:
-                return self._held_before(attrs, qid, name)
-            return self._family_hold(attrs, now, recipient, rule, name)  # no RCPT hook: hold now
-        if self.mx is not None:
-            found = self._mx_rule_at_eom(attrs, recipient)
-            if found is not None:
-                if self._state_of(attrs) == STATE_FAMILY_HOLD:
-                    return self._held_before(attrs, qid, name)
-                return self._family_hold(attrs, now, found[0], found[1], name)
-        if stream is None:
-            return self._unmatched(attrs, qid)
+        family = self._family_at_eom(attrs)
+        if family is None and stream is not None:
+            counted = self._count(attrs, now, stream, qid)
+            if counted is not None:
+                return counted
+            held_before = True  # the check-and-add found the message held at RCPT
+        elif family is None and self.settings.unmatched == "dunno":
+            log.debug("%s: pass: no stream matches, not capped", qid)
+            return _dunno()
+        else:
+            # A family recipient, or mail in no stream to defer: whether RCPT held it decides.
+            held_before = self._state_of(attrs) == STATE_FAMILY_HOLD
+        if held_before:
+            # Postfix applied the HOLD at RCPT already; DUNNO here does not undo it (a deferral
+            # would), and nothing is counted. INFO: a hold is a decision, and this is the one line
+            # that ties it to the queue id (RCPT has none yet).
+            log.info("%s: pass: stream %s: held for the yahoo family at RCPT, not counted", qid, name)
+            return _dunno(name)
+        if family is not None:
+            return self._family_hold(attrs, now, family[0], family[1], name)  # no RCPT hook: hold now
+        log.info("%s: defer: no stream matches (client %s, sender %s, port %s) and unmatched = defer",
+                 qid, attrs.get("client_address", ""), attrs.get("sender", ""), attrs.get("server_port", ""))  # fmt: skip
+        return Decision(
+            "DEFER_IF_PERMIT 4.7.1 sendguard: this mail matches no sending stream; not accepted", "defer_if_permit"
+        )
+
+    def _count(self, attrs: Mapping[str, str], now: float, stream: Stream, qid: str) -> Decision | None:
+        """Check the caps and count the message; None when the store found it held at RCPT."""
+        name = stream.name
         count = _recipient_count(attrs, qid)
-        warmup = self.warmups[stream.name]
-        caps = warmup.caps(now, self._clock())
+        caps = self.warmups[name].caps(now, self._clock())
         instance = attrs.get("instance", "")
         try:
-            adm = self.store.admit(stream.name, instance, count, now, caps.hourly, caps.daily, attrs.get("queue_id", ""))
+            adm = self.store.admit(name, instance, count, now, caps.hourly, caps.daily, attrs.get("queue_id", ""))
         except StoreError as exc:
             metrics.STORE_ERRORS.inc()
             log.error("%s: defer: stream %s: counter store failed: %s", qid, name, exc)
             return Decision(
                 "DEFER_IF_PERMIT 4.3.0 sendguard: counter store unavailable, try again later", "defer_if_permit", name
             )
-        hour_cap = _fmt_cap(caps.hourly)
-        day_cap = _fmt_cap(caps.daily)
+        hour_cap = cap_text(caps.hourly)
+        day_cap = cap_text(caps.daily)
         if adm.outcome == COUNTED:
             self._counted_metric(name).inc(count)
-            _info(
+            self.summary.counted(name, count, now)
+            log.debug(
                 "%s: pass: stream %s: %d recipient(s) counted, hour %d/%s, day %d/%s, warmup day %s",
                 qid, name, count, adm.hour_count, hour_cap, adm.day_count, day_cap, caps.warmup_day,
             )  # fmt: skip
             return _dunno(name)
         if adm.outcome == ALREADY_COUNTED:
-            _info("%s: pass: stream %s: instance %s was counted before (Postfix retry), not counted again",
-                  qid, name, instance)  # fmt: skip
+            log.debug("%s: pass: stream %s: instance %s was counted before (Postfix retry), not counted again",
+                      qid, name, instance)  # fmt: skip
             return _dunno(name)
         if adm.outcome == ALREADY_HELD:
-            return self._held_before(attrs, qid, name)
+            return None
         if adm.outcome == TOO_LARGE:
             cap = caps.hourly if caps.hourly is not None and count > caps.hourly else caps.daily
             text = (
@@ -284,25 +310,12 @@ class Decider:
             what = f"daily cap of {day_cap} recipients per rolling 24 hours"
             used = adm.day_count
         when = _fmt_room(adm.room_at, now)
-        _info("%s: defer: stream %s: %d used of the %s; %d more would exceed it; %s",
-              qid, name, used, what, count, when)  # fmt: skip
+        log.info("%s: defer: stream %s: %d used of the %s; %d more would exceed it; %s",
+                 qid, name, used, what, count, when)  # fmt: skip
         return Decision(
             f"DEFER_IF_PERMIT 4.7.1 sendguard: stream {name} is at its {what}; {when}, try again later",
             "defer_if_permit",
             name,
-        )
-
-    def _unmatched(self, attrs: Mapping[str, str], qid: str) -> Decision:
-        if self.settings.unmatched == "dunno":
-            log.debug("%s: pass: no stream matches, not capped", qid)
-            return _dunno()
-        if self._state_of(attrs) == STATE_FAMILY_HOLD:
-            # A deferral now would undo the family hold Postfix already applied at RCPT.
-            return self._held_before(attrs, qid, NO_STREAM)
-        _info("%s: defer: no stream matches (client %s, sender %s, port %s) and unmatched = defer",
-              qid, attrs.get("client_address", ""), attrs.get("sender", ""), attrs.get("server_port", ""))  # fmt: skip
-        return Decision(
-            "DEFER_IF_PERMIT 4.7.1 sendguard: this mail matches no sending stream; not accepted", "defer_if_permit"
         )
 
     def _state_of(self, attrs: Mapping[str, str]) -> str | None:
@@ -345,10 +358,6 @@ def _recipient_count(attrs: Mapping[str, str], qid: str) -> int:
     # one recipient, so a broken client can never send uncounted.
     log.warning("%s: END-OF-MESSAGE with recipient_count=%r; counting 1 recipient", qid, raw[:20])
     return 1
-
-
-def _fmt_cap(cap: int | None) -> str:
-    return "unlimited" if cap is None else str(cap)
 
 
 def _fmt_room(room_at: float | None, now: float) -> str:

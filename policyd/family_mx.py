@@ -15,6 +15,7 @@ Answers are kept for :data:`TTL` seconds, failures (timeouts, SERVFAIL) for
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,26 @@ LOOKUP_TIMEOUT = 2.0
 CACHE_SIZE = 50000
 
 RULE = "mx *.yahoodns.net"
+#: The DNS port of a nameserver given without one.
+DNS_PORT = 53
+
+
+def parse_nameserver(value: str) -> tuple[str, int]:
+    """``"IP"`` or ``"IPv4:PORT"`` (``family_mx_nameservers``) as (address, port); ValueError says what is wrong.
+
+    An IPv6 address is taken whole: its colons leave no room for a port.
+    """
+    host, sep, port = value.rpartition(":") if value.count(":") == 1 else ("", "", "")
+    address = host if sep else value
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address (or IPv4:PORT)") from None
+    if not sep:
+        return address, DNS_PORT
+    if not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"{value!r}: {port!r} is not a port")
+    return address, int(port)
 
 
 def _resolver_lookup(nameservers: tuple[str, ...]) -> Callable[[str], bool | None]:
@@ -47,11 +68,12 @@ def _resolver_lookup(nameservers: tuple[str, ...]) -> Callable[[str], bool | Non
     if nameservers:
         hosts, ports = [], set()
         for server in nameservers:
-            host, _, port = server.rpartition(":") if server.count(":") == 1 else (server, "", "")
-            hosts.append(host or server)
-            ports.add(int(port) if port else 53)
+            host, port = parse_nameserver(server)
+            hosts.append(host)
+            ports.add(port)
         resolver.nameservers = hosts
-        resolver.port = ports.pop() if len(ports) == 1 else 53
+        # dnspython has one port for all its nameservers: mixed ports fall back to the standard one.
+        resolver.port = ports.pop() if len(ports) == 1 else DNS_PORT
     resolver.lifetime = LOOKUP_TIMEOUT
 
     def lookup(domain: str) -> bool | None:

@@ -1,7 +1,7 @@
 """The policy daemon's Prometheus metrics.
 
 Counters are registered on the default registry at import (the CLI serves it).
-The per-stream gauges (rolling counts, cap in force, warmup day, held backlog)
+The per-stream gauges (rolling counts, cap in force, warmup day)
 are computed at scrape time from the counter store by a custom collector, so
 they are right even when another process did the counting; the running service
 binds the collector's source with :func:`bind` and clears it on stop.
@@ -41,10 +41,6 @@ BUSY_POLL_SECONDS = Counter(
     "Time the event loop spent polling for the next request instead of sleeping (policyd.busy_poll_usec):"
     " CPU spent to save wake-ups.",
 )
-CPU_LATENCY_HOLD_SECONDS = Counter(
-    "sendguard_policyd_cpu_latency_hold_seconds",
-    "Time the daemon kept idle CPUs polling because requests were flowing (policyd.cpu_latency_hold).",
-)
 CONNECTIONS = Gauge("sendguard_policyd_connections", "Open Postfix connections.")
 REQUEST_SECONDS = Histogram(
     "sendguard_policyd_request_duration_seconds",
@@ -62,7 +58,6 @@ class StreamGauges(Protocol):
     daily_cap: int | None
     hour: int
     day: int
-    held: int
 
 
 class StreamCollector(Collector):
@@ -121,16 +116,10 @@ class StreamCollector(Collector):
             "warmup_day": GaugeMetricFamily(
                 "sendguard_policyd_warmup_day", "Whole days since the stream's warmup start.", labels=["stream"]
             ),
-            "held": GaugeMetricFamily(
-                "sendguard_policyd_held_backlog_messages",
-                "Over-cap messages held and waiting for release.",
-                labels=["stream"],
-            ),
         }
         for row in rows:
             families["hour"].add_metric([row.name], row.hour)
             families["day"].add_metric([row.name], row.day)
-            families["held"].add_metric([row.name], row.held)
             if row.hourly_cap is not None:
                 families["hourly_cap"].add_metric([row.name], row.hourly_cap)
             if row.daily_cap is not None:

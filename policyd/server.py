@@ -8,14 +8,17 @@ smtpd keeps one request in flight per connection, so every request is a full
 wake-up and round trip, and asyncio's layers (handles, transports, protocol
 callbacks) cost as much per request as the decision itself.
 
-While requests keep coming, the loop polls for the next one for up to
-``busy_poll`` seconds before it sleeps (see :func:`serve_forever`): on a virtual
-machine whose idle vCPUs halt, waking a sleeping thread costs more than a
-decision. An idle daemon does not poll, and a polling one yields the CPU
-between polls to anything else that wants it. For the same reason, when
-several sockets are ready at once their replies go out together after the
-batch (at least every ``HOLD_LIMIT``): one wake-up of a client process for all
-of its replies.
+With ``busy_poll`` set (off by default: ``policyd.busy_poll_usec``), the loop
+polls for the next request for up to that many seconds before it sleeps (see
+:func:`serve_forever`): on a virtual machine whose idle vCPUs halt, waking a
+sleeping thread can cost more than a decision. An idle daemon does not poll,
+and a polling one yields the CPU between polls to anything else that wants
+it. When several sockets are ready at once their replies go out together
+after the batch (at least every ``HOLD_LIMIT``): one wake-up of a client
+process for all of its replies.
+
+About once a second the loop sweeps: idle connections are closed, paused
+listeners resume, and the decider's periodic work runs (its summary line).
 
 A connection carries any number of requests, pipelined or not; each gets its
 reply in order. Bad input never stops the daemon. A request that is complete
@@ -39,7 +42,6 @@ from typing import Callable
 
 from sendguard import logs
 from sendguard_policyd import metrics
-from sendguard_policyd.cpu_latency import CpuLatencyHold
 from sendguard_policyd.decide import Decider
 from sendguard_policyd.protocol import (
     MAX_LINE_BYTES,
@@ -100,15 +102,12 @@ class PolicyServer:
         bad_action: str,
         busy_poll: float = 0.0,
         now: Callable[[], float] = time.time,
-        cpu_hold: CpuLatencyHold | None = None,
     ) -> None:
         self.decider = decider
         self.idle_timeout = idle_timeout
         self.bad_action = bad_action
         self.busy_poll = busy_poll
         self.now = now
-        #: Held while requests flow, released by the sweep once they stop (see cpu_latency.py).
-        self.cpu_hold = cpu_hold
         self._epoll = select.epoll()
         self._listeners: dict[int, socket.socket] = {}
         #: Listeners set aside after accept() failed (see _accept), back in at the next sweep.
@@ -198,7 +197,6 @@ class PolicyServer:
         spin = self.busy_poll
         polled = 0.0  # seconds spent polling with nothing to do, not yet added to the metric
         last_event = float("-inf")
-        cpu_hold = self.cpu_hold
         sweep_every = min(1.0, self.idle_timeout / 2)
         next_sweep = _monotonic() + sweep_every
         try:
@@ -223,8 +221,6 @@ class PolicyServer:
                             metrics.BUSY_POLL_SECONDS.inc(polled)
                             polled = 0.0
                         events = poll(max(0.0, next_sweep - _monotonic()))
-                if cpu_hold is not None and events and not cpu_hold.held:
-                    cpu_hold.hold(_clock())  # before the replies: their wake-ups are the point
                 held_since = 0.0
                 if len(events) > 1:
                     self._held = []
@@ -257,8 +253,7 @@ class PolicyServer:
                 if _monotonic() >= next_sweep:
                     self._resume_listeners()
                     self._sweep_idle()
-                    if cpu_hold is not None:
-                        cpu_hold.release_if_idle(_clock(), last_event)
+                    self._tick()
                     next_sweep = _monotonic() + sweep_every
                     if polled:  # a loop that never sleeps reports here
                         metrics.BUSY_POLL_SECONDS.inc(polled)
@@ -289,9 +284,13 @@ class PolicyServer:
         if not self._stopped.is_set():
             self._shutdown()
 
+    def _tick(self) -> None:
+        try:
+            self.decider.tick(self.now())
+        except Exception:  # a bug in periodic work must not stop the loop
+            log.exception("error in the policy daemon's periodic work")
+
     def _shutdown(self) -> None:
-        if self.cpu_hold is not None:
-            self.cpu_hold.close(_clock())
         for conn in list(self.connections.values()):
             self._close(conn)
         for sock in self._listeners.values():

@@ -1,5 +1,8 @@
 """Start and stop the policy daemon: the store, the decider, the listening sockets, the live gauges.
 
+This is the one place that picks the counter store's implementation (SQLite);
+everything else uses the interface of :mod:`sendguard_policyd.store`.
+
 :func:`start` returns once every socket is bound (a bind failure stops start-up
 with the config key at fault) and serves in a background thread, so that
 ``sendguard run`` can run the milter's main loop in the main thread.
@@ -16,12 +19,13 @@ from sendguard import logs
 from sendguard.addresses import parse_hostport
 from sendguard.config import Config
 from sendguard.config_reader import ConfigError
-from sendguard_policyd import cpu_latency, metrics
+from sendguard_policyd import metrics
+from sendguard_policyd.backend import open_store
 from sendguard_policyd.decide import Decider
 from sendguard_policyd.server import PolicyServer
 from sendguard_policyd.settings import PolicydSettings
-from sendguard_policyd.sqlite_store import SQLiteCounterStore, StoreError
 from sendguard_policyd.status import StreamStatus, snapshot
+from sendguard_policyd.store import CounterStore, StoreError
 
 log = logs.get("policyd")
 
@@ -34,7 +38,7 @@ class Handle:
     host: str
     port: int
     unix_socket: str
-    store: SQLiteCounterStore
+    store: CounterStore
     decider: Decider
     _thread: threading.Thread = field(repr=False)
     _server: PolicyServer = field(repr=False)
@@ -57,26 +61,11 @@ class Handle:
 def start(config: Config, settings: PolicydSettings) -> Handle:
     """Start the policy daemon for ``config``'s streams; return a :class:`Handle` (non-blocking)."""
     try:
-        store = SQLiteCounterStore(settings.database, settings.sqlite_synchronous)
+        store = open_store(settings)
     except (StoreError, OSError) as exc:
         raise ConfigError(config.file, "policyd.database", str(exc)) from None
     decider = Decider(settings, config.streams, store)
-    cpu_hold = None
-    if settings.cpu_latency_hold:
-        try:
-            cpu_hold = cpu_latency.CpuLatencyHold()
-        except OSError as exc:
-            decider.close()
-            store.close()
-            raise ConfigError(
-                config.file,
-                "policyd.cpu_latency_hold",
-                f"cannot make a CPU latency request on {exc.filename or cpu_latency.DEVICE}: {exc.strerror or exc}"
-                " (it needs root and a kernel with PM QoS)",
-            ) from None
-    server = PolicyServer(
-        decider, settings.idle_timeout, settings.bad_request_action, settings.busy_poll_usec / 1e6, cpu_hold=cpu_hold
-    )
+    server = PolicyServer(decider, settings.idle_timeout, settings.bad_request_action, settings.busy_poll_usec / 1e6)
     try:
         host, port = _bind(config.file, settings, server)
     except BaseException:
@@ -89,7 +78,7 @@ def start(config: Config, settings: PolicydSettings) -> Handle:
     warmups = decider.warmups
 
     def gauges() -> list[StreamStatus]:
-        return snapshot(config.streams, store.reader(), warmups, time.time())
+        return snapshot(config.streams, store, warmups, time.time())
 
     metrics.bind(gauges)
     log.info(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sendguard.addresses import check_hostport
 from sendguard.config import ConfigDocument
 from sendguard.config_reader import check_one_of
+from sendguard_policyd.family_mx import parse_nameserver
 
 #: Every protocol_state Postfix sends (SMTPD_POLICY_README).
 PROTOCOL_STATES = ("CONNECT", "EHLO", "HELO", "MAIL", "RCPT", "DATA", "END-OF-MESSAGE", "VRFY", "ETRN")
@@ -33,8 +34,6 @@ class PolicydSettings:
     socket_mode: int = 0o666
     #: What END-OF-MESSAGE of mail in no stream gets: "dunno" (pass, uncounted) or "defer".
     unmatched: str = "dunno"
-    #: What a message over its stream's cap gets. Only "defer" for now ("hold" is the next issue).
-    over_cap_action: str = "defer"
     #: The full answer to a request that cannot be understood.
     bad_request_action: str = "DUNNO"
     #: The protocol states the restriction lists are expected to query at; others are warned about.
@@ -49,10 +48,8 @@ class PolicydSettings:
     idle_timeout: float = 330.0
     #: Set SO_REUSEPORT on the TCP listener, so several daemons can share one port.
     reuse_port: bool = False
-    #: After a request, poll this many microseconds for the next one before sleeping (0: never poll).
-    busy_poll_usec: int = 200
-    #: While requests flow, keep idle CPUs polling (a PM QoS request on /dev/cpu_dma_latency).
-    cpu_latency_hold: bool = False
+    #: After a request, poll this many microseconds for the next one before sleeping (0: never poll; opt-in).
+    busy_poll_usec: int = 0
     #: SQLite ``synchronous``: "normal" (fast, durable across process crashes) or "full" (also power loss).
     sqlite_synchronous: str = "normal"
 
@@ -84,15 +81,10 @@ def _check_family_entry(value: str) -> str | None:
 
 
 def _check_nameserver(value: str) -> str | None:
-    import ipaddress
-
-    host, sep, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
     try:
-        ipaddress.ip_address(host if sep else value)
-    except ValueError:
-        return f"{value!r} is not an IP address (or IPv4:PORT)"
-    if sep and not (port.isdigit() and 0 < int(port) < 65536):
-        return f"{value!r}: {port!r} is not a port"
+        parse_nameserver(value)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 
@@ -106,7 +98,6 @@ def parse_policyd(doc: ConfigDocument) -> PolicydSettings:
     socket = section.get("socket", str, "")
     mode = section.get("socket_mode", str, "0666", _check_mode)
     unmatched = section.get("unmatched", str, "dunno", check_one_of("dunno", "defer"))
-    over_cap = section.get("over_cap_action", str, "defer", check_one_of("defer"))
     bad = section.get("bad_request_action", str, "DUNNO", _check_action)
     states = section.get_list("expected_states", str, ["RCPT", "END-OF-MESSAGE"], check_one_of(*PROTOCOL_STATES))
     extra = section.get_list("family_extra_domains", str, [], _check_family_entry)
@@ -117,9 +108,8 @@ def parse_policyd(doc: ConfigDocument) -> PolicydSettings:
     )
     reuse_port = section.get("reuse_port", bool, False)
     busy_poll = section.get(
-        "busy_poll_usec", int, 200, lambda v: None if 0 <= v <= 10000 else "must be between 0 and 10000 microseconds"
+        "busy_poll_usec", int, 0, lambda v: None if 0 <= v <= 10000 else "must be between 0 and 10000 microseconds"
     )
-    cpu_hold = section.get("cpu_latency_hold", bool, False)
     sync = section.get("sqlite_synchronous", str, "normal", check_one_of("normal", "full"))
     if not database:
         raise section.error("database", "cannot be empty")
@@ -131,7 +121,6 @@ def parse_policyd(doc: ConfigDocument) -> PolicydSettings:
         socket=socket,
         socket_mode=int(mode, 8),
         unmatched=unmatched,
-        over_cap_action=over_cap,
         bad_request_action=bad,
         expected_states=tuple(states),
         family_extra_domains=tuple(e.strip().lower() for e in extra),
@@ -140,6 +129,5 @@ def parse_policyd(doc: ConfigDocument) -> PolicydSettings:
         idle_timeout=float(idle),
         busy_poll_usec=busy_poll,
         reuse_port=reuse_port,
-        cpu_latency_hold=cpu_hold,
         sqlite_synchronous=sync,
     )

@@ -1,30 +1,24 @@
-"""``sendguard status``: per stream the warmup day, cap in force, rolling counts and held backlog.
+"""``sendguard status``: per stream the warmup day, cap in force, rolling counts and family holds.
 
-Read straight from the counter store file, so it is right whether or not a
-daemon runs, and whichever daemon did the counting. The same snapshot feeds
-the live Prometheus gauges.
+Read from the counter store file through the store's read-only interface, so
+it is right whether or not a daemon runs, and whichever daemon did the
+counting. The same snapshot feeds the live Prometheus gauges.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Mapping
 
 from sendguard.config import Config
 from sendguard.streams import Stream
-from sendguard_policyd.sqlite_store import (
-    StoreError,
-    connect,
-    read_family_holds,
-    read_held_backlog,
-    read_windows,
-)
 from sendguard_policyd.settings import PolicydSettings
-from sendguard_policyd.warmup import Warmup
+from sendguard_policyd.backend import open_reader
+from sendguard_policyd.store import DAY, StoreError, StoreReader
+from sendguard_policyd.warmup import Warmup, cap_text
 
 
 @dataclass(frozen=True)
@@ -38,19 +32,17 @@ class StreamStatus:
     daily_cap: int | None
     hour: int
     day: int
-    held: int
 
 
 def snapshot(
-    streams: list[Stream], conn: sqlite3.Connection | None, warmups: Mapping[str, Warmup], now: float
+    streams: list[Stream], store: StoreReader | None, warmups: Mapping[str, Warmup], now: float
 ) -> list[StreamStatus]:
     """Every stream's status at ``now`` (counts are 0 when there is no store yet)."""
-    held = read_held_backlog(conn) if conn is not None else {}
     out = []
     for stream in streams:
         warmup = warmups[stream.name]
         caps = warmup.caps(now)
-        counts = read_windows(conn, stream.name, now) if conn is not None else None
+        counts = store.windows(stream.name, now) if store is not None else None
         out.append(
             StreamStatus(
                 name=stream.name,
@@ -60,14 +52,9 @@ def snapshot(
                 daily_cap=caps.daily,
                 hour=counts.hour if counts else 0,
                 day=counts.day if counts else 0,
-                held=held.get(stream.name, 0),
             )
         )
     return out
-
-
-def _cap(value: int | None) -> str:
-    return "unlimited" if value is None else str(value)
 
 
 def render(config: Config, settings: PolicydSettings, now: float | None = None) -> str:
@@ -75,25 +62,25 @@ def render(config: Config, settings: PolicydSettings, now: float | None = None) 
     now = time.time() if now is None else now
     path = settings.database
     lines = [f"counter store: {path}"]
-    conn = None
+    store = None
     if not os.path.exists(path):
         lines[0] += " (absent: nothing counted yet)"
     else:
         try:
-            conn = connect(path, create=False)
+            store = open_reader(path)
         except StoreError as exc:
             lines.append(f"  cannot read the store: {exc}")
     warmups = {s.name: Warmup(s) for s in config.streams}
     try:
-        rows = snapshot(config.streams, conn, warmups, now)
-        family = read_family_holds(conn, now - 86400) if conn is not None else {}
-    except sqlite3.Error as exc:
+        rows = snapshot(config.streams, store, warmups, now)
+        family = store.family_holds(now - DAY) if store is not None else {}
+    except StoreError as exc:
         lines.append(f"  cannot read the store: {exc}")
         rows = snapshot(config.streams, None, warmups, now)
         family = {}
     finally:
-        if conn is not None:
-            conn.close()
+        if store is not None:
+            store.close()
     if not rows:
         lines.append("no streams configured: nothing is capped")
     for row in rows:
@@ -104,10 +91,9 @@ def render(config: Config, settings: PolicydSettings, now: float | None = None) 
         )
         lines.append(f"stream {row.name}:")
         lines.append(f"  warmup day      {row.warmup_day if row.warmup_day is not None else '-'} (start {start})")
-        lines.append(f"  cap in force    {_cap(row.hourly_cap)}/rolling hour, {_cap(row.daily_cap)}/rolling 24 h")
-        lines.append(f"  rolling hour    {row.hour} of {_cap(row.hourly_cap)}")
-        lines.append(f"  rolling day     {row.day} of {_cap(row.daily_cap)}")
-        lines.append(f"  held backlog    {row.held} message(s) waiting for release")
+        lines.append(f"  cap in force    {cap_text(row.hourly_cap)}/rolling hour, {cap_text(row.daily_cap)}/rolling 24 h")
+        lines.append(f"  rolling hour    {row.hour} of {cap_text(row.hourly_cap)}")
+        lines.append(f"  rolling day     {row.day} of {cap_text(row.daily_cap)}")
         lines.append(f"  family holds    {family.get(row.name, 0)} message(s) in the last 24 h")
     if family.get("none"):
         lines.append(f"mail in no stream: {family['none']} family hold(s) in the last 24 h")

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from sendguard import logs
 from sendguard.streams import Stream, read_stamp
+from sendguard_policyd.store import DAY
 
 log = logs.get("policyd")
 
-DAY = 86400.0
 #: The stamp file is stat()ed at most this often (seconds): cheap, and a change shows within a second.
 RESTAT_INTERVAL = 1.0
 
@@ -31,6 +31,11 @@ class Caps:
     warmup_day: int | None
     hourly: int | None
     daily: int | None
+
+
+def cap_text(cap: int | None) -> str:
+    """A cap as the logs, the deferral texts and ``sendguard status`` print it."""
+    return "unlimited" if cap is None else str(cap)
 
 
 def warmup_day(start_epoch: float, now: float) -> int:

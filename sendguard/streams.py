@@ -32,9 +32,6 @@ from sendguard.senders import SenderSet, check_sender
 #: The request attributes a stream may match on (names as in SMTPD_POLICY_README).
 MATCH_ATTRIBUTES = ("server_port", "policy_context", "client_address", "sender", "sasl_username")
 
-#: A warmup day, and the rolling day window, in seconds.
-DAY_SECONDS = 86400
-
 
 @dataclass(frozen=True)
 class MatchRule:

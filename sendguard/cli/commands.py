@@ -97,7 +97,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Show, per stream, the warmup day, cap in force, window counts and held backlog."""
+    """Show, per stream, the warmup day, cap in force, window counts and family holds."""
     from sendguard_policyd import status
 
     settings = load(args.config)
@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config and print the effective configuration")
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=cmd_check_config)
-    with_config(sub.add_parser("status", help="per-stream warmup, caps, counts and backlog")).set_defaults(
+    with_config(sub.add_parser("status", help="per-stream warmup, caps, counts and family holds")).set_defaults(
         func=cmd_status
     )
     explain = with_config(sub.add_parser("explain", help="what the milter would do with a message, and why"))

@@ -1,23 +1,26 @@
-"""The log line format: the per-second date cache renders exactly what logging's own formatter does."""
+"""The log line format: Postfix-style lines, the queue id right after the level."""
 
 from __future__ import annotations
 
+import io
 import logging
+import os
+import re
 
-from sendguard.logs import FORMAT, LineFormatter
-
-
-def _record(created: float) -> logging.LogRecord:
-    record = logging.LogRecord("sendguard.policyd", logging.INFO, __file__, 1, "%s: pass", ("ABC123",), None)
-    record.created = created
-    record.msecs = int((created - int(created)) * 1000)
-    return record
+from sendguard import logs
 
 
-def test_line_matches_the_standard_formatter_across_second_boundaries():
-    ours, standard = LineFormatter(), logging.Formatter(FORMAT)
-    # Within one second, across a second and a day boundary, and back in time (another thread's older line).
-    for created in (1795000000.001, 1795000000.999, 1795000001.5, 1795046399.999, 1795046400.0, 1795000000.25):
-        record = _record(created)
-        assert ours.format(record) == standard.format(record)
-    assert ours.format(_record(1795000001.5)).endswith("sendguard.policyd[%d]: INFO: ABC123: pass" % _record(0).process)
+def test_setup_writes_one_postfix_style_line_per_record():
+    out = io.StringIO()
+    root = logging.getLogger("sendguard")
+    saved = root.handlers[:], root.level, root.propagate
+    try:
+        logs.setup("info", out)
+        log = logs.get("policyd")
+        log.info("%s: hold: recipient %s", "ABC123", "bob@yahoo.com")
+        log.debug("%s: pass", "NOTSHOWN")
+    finally:
+        root.handlers[:], root.level, root.propagate = saved
+    line = out.getvalue()
+    pattern = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} sendguard\.policyd\[%d\]: INFO: ABC123: hold: recipient bob@yahoo\.com\n"
+    assert re.fullmatch(pattern % os.getpid(), line), line

@@ -6,9 +6,9 @@ import datetime as dt
 
 import pytest
 
-from sendguard_policyd.client import postfix_message, postfix_request
 from sendguard_policyd.decide import Decider
-from sendguard_policyd.sqlite_store import SQLiteCounterStore
+from sendguard_policyd.store.sqlite import SQLiteCounterStore
+from sendguard_testing.policy_client import postfix_message, postfix_request
 
 def trucking(cap: int = 3, daily: int = 4000) -> dict:
     return {
@@ -58,8 +58,10 @@ def test_cap_at_end_of_message_names_stream_cap_and_when(decider, policyd_log):
     assert action.startswith("DEFER_IF_PERMIT 4.7.1 ")
     assert "stream trucking" in action and "hourly cap of 3" in action
     assert "room frees at 2026-03-02T11:59:01Z" in action
-    assert policyd_log.matching("QM0: pass: stream trucking: 1 recipient(s) counted, hour 1/3")
-    assert policyd_log.matching("QM3: defer: stream trucking")
+    # A counted pass is traffic (DEBUG); a deferral is a decision (INFO).
+    assert policyd_log.matching("DEBUG: QM0: pass: stream trucking: 1 recipient(s) counted, hour 1/3")
+    assert not [line for line in policyd_log.lines if line.startswith("INFO: ") and ": pass: " in line]
+    assert policyd_log.matching("INFO: QM3: defer: stream trucking")
 
 
 def test_multi_recipient_message_counts_each_recipient(decider):
@@ -174,10 +176,11 @@ def test_store_failure_defers_and_is_counted_in_the_metric(decider, policyd_log,
     import fcntl
     import os
 
-    from sendguard_policyd import metrics, sqlite_store
+    from sendguard_policyd import metrics
+    from sendguard_policyd.store import sqlite_lock
 
     d = decider()
-    monkeypatch.setattr(sqlite_store, "LOCK_TIMEOUT", 0.1)
+    monkeypatch.setattr(sqlite_lock, "LOCK_TIMEOUT", 0.1)
     before = metrics.STORE_ERRORS._value.get()
     other = os.open(d.store.path + ".lock", os.O_RDWR)
     fcntl.flock(other, fcntl.LOCK_EX)
@@ -191,3 +194,39 @@ def test_store_failure_defers_and_is_counted_in_the_metric(decider, policyd_log,
     assert held.startswith("HOLD ")
     assert metrics.STORE_ERRORS._value.get() == before + 2
     assert policyd_log.matching("QX: defer: stream trucking: counter store failed")
+
+
+def test_one_summary_line_per_busy_stream_per_interval(decider, policyd_log):
+    streams = {"trucking": trucking(cap=3), "healthcare": {"match": {"server_port": [2526]}, "hourly_ceiling": 100}}
+    d = decider(streams)
+    for i in range(3):
+        assert d.decide(eom(f"m{i}", count=1), NOW + i).action == "DUNNO"
+    assert d.decide(eom("m3"), NOW + 10).action.startswith("DEFER_IF_PERMIT")
+    for rcpt in ("bob@yahoo.com", "eve@yahoo.com"):  # one held message, two family recipients
+        assert d.decide(dict(postfix_request(recipient=rcpt, instance="y")), NOW + 20).action.startswith("HOLD ")
+    d.tick(NOW + 599)  # the interval runs from the first request on
+    assert not policyd_log.matching("summary:")
+    d.tick(NOW + 600)
+    assert policyd_log.matching("summary:") == [
+        "INFO: summary: stream trucking: 3 recipient(s) in 3 message(s) counted in the last 10 min,"
+        " 1 deferred, 1 held; hour 3/3, day 3/4000, warmup day 60"
+    ]  # and no line for healthcare, which had no traffic
+    d.tick(NOW + 1800)  # a quiet interval logs nothing
+    assert len(policyd_log.matching("summary:")) == 1
+    # The next interval starts with the next request, and the request after it ends that interval
+    # (a daemon's sweep ticks every second; a test's clock only moves with its requests).
+    assert d.decide(eom("h1", count=2, server_port="2526", client_address="10.0.0.1"), NOW + 2000).action == "DUNNO"
+    assert d.decide(eom("h2", server_port="2526", client_address="10.0.0.1"), NOW + 2000 + 900).action == "DUNNO"
+    assert policyd_log.matching("summary: stream healthcare") == [
+        "INFO: summary: stream healthcare: 2 recipient(s) in 1 message(s) counted in the last 15 min,"
+        " 0 deferred, 0 held; hour 2/100, day 2/unlimited, warmup day -"
+    ]
+
+
+def test_the_held_message_is_named_by_queue_id_at_info_its_counted_neighbours_at_debug(decider, policyd_log):
+    d = decider()
+    for request in postfix_message("h", "QHELD1", ["a@example.com", "bob@yahoo.com"]):
+        d.decide(dict(request), NOW)
+    assert d.decide(eom("c"), NOW + 1).action == "DUNNO"
+    assert policyd_log.matching("INFO: QHELD1: pass: stream trucking: held for the yahoo family at RCPT, not counted")
+    assert policyd_log.matching("DEBUG: QC: pass: stream trucking: 1 recipient(s) counted")

@@ -12,10 +12,10 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from sendguard_policyd.client import postfix_message
 from sendguard_policyd.decide import Decider
 from sendguard_policyd.family_mx import MxFamily
-from sendguard_policyd.sqlite_store import SQLiteCounterStore
+from sendguard_policyd.store.sqlite import SQLiteCounterStore
+from sendguard_testing.policy_client import postfix_message
 
 ZONE = {
     "hosted.example": "10 mta6.am0.yahoodns.net.",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ports import free_port
-from sendguard_policyd.client import PolicyClient, postfix_message
+from sendguard_testing.policy_client import PolicyClient, postfix_message
 
 CAP = 40
 

@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sendguard_policyd.client import postfix_request
 from sendguard_policyd.protocol import (
     MAX_ATTRIBUTES,
     MAX_LINE_BYTES,
@@ -15,6 +14,7 @@ from sendguard_policyd.protocol import (
     format_request,
     parse_request,
 )
+from sendguard_testing.policy_client import postfix_request
 
 
 def block(attrs) -> bytes:

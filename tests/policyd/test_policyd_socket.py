@@ -10,8 +10,8 @@ import pytest
 
 from sendguard.config_reader import ConfigError
 from sendguard_policyd import service, status
-from sendguard_policyd.client import PolicyClient, postfix_message, postfix_request
 from sendguard_policyd.protocol import MAX_LINE_BYTES, format_request
+from sendguard_testing.policy_client import PolicyClient, postfix_message, postfix_request
 
 
 def trucking(cap: int = 3) -> dict:
@@ -291,3 +291,15 @@ def test_without_reuse_port_a_taken_port_stops_start_up(daemon, make_config):
     taken = make_config({"trucking": trucking()}, listen=f"127.0.0.1:{first.port}", reuse_port=True)
     with pytest.raises(ConfigError, match="policyd.listen: cannot listen on"):
         service.start(taken.config, taken.policyd)
+
+
+def test_the_event_loop_logs_the_summary_without_waiting_for_a_request(daemon, policyd_log):
+    config, handle = daemon()
+    handle.decider.summary.interval = 0.5  # the sweep runs about once a second
+    with PolicyClient((handle.host, handle.port)) as client:
+        assert send_message(client, "s1", ["carrier@example.com"])[-1] == "DUNNO"
+    deadline = time.monotonic() + 10
+    while not policyd_log.matching("summary:") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert policyd_log.matching("summary: stream trucking: 1 recipient(s) in 1 message(s) counted")
+    assert "hour 1/3, day 1/4000" in policyd_log.matching("summary:")[0]

@@ -6,7 +6,7 @@ import datetime as dt
 import time
 
 from sendguard_policyd import status
-from sendguard_policyd.sqlite_store import SQLiteCounterStore
+from sendguard_policyd.store.sqlite import SQLiteCounterStore
 
 
 def streams(tmp_path):
@@ -50,6 +50,18 @@ def test_status_reads_counts_written_by_another_store(make_config, tmp_path):
     trucking = text.split("stream trucking:")[1].split("stream healthcare:")[0]
     assert "rolling hour    2 of 150" in trucking
     assert "rolling day     6 of 4000" in trucking
-    assert "held backlog    0 message(s)" in trucking
     assert "family holds    1 message(s) in the last 24 h" in trucking
     assert "rolling hour    1 of 600" in text.split("stream healthcare:")[1]
+
+
+def test_status_of_a_store_with_another_schema_names_the_versions(make_config, tmp_path):
+    import sqlite3
+
+    config = make_config(streams(tmp_path))
+    SQLiteCounterStore(config.policyd.database).close()
+    conn = sqlite3.connect(config.policyd.database, isolation_level=None)
+    conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    conn.close()
+    text = status.render(config.config, config.policyd)
+    assert f"cannot read the store: counter store {config.policyd.database}: schema version 4 found, version 3 expected" in text
+    assert "cap in force    150/rolling hour, 4000/rolling 24 h" in text  # the caps are still shown

@@ -12,7 +12,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sendguard_policyd.counter_store import (
+from sendguard_policyd.store import (
     ALREADY_COUNTED,
     ALREADY_HELD,
     COUNTED,
@@ -20,7 +20,7 @@ from sendguard_policyd.counter_store import (
     OVER_HOURLY,
     TOO_LARGE,
 )
-from sendguard_policyd.sqlite_store import SQLiteCounterStore
+from sendguard_policyd.store.sqlite import SQLiteCounterStore
 
 T0 = dt.datetime(2026, 3, 2, 10, 0, 0, tzinfo=dt.timezone.utc).timestamp()
 
@@ -193,9 +193,9 @@ def test_expired_rows_are_pruned_but_windows_stay_right(tmp_path: Path):
 def test_the_background_thread_prunes_by_the_newest_time_written(tmp_path: Path, monkeypatch):
     # Pruning runs beside the requests, not inside one: a write three days later is enough for
     # the background thread to remove what expired, and the windows stay right meanwhile.
-    from sendguard_policyd import sqlite_store
+    from sendguard_policyd.store import sqlite_maintenance
 
-    monkeypatch.setattr(sqlite_store, "CHECKPOINT_INTERVAL", 0.05)
+    monkeypatch.setattr(sqlite_maintenance, "CHECKPOINT_INTERVAL", 0.05)
     store = store_in(tmp_path)
     try:
         for i in range(50):
@@ -220,11 +220,10 @@ def test_a_writer_stuck_in_another_process_times_out_instead_of_hanging(tmp_path
 
     import pytest
 
-    from sendguard_policyd import sqlite_store
-    from sendguard_policyd.sqlite_store import StoreError
+    from sendguard_policyd.store import StoreError, sqlite_lock
 
     store = store_in(tmp_path)
-    monkeypatch.setattr(sqlite_store, "LOCK_TIMEOUT", 0.2)
+    monkeypatch.setattr(sqlite_lock, "LOCK_TIMEOUT", 0.2)
     other = os.open(store.path + ".lock", os.O_RDWR)  # another open file: conflicts like another process
     fcntl.flock(other, fcntl.LOCK_EX)
     try:
@@ -241,22 +240,11 @@ def test_the_wal_stays_bounded_under_a_steady_stream_of_counted_messages(tmp_pat
     # A checkpoint beside busy writers never copies the last frames, so SQLite would never start
     # the WAL over: about 3 KB per counted message, without end. The store catches up with the
     # writers held off once the WAL is long, and the next write starts it over.
-    from sendguard_policyd import sqlite_store
-    from sendguard_policyd.wal_headroom import WalHeadroom
+    from sendguard_policyd.store import sqlite_maintenance
 
-    monkeypatch.setattr(sqlite_store, "CHECKPOINT_INTERVAL", 0.05)
-    # The frames the WAL holds at each round, as the checkpoint reports them (the file itself is
-    # also allocated ahead of them, up to the size limit: its size says less).
-    frames_seen: list[int] = []
-    real = WalHeadroom.after_checkpoint
-
-    def recorded(self: WalHeadroom, frames: int) -> int:
-        frames_seen.append(frames)
-        return real(self, frames)
-
-    monkeypatch.setattr(WalHeadroom, "after_checkpoint", recorded)
+    monkeypatch.setattr(sqlite_maintenance, "CHECKPOINT_INTERVAL", 0.05)
     store = SQLiteCounterStore(str(tmp_path / "p.sqlite"))
-    store.wal_restart_frames = 2000  # about 2 MB
+    store.maintenance.wal_restart_frames = 2000  # about 2 MB
     wal = tmp_path / "p.sqlite-wal"
     try:
         biggest = 0
@@ -268,6 +256,46 @@ def test_the_wal_stays_bounded_under_a_steady_stream_of_counted_messages(tmp_pat
         assert store.windows("trucking", now + 20).hour == 20000
     finally:
         store.close()
-    longest = max(frames_seen) * 1048
-    assert longest < 16 * 1024 * 1024, f"WAL grew to {longest / 1e6:.0f} MB of frames"
-    assert biggest <= sqlite_store.WAL_SIZE_LIMIT
+    assert biggest < 16 * 1024 * 1024, f"WAL grew to {biggest / 1e6:.0f} MB"
+
+
+def test_a_file_of_another_schema_version_is_refused_naming_file_and_versions(tmp_path: Path):
+    import pytest
+
+    from sendguard_policyd.backend import open_reader
+    from sendguard_policyd.store import StoreError
+    from sendguard_policyd.store.sqlite_schema import SCHEMA_VERSION
+
+    path = tmp_path / "old.sqlite"
+    store = SQLiteCounterStore(str(path))
+    store.admit("s", "a", 1, at(10, 0), 3, None)
+    store.close()
+    # A file written by some other release: same tables, another version.
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    conn.close()
+    for opener in (lambda: SQLiteCounterStore(str(path)), lambda: open_reader(str(path))):
+        with pytest.raises(StoreError) as info:
+            opener()
+        message = str(info.value)
+        assert str(path) in message
+        assert "schema version 2 found" in message and f"version {SCHEMA_VERSION} expected" in message
+    # Nothing was changed: the file still says 2, and its count is still there.
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    assert conn.execute("SELECT SUM(recipients) FROM buckets").fetchone() == (1,)
+    conn.close()
+
+
+def test_a_sqlite_file_that_is_not_a_store_is_refused(tmp_path: Path):
+    import pytest
+
+    from sendguard_policyd.store import StoreError
+
+    path = tmp_path / "other.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (text TEXT)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match=r"other\.sqlite: schema version none found, version 3 expected"):
+        SQLiteCounterStore(str(path))

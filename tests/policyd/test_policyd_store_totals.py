@@ -2,9 +2,8 @@
 
 The daemon (and ``sendguard status``) counts a window as "newest bucket's total
 minus the total before the window's first bucket". These tests check that against
-``SUM(recipients)`` over the same buckets through clock skew between processes,
-pruning, and the upgrade of files written by earlier schemas (before running
-totals; with a second table of minute buckets for the day).
+``SUM(recipients)`` over the same buckets through clock skew between processes
+and pruning.
 """
 
 from __future__ import annotations
@@ -17,8 +16,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sendguard_policyd.counter_store import ALREADY_COUNTED, COUNTED, OVER_DAILY, OVER_HOURLY, WindowCounts
-from sendguard_policyd.sqlite_store import SCHEMA_VERSION, SQLiteCounterStore, read_windows
+from sendguard_policyd.store import COUNTED, OVER_DAILY, OVER_HOURLY
+from sendguard_policyd.store.sqlite import SQLiteCounterStore
+from sendguard_policyd.store.sqlite_reader import read_windows
 
 T0 = dt.datetime(2026, 3, 2, 10, 0, 0, tzinfo=dt.timezone.utc).timestamp()
 
@@ -74,165 +74,6 @@ def test_totals_stay_right_after_pruning(tmp_path: Path):
     assert (adm.hour_count, adm.day_count) == (7, 7)
     reader = sqlite3.connect(store.path)
     assert reader.execute("SELECT COUNT(*) FROM buckets").fetchone()[0] == 2
-    store.close()
-
-
-# The schema a release before running totals wrote (schema_version 1), verbatim in its effect.
-_SCHEMA_V1 = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE messages (
-    instance TEXT PRIMARY KEY, stream TEXT NOT NULL, state TEXT NOT NULL, recipients INTEGER NOT NULL,
-    at REAL NOT NULL, queue_id TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '',
-    hour_after INTEGER NOT NULL DEFAULT 0, day_after INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID;
-CREATE INDEX messages_held ON messages (stream) WHERE state = 'held';
-CREATE INDEX messages_family ON messages (at) WHERE state = 'family_hold';
-CREATE TABLE hour_buckets (stream TEXT NOT NULL, second INTEGER NOT NULL, recipients INTEGER NOT NULL,
-    PRIMARY KEY (stream, second)) WITHOUT ROWID;
-CREATE TABLE day_buckets (stream TEXT NOT NULL, minute INTEGER NOT NULL, recipients INTEGER NOT NULL,
-    PRIMARY KEY (stream, minute)) WITHOUT ROWID;
-CREATE TRIGGER count_message AFTER INSERT ON messages WHEN NEW.state = 'counted'
-BEGIN
-    INSERT INTO hour_buckets (stream, second, recipients) VALUES (NEW.stream, CAST(NEW.at AS INTEGER), NEW.recipients)
-        ON CONFLICT (stream, second) DO UPDATE SET recipients = recipients + excluded.recipients;
-    INSERT INTO day_buckets (stream, minute, recipients) VALUES (NEW.stream, CAST(NEW.at / 60 AS INTEGER), NEW.recipients)
-        ON CONFLICT (stream, minute) DO UPDATE SET recipients = recipients + excluded.recipients;
-END;
-INSERT INTO meta VALUES ('schema_version', '1');
-"""
-
-
-def test_a_file_from_before_running_totals_keeps_its_counts_and_caps(tmp_path: Path):
-    path = tmp_path / "v1.sqlite"
-    old = sqlite3.connect(path, isolation_level=None)
-    old.execute("PRAGMA journal_mode = WAL")
-    old.executescript(_SCHEMA_V1)
-    for i in range(8):  # 8 messages of 2 recipients in the last 40 minutes, one stream; 3 in another
-        old.execute(
-            "INSERT INTO messages (instance, stream, state, recipients, at) VALUES (?, 'trucking', 'counted', 2, ?)",
-            (f"old{i}", T0 - 2400 + i * 300),
-        )
-    old.execute("INSERT INTO messages (instance, stream, state, recipients, at) VALUES ('h', 'health', 'counted', 3, ?)",
-                (T0 - 100,))  # fmt: skip
-    old.close()
-
-    store = SQLiteCounterStore(str(path))
-    reader = sqlite3.connect(path)
-    assert reader.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
-    # The rolling hour holds 16 trucking recipients: a cap of 17 lets one more through, not two.
-    assert store.admit("trucking", "new1", 1, T0, 17, None).outcome == COUNTED
-    refused = store.admit("trucking", "new2", 1, T0 + 1, 17, None)
-    assert refused.outcome == OVER_HOURLY and refused.hour_count == 17
-    assert store.admit("health", "new3", 1, T0, None, None).hour_count == 4
-    assert read_windows(reader, "trucking", T0 + 1).hour == 17
-    store.close()
-    # Opening it again (already upgraded) changes nothing.
-    store = SQLiteCounterStore(str(path))
-    assert store.admit("trucking", "new4", 1, T0 + 2, 17, None).outcome == OVER_HOURLY
-    store.close()
-
-
-# The schema of the release before one-second buckets for the day (schema_version 2), verbatim in
-# its effect: seconds for the hour, minutes for the day, both with running totals, and its prune.
-_SCHEMA_V2 = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE messages (
-    instance TEXT PRIMARY KEY, stream TEXT NOT NULL, state TEXT NOT NULL, recipients INTEGER NOT NULL,
-    at REAL NOT NULL, queue_id TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '',
-    hour_after INTEGER NOT NULL DEFAULT 0, day_after INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID;
-CREATE INDEX messages_held ON messages (stream) WHERE state = 'held';
-CREATE INDEX messages_family ON messages (at) WHERE state = 'family_hold';
-CREATE TABLE hour_buckets (stream TEXT NOT NULL, second INTEGER NOT NULL, recipients INTEGER NOT NULL,
-    total INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (stream, second)) WITHOUT ROWID;
-CREATE TABLE day_buckets (stream TEXT NOT NULL, minute INTEGER NOT NULL, recipients INTEGER NOT NULL,
-    total INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (stream, minute)) WITHOUT ROWID;
-CREATE TRIGGER count_message AFTER INSERT ON messages WHEN NEW.state = 'counted'
-BEGIN
-    INSERT INTO hour_buckets (stream, second, recipients, total)
-        VALUES (NEW.stream,
-                MAX(CAST(NEW.at AS INTEGER), COALESCE((SELECT MAX(second) FROM hour_buckets WHERE stream = NEW.stream), 0)),
-                NEW.recipients,
-                NEW.recipients + COALESCE((SELECT total FROM hour_buckets WHERE stream = NEW.stream
-                                           ORDER BY second DESC LIMIT 1), 0))
-        ON CONFLICT (stream, second) DO UPDATE
-            SET recipients = recipients + excluded.recipients, total = total + excluded.recipients;
-    INSERT INTO day_buckets (stream, minute, recipients, total)
-        VALUES (NEW.stream,
-                MAX(CAST(NEW.at / 60 AS INTEGER), COALESCE((SELECT MAX(minute) FROM day_buckets WHERE stream = NEW.stream), 0)),
-                NEW.recipients,
-                NEW.recipients + COALESCE((SELECT total FROM day_buckets WHERE stream = NEW.stream
-                                           ORDER BY minute DESC LIMIT 1), 0))
-        ON CONFLICT (stream, minute) DO UPDATE
-            SET recipients = recipients + excluded.recipients, total = total + excluded.recipients;
-END;
-INSERT INTO meta VALUES ('schema_version', '2');
-"""
-
-
-def v2_windows(conn: sqlite3.Connection, stream: str, now: float) -> tuple[int, int]:
-    """The windows as a schema-2 release read them (a bucket counts while any instant of it is inside)."""
-    hour = conn.execute(
-        "SELECT COALESCE(SUM(recipients), 0) FROM hour_buckets WHERE stream = ? AND second + 1 > ?", (stream, now - 3600)
-    ).fetchone()[0]
-    day = conn.execute(
-        "SELECT COALESCE(SUM(recipients), 0) FROM day_buckets WHERE stream = ? AND minute * 60 + 60 > ?",
-        (stream, now - 86400),
-    ).fetchone()[0]
-    return hour, day
-
-
-def test_a_file_with_minute_buckets_for_the_day_keeps_every_count(tmp_path: Path):
-    path = tmp_path / "v2.sqlite"
-    old = sqlite3.connect(path, isolation_level=None)
-    old.execute("PRAGMA journal_mode = WAL")
-    old.executescript(_SCHEMA_V2)
-    now = T0 + 17.25  # the schema-2 prune below cuts its second buckets in the middle of a minute
-    sends = [("trucking", now - 86400 + 30 + 397 * i, 1 + i % 3) for i in range(218)]  # the day, every ~7 min
-    sends += [("trucking", now - 3661 - 40 + 7 * i, 2) for i in range(20)]  # around the hour buckets' prune edge
-    sends += [("trucking", now - 3500 + 61 * i, 1 + i % 2) for i in range(57)]  # the hour
-    sends += [("health", now - 50000, 4), ("health", now - 600, 1)]
-    sends.sort(key=lambda s: s[1])
-    for i, (stream, t, n) in enumerate(sends):
-        old.execute(
-            "INSERT INTO messages (instance, stream, state, recipients, at) VALUES (?, ?, 'counted', ?, ?)",
-            (f"old{i}", stream, n, t),
-        )
-    # The schema-2 daemon's prune at `now`: second buckets kept a minute past the hour, minutes past the day.
-    old.execute("DELETE FROM hour_buckets WHERE second <= ?", (now - 3600 - 1 - 60,))
-    old.execute("DELETE FROM day_buckets WHERE minute <= ?", ((now - 86400) / 60.0 - 1 - 60,))
-    pruned_minute = int((now - 3661) // 60)
-    kept = old.execute(
-        "SELECT COUNT(*), SUM(recipients) FROM hour_buckets WHERE second BETWEEN ? AND ?",
-        (pruned_minute * 60, pruned_minute * 60 + 59),
-    ).fetchone()
-    in_minute = old.execute("SELECT recipients FROM day_buckets WHERE minute = ?", (pruned_minute,)).fetchone()[0]
-    assert kept[0] > 0 and in_minute > kept[1]  # the edge minute has lost some of its seconds, and kept some
-    instants = [now, now + 1, now + 120, now + 1800, now + 3000, now + 3700, now + 7200, now + 40000]
-    before = {(s, t): v2_windows(old, s, t) for s in ("trucking", "health") for t in instants}
-    assert before[("trucking", now)][0] > 0 and before[("trucking", now)][1] > before[("trucking", now)][0]
-    # `sendguard status` on the file before any upgraded daemon opened it reads the old tables.
-    status = read_windows(old, "trucking", now)
-    assert (status.hour, status.day) == before[("trucking", now)]
-    old.close()
-
-    store = SQLiteCounterStore(str(path))
-    reader = sqlite3.connect(path)
-    assert reader.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
-    after = {(s, t): plain_sum(reader, s, t) for s in ("trucking", "health") for t in instants}
-    assert after == before  # both windows, at the upgrade and as they slide for hours after it
-    for (stream, t), counts in before.items():
-        status = read_windows(reader, stream, t)
-        assert (status.hour, status.day) == counts
-    # The caps hold across the upgrade: exactly the room left, and not one recipient more.
-    hour, day = before[("trucking", now)]
-    assert store.admit("trucking", "new1", 2, now, hour + 2, day + 10).outcome == COUNTED
-    refused = store.admit("trucking", "new2", 1, now + 1, hour + 2, day + 10)
-    assert refused.outcome == OVER_HOURLY and (refused.hour_count, refused.day_count) == (hour + 2, day + 2)
-    assert store.admit("trucking", "old3", 1, now + 2, None, None).outcome == ALREADY_COUNTED  # records kept
-    store.close()
-    store = SQLiteCounterStore(str(path))  # opening it again (already upgraded) changes nothing
-    assert store.windows("trucking", now + 1) == WindowCounts(hour + 2, day + 2)
     store.close()
 
 

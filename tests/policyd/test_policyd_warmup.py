@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from sendguard.streams import MatchRule, Stream
-from sendguard_policyd.warmup import DAY, RESTAT_INTERVAL, StampFile, Warmup, warmup_day
+from sendguard_policyd.store import DAY
+from sendguard_policyd.warmup import RESTAT_INTERVAL, StampFile, Warmup, warmup_day
 
 START = dt.datetime(2026, 3, 2, 9, 30, tzinfo=dt.timezone.utc).timestamp()  # a Monday
 

@@ -1,16 +1,20 @@
-"""What a counter store must do, whatever keeps the counts (SQLite now; Redis fits the same shape).
+"""The counter store: what the decision and ``sendguard status`` need of it, whatever keeps the counts.
 
 The store owns the rolling windows and the per-message record. Its one write
 that matters, :meth:`CounterStore.admit`, is a single atomic step: look the
 message up by its ``instance`` (a retry of an already answered request must
-not count twice), sum the stream's last 60 minutes and last 24 hours, and add
+not count twice), read the stream's last 60 minutes and last 24 hours, and add
 the message only if both stay within their caps. Two daemons sharing a store
 can therefore never push a window over its cap together.
 
-Message records carry a ``state`` so that the next issue's hold-and-release
-fits without a new table: ``counted`` and ``family_hold`` exist today; an
-over-cap ``held`` message (queue id recorded) would be released later by a
-``claim`` that is another :meth:`admit` of the same instance.
+This module is the interface only: ``decide.py`` and ``status.py`` import
+nothing else of the store. The SQLite implementation lives beside it
+(``sqlite.py`` and its ``sqlite_*.py`` parts); ``policyd/backend.py`` is the
+one place that picks it, for the daemon and for ``sendguard status``.
+
+Message records carry a ``state``: ``counted`` and ``family_hold`` are the
+states there are. Over-cap holds (and their backlog) arrive with
+hold-and-release, as another state and another outcome here.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-#: Seconds in the rolling windows.
+#: Seconds in the rolling windows (and the one "day" of the policy daemon: warmup days, status).
 HOUR = 3600
 DAY = 86400
 
@@ -33,7 +37,10 @@ TOO_LARGE = "too_large"  # more recipients than the cap itself: it can never fit
 # Message states.
 STATE_COUNTED = "counted"
 STATE_FAMILY_HOLD = "family_hold"
-STATE_HELD = "held"  # reserved for over-cap holds (next issue)
+
+
+class StoreError(Exception):
+    """The store cannot be opened, read or written (disk full, locked too long, corrupt or foreign file)."""
 
 
 @dataclass(frozen=True)
@@ -61,8 +68,24 @@ class WindowCounts:
     day: int
 
 
-class CounterStore(Protocol):
-    """The store interface the decision code uses."""
+class StoreReader(Protocol):
+    """What ``sendguard status`` and the metrics scrape read; safe from any thread."""
+
+    def windows(self, stream: str, now: float) -> WindowCounts:
+        """The stream's rolling-hour and rolling-day counts at ``now``."""
+        ...
+
+    def family_holds(self, since: float) -> dict[str, int]:
+        """Messages held for the family since ``since``, per stream (``none``: mail in no stream)."""
+        ...
+
+    def close(self) -> None:
+        """Release the reader's resources."""
+        ...
+
+
+class CounterStore(StoreReader, Protocol):
+    """The store interface the decision code uses (the event loop's thread writes)."""
 
     def admit(
         self,
@@ -84,17 +107,5 @@ class CounterStore(Protocol):
         ...
 
     def message_state(self, instance: str) -> str | None:
-        """The recorded state of a message (``counted``, ``family_hold`` ...), or None."""
-        ...
-
-    def windows(self, stream: str, now: float) -> WindowCounts:
-        """The stream's rolling-hour and rolling-day counts at ``now``."""
-        ...
-
-    def held_backlog(self) -> dict[str, int]:
-        """Over-cap messages held and not yet released, per stream."""
-        ...
-
-    def close(self) -> None:
-        """Release the store's resources."""
+        """The recorded state of a message (``counted``, ``family_hold``), or None."""
         ...

@@ -1,0 +1,217 @@
+"""The SQLite counter store (WAL): rolling windows that survive restarts and are shared by processes.
+
+This file is where the store is written: the check-and-add and the family
+mark. The file's tables are in ``sqlite_schema.py``, how a window is read in
+``sqlite_reader.py``, the "when does room free" search in ``sqlite_room.py``,
+the writers' lock in ``sqlite_lock.py`` and the background thread
+(checkpoints, pruning) in ``sqlite_maintenance.py``.
+
+The check-and-add is one SQLite write transaction (``BEGIN IMMEDIATE``): one
+statement reads the message's state and both windows, the caps are compared
+here, and the row goes in before the transaction commits, so no other writer
+can count in between; the writers' lock serialises the processes around it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+
+from sendguard_policyd.store import (
+    ALREADY_COUNTED,
+    ALREADY_HELD,
+    COUNTED,
+    DAY,
+    HOUR,
+    OVER_DAILY,
+    OVER_HOURLY,
+    STATE_COUNTED,
+    TOO_LARGE,
+    Admission,
+    StoreError,
+    WindowCounts,
+)
+from sendguard_policyd.store.sqlite_lock import WritersLock
+from sendguard_policyd.store.sqlite_maintenance import Maintenance
+from sendguard_policyd.store.sqlite_reader import WINDOWS, counts, day_floor, hour_floor, read_family_holds, read_windows
+from sendguard_policyd.store.sqlite_room import room_at
+from sendguard_policyd.store.sqlite_schema import connect
+
+# Everything a check-and-add needs in one round trip (each statement run from Python costs
+# microseconds of its own): the message's state (a retry?) and the window counts' parts
+# (as in WINDOWS). Positional parameters (they bind faster than named ones): 1 stream,
+# 2 hour floor, 3 day floor, 4 instance.
+_ADMIT_READ = "SELECT (SELECT state FROM messages WHERE instance = ?4)," + WINDOWS.removeprefix("SELECT")
+
+_ADMIT_INSERT = """INSERT INTO messages (instance, stream, state, recipients, at, queue_id, hour_after, day_after)
+VALUES (?, ?, 'counted', ?, ?, ?, ?, ?)"""
+
+_FAMILY_INSERT = """INSERT OR IGNORE INTO messages (instance, stream, state, recipients, at, queue_id, reason)
+VALUES (?, ?, 'family_hold', 0, ?, ?, ?)"""
+
+
+def _fits(hour: int, day: int, recipients: int, hourly_cap: int | None, daily_cap: int | None) -> bool:
+    return (hourly_cap is None or hour + recipients <= hourly_cap) and (
+        daily_cap is None or day + recipients <= daily_cap
+    )
+
+
+class SQLiteCounterStore:
+    """The :class:`~sendguard_policyd.store.CounterStore` on one SQLite file.
+
+    One thread writes (the daemon's event loop); other threads (metrics scrapes, the
+    background thread) read on connections of their own.
+    """
+
+    def __init__(self, path: str, synchronous: str = "normal") -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self._conn = connect(path, synchronous)
+        # Checkpoints (copying the WAL back into the file, with an fsync) take milliseconds; done
+        # by SQLite on commit they would stall whichever request happens to trigger one. The
+        # background thread does them instead, off the event loop.
+        self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+        # One cursor for the write path: a new one per statement (``conn.execute``) costs an object,
+        # its registration with the connection and, in time, the garbage collector's attention.
+        self._cur = self._conn.cursor()
+        self._writers = WritersLock(path)
+        self.maintenance = Maintenance(path, synchronous, self._writers)
+        self._seq = 0
+        self._readers = threading.local()
+        # Streams whose last check was over a cap: their next check reads before it tries to write.
+        self._over_cap: set[str] = set()
+        self.maintenance.start()
+
+    # -- the atomic write path ------------------------------------------------------------------
+
+    def admit(
+        self,
+        stream: str,
+        instance: str,
+        recipients: int,
+        now: float,
+        hourly_cap: int | None,
+        daily_cap: int | None,
+        queue_id: str = "",
+    ) -> Admission:
+        """Check both windows and count the message if it fits, as one transaction."""
+        if not instance:
+            # Without an instance there is nothing to deduplicate on; the row is still needed for the count.
+            self._seq += 1
+            instance = f"no-instance:{os.getpid()}:{now}:{self._seq}"
+        self.maintenance.saw(now)
+        with self._writers:
+            cur = self._cur
+            read = (stream, hour_floor(now), day_floor(now), instance)
+            if stream in self._over_cap:
+                # The stream was over a cap a moment ago (a campaign push): read first, so that a
+                # refusal, the likely answer, never opens a write transaction.
+                state, total, before_hour, before_day = cur.execute(_ADMIT_READ, read).fetchone()
+                hour, day = counts(total, before_hour, before_day)
+                if state is not None or not _fits(hour, day, recipients, hourly_cap, daily_cap):
+                    return self._refused(cur, stream, now, recipients, hourly_cap, daily_cap, state, total, hour, day)
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                # Read and write in one transaction: nothing can be counted between the check and the add.
+                state, total, before_hour, before_day = cur.execute(_ADMIT_READ, read).fetchone()
+                hour, day = counts(total, before_hour, before_day)
+                counted = state is None and _fits(hour, day, recipients, hourly_cap, daily_cap)
+                if counted:
+                    hour += recipients
+                    day += recipients
+                    cur.execute(_ADMIT_INSERT, (instance, stream, recipients, now, queue_id, hour, day))
+                cur.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    cur.execute("ROLLBACK")
+                raise
+            if counted:
+                self._over_cap.discard(stream)
+                return Admission(COUNTED, hour, day)
+            # Still under the lock: the room search reads the windows this check saw.
+            return self._refused(cur, stream, now, recipients, hourly_cap, daily_cap, state, total, hour, day)
+
+    def _refused(
+        self,
+        cur: sqlite3.Cursor,
+        stream: str,
+        now: float,
+        recipients: int,
+        hourly_cap: int | None,
+        daily_cap: int | None,
+        state: str | None,
+        total: int | None,
+        hour: int,
+        day: int,
+    ) -> Admission:
+        """The answer for a message that was not counted: a retry, or over a cap (and when room frees)."""
+        if state is not None:
+            outcome = ALREADY_COUNTED if state == STATE_COUNTED else ALREADY_HELD
+            return Admission(outcome, hour, day)
+        # A cap of 0 (a paused ramp step) is "over cap", not "too large": it will open again.
+        if hourly_cap and recipients > hourly_cap or daily_cap and recipients > daily_cap:
+            return Admission(TOO_LARGE, hour, day)
+        self._over_cap.add(stream)
+        total = total or 0
+        if hourly_cap is not None and hour + recipients > hourly_cap:
+            room = room_at(cur, stream, hour_floor(now), total - hour, hour + recipients - hourly_cap, HOUR)
+            return Admission(OVER_HOURLY, hour, day, room)
+        assert daily_cap is not None  # not counted, not a retry, within the hourly cap: over the daily one
+        room = room_at(cur, stream, day_floor(now), total - day, day + recipients - daily_cap, DAY)
+        return Admission(OVER_DAILY, hour, day, room)
+
+    def mark_family_hold(self, instance: str, stream: str, now: float, queue_id: str, rule: str) -> bool:
+        """Record the family hold of a message; True when this is its first mark (retries and
+        further family recipients of the same message add nothing)."""
+        if not instance:
+            return True
+        self.maintenance.saw(now)
+        with self._writers:
+            return self._cur.execute(_FAMILY_INSERT, (instance, stream, now, queue_id, rule)).rowcount == 1
+
+    def message_state(self, instance: str) -> str | None:
+        """The recorded state of a message, read on the write connection (the event loop's thread)."""
+        if not instance:
+            return None
+        try:
+            row = self._cur.execute("SELECT state FROM messages WHERE instance = ?", (instance,)).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"counter store {self.path}: {exc}") from exc
+        return row[0] if row else None
+
+    # -- reads from any thread ------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        """The calling thread's own connection (scrapes and status run beside the event loop)."""
+        conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = connect(self.path, self.synchronous, create=False)
+            self._readers.conn = conn
+        return conn
+
+    def windows(self, stream: str, now: float) -> WindowCounts:
+        """The rolling counts of ``stream`` (on the calling thread's reader connection)."""
+        try:
+            return read_windows(self._reader(), stream, now)
+        except sqlite3.Error as exc:
+            raise StoreError(f"counter store {self.path}: {exc}") from exc
+
+    def family_holds(self, since: float) -> dict[str, int]:
+        """Messages held for the family since ``since``, per stream (on the calling thread's reader)."""
+        try:
+            return read_family_holds(self._reader(), since)
+        except sqlite3.Error as exc:
+            raise StoreError(f"counter store {self.path}: {exc}") from exc
+
+    def prune(self, now: float) -> int:
+        """Delete what has expired at ``now`` now (the background thread does it on its own); rows deleted."""
+        return self.maintenance.prune(now, self._reader())
+
+    def close(self) -> None:
+        """Stop the background thread, close the write connection and the lock file."""
+        self.maintenance.close()
+        try:
+            self._conn.close()
+        finally:
+            self._writers.close()

@@ -1,0 +1,89 @@
+"""Reading the SQLite store: a window's count from the running totals, and the family holds.
+
+A bucket is in a window while *any* instant of it is: each window at ``now``
+therefore holds every message of its last 60 minutes (24 hours) plus at most
+one second more. The windows can over-count by that sliver, never
+under-count: the cap is never exceeded, and room frees at most a second late.
+
+A window also counts buckets *after* ``now``. Two processes whose clocks or
+``now`` readings differ slightly then still see each other's messages, so the
+invariant holds at every instant, not just at each process's own ``now``.
+
+:class:`SQLiteReader` is the read-only :class:`~sendguard_policyd.store.StoreReader`
+of ``sendguard status``; the daemon's store reads the same way on per-thread
+connections.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from sendguard_policyd.store import DAY, HOUR, StoreError, WindowCounts
+from sendguard_policyd.store.sqlite_schema import connect
+
+# A window's count, on any connection: the stream's total (the newest bucket's) and the totals
+# before the first bucket of each window (NULL when the window holds no bucket).
+# Positional parameters: 1 stream, 2 hour floor, 3 day floor.
+WINDOWS = """SELECT
+    (SELECT total FROM buckets WHERE stream = ?1 ORDER BY second DESC LIMIT 1),
+    (SELECT total - recipients FROM buckets WHERE stream = ?1 AND second > ?2 ORDER BY second LIMIT 1),
+    (SELECT total - recipients FROM buckets WHERE stream = ?1 AND second > ?3 ORDER BY second LIMIT 1)
+"""
+
+_FAMILY_HOLDS = "SELECT stream, COUNT(*) FROM messages WHERE state = 'family_hold' AND at >= ? GROUP BY stream"
+
+
+def hour_floor(now: float) -> float:
+    """The second above which a bucket is in the rolling hour at ``now``."""
+    # Bucket s covers [s, s+1): it is in the window while s + 1 > now - HOUR.
+    return now - HOUR - 1
+
+
+def day_floor(now: float) -> float:
+    """The second above which a bucket is in the rolling day at ``now``."""
+    return now - DAY - 1
+
+
+def counts(total: int | None, before_hour: int | None, before_day: int | None) -> tuple[int, int]:
+    """The windows' counts from the stream's total and the totals before each window's first bucket."""
+    if total is None:
+        return 0, 0
+    # No bucket in a window: it is empty (buckets only grow at the end, so the newest is in it if any is).
+    return (0 if before_hour is None else total - before_hour), (0 if before_day is None else total - before_day)
+
+
+def read_windows(conn: sqlite3.Connection, stream: str, now: float) -> WindowCounts:
+    """The rolling counts of ``stream`` at ``now`` on any connection to the store."""
+    hour, day = counts(*conn.execute(WINDOWS, (stream, hour_floor(now), day_floor(now))).fetchone())
+    return WindowCounts(hour=hour, day=day)
+
+
+def read_family_holds(conn: sqlite3.Connection, since: float) -> dict[str, int]:
+    """Messages held for the family since ``since``, per stream."""
+    return {stream: int(n) for stream, n in conn.execute(_FAMILY_HOLDS, (since,))}
+
+
+class SQLiteReader:
+    """A read-only connection to a store file that exists (``sendguard status``)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._conn = connect(path, create=False)
+
+    def windows(self, stream: str, now: float) -> WindowCounts:
+        """The rolling counts of ``stream`` at ``now``."""
+        try:
+            return read_windows(self._conn, stream, now)
+        except sqlite3.Error as exc:
+            raise StoreError(f"counter store {self.path}: {exc}") from exc
+
+    def family_holds(self, since: float) -> dict[str, int]:
+        """Messages held for the family since ``since``, per stream."""
+        try:
+            return read_family_holds(self._conn, since)
+        except sqlite3.Error as exc:
+            raise StoreError(f"counter store {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
