@@ -29,11 +29,20 @@ def _load(path: str | None) -> Settings:
     return settings
 
 
-def _wait_for_signal() -> None:
-    """Block the main thread until SIGTERM or SIGINT."""
+def _stop_on_signal() -> threading.Event:
+    """An event that SIGTERM and SIGINT set, installed before a service starts.
+
+    A signal that arrives while the service is still starting then stops it
+    cleanly once it has started, instead of killing the process halfway.
+    """
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _wait_for_signal(stop: threading.Event) -> None:
+    """Block the main thread until ``stop`` is set."""
     while not stop.wait(3600):
         pass
 
@@ -44,11 +53,12 @@ def cmd_policyd(args: argparse.Namespace) -> int:
     from sendguard import metrics_http
     from sendguard_policyd import service
 
+    stop = _stop_on_signal()
     metrics_http.serve(settings.policyd.metrics_listen)
     handle = service.start(settings.config, settings.policyd)
     freeze_start_up_heap()
     try:
-        _wait_for_signal()
+        _wait_for_signal(stop)
     finally:
         handle.stop()
     return 0
