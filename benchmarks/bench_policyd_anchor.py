@@ -54,7 +54,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from ports import free_port
+from ports import free_port, wait_listening
+from sendguard_testing.command import sendguard_command
 from sendguard_testing.policy_client import PolicyClient, postfix_message
 
 CAP = 40
@@ -47,21 +45,7 @@ server_port = [25]
 
 
 def sendguard(*args: str) -> list[str]:
-    exe = os.path.join(os.path.dirname(sys.executable), "sendguard")
-    return [exe if os.path.exists(exe) else "sendguard", *args]
-
-
-def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"sendguard policyd exited: {proc.stderr.read().decode()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listening on {port}")
+    return [sendguard_command(), *args]
 
 
 @pytest.fixture
@@ -77,7 +61,7 @@ def two_daemons(tmp_path: Path):
         ports.append(port)
     try:
         for proc, port in zip(procs, ports):
-            wait_listening(port, proc)
+            wait_listening(port, proc, lambda proc=proc: proc.stderr.read().decode())
         yield ports, tmp_path / "a.toml"
     finally:
         for proc in procs:
@@ -98,7 +82,14 @@ def test_two_processes_on_one_sqlite_file_never_exceed_the_cap(two_daemons):
                 answers.append([client.ask(r) for r in requests][-1])
         results[worker] = answers
 
-    # Four smtpd-like clients, two on each daemon, 120 messages against a cap of 40, all at once.
+    # First one message through each daemon in turn: both count into the one shared budget.
+    # (Which daemon wins more of the burst below is up to the scheduler, so this is how
+    # both are known to take part.)
+    for n, port in enumerate(ports):
+        with PolicyClient(("127.0.0.1", port)) as client:
+            requests = postfix_message(f"first-{n}", f"QFIRST{n}", ["carrier@example.com"])
+            assert [client.ask(r) for r in requests][-1] == "DUNNO"
+    # Then four smtpd-like clients, two on each daemon, 120 messages for the 38 left, all at once.
     threads = [threading.Thread(target=sender, args=(w, ports[w % 2])) for w in range(4)]
     for t in threads:
         t.start()
@@ -106,10 +97,8 @@ def test_two_processes_on_one_sqlite_file_never_exceed_the_cap(two_daemons):
         t.join(60)
     answers = [a for per in results.values() for a in per]
     assert len(answers) == 120
-    assert answers.count("DUNNO") == CAP
+    assert answers.count("DUNNO") == CAP - 2
     assert all(a.startswith("DEFER_IF_PERMIT 4.7.1") for a in answers if a != "DUNNO")
-    # Both daemons let some through: the shared budget really was contended.
-    assert {w % 2 for w, per in results.items() if "DUNNO" in per} == {0, 1}
 
     status = subprocess.run(sendguard("status", "--config", str(config)), capture_output=True, text=True, timeout=30)
     assert status.returncode == 0, status.stderr
