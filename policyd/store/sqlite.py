@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from pathlib import Path
 
 from sendguard_policyd.store import (
     ALREADY_COUNTED,
@@ -67,7 +68,17 @@ class SQLiteCounterStore:
     def __init__(self, path: str, synchronous: str = "normal") -> None:
         self.path = path
         self.synchronous = synchronous
-        self._conn = connect(path, synchronous)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._writers = WritersLock(path)
+        # Daemons starting together on a new file would race to switch it to WAL and create the
+        # schema, and SQLite answers the loser "database is locked" at once, without waiting:
+        # the file is opened (and made) under the writers' lock.
+        try:
+            with self._writers:
+                self._conn = connect(path, synchronous)
+        except BaseException:
+            self._writers.close()
+            raise
         # Checkpoints (copying the WAL back into the file, with an fsync) take milliseconds; done
         # by SQLite on commit they would stall whichever request happens to trigger one. The
         # background thread does them instead, off the event loop.
@@ -75,7 +86,6 @@ class SQLiteCounterStore:
         # One cursor for the write path: a new one per statement (``conn.execute``) costs an object,
         # its registration with the connection and, in time, the garbage collector's attention.
         self._cur = self._conn.cursor()
-        self._writers = WritersLock(path)
         self.maintenance = Maintenance(path, synchronous, self._writers)
         self._seq = 0
         self._readers = threading.local()

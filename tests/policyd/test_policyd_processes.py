@@ -111,7 +111,7 @@ def test_sigterm_stops_the_daemon_cleanly(tmp_path: Path):
     stamp.write_text(f"{int(time.time())}")
     config, port = write_config(tmp_path, "solo", tmp_path / "db.sqlite", stamp)
     proc = subprocess.Popen(sendguard("policyd", "--config", str(config)), stderr=subprocess.PIPE)
-    wait_listening(port, proc)
+    wait_listening(port, proc, lambda: proc.stderr.read().decode())
     with PolicyClient(("127.0.0.1", port)) as client:
         assert [client.ask(r) for r in postfix_message("x", "QX", ["a@example.com"])] == ["DUNNO", "DUNNO"]
     proc.send_signal(signal.SIGTERM)
@@ -144,7 +144,7 @@ def test_out_of_file_descriptors_is_one_log_line_and_the_waiting_connections_are
         )
     clients: list[PolicyClient] = []
     try:
-        wait_listening(port, proc)
+        wait_listening(port, proc, lambda: proc.stderr.read().decode())
         for _ in range(80):  # more than the daemon can hold
             clients.append(PolicyClient(("127.0.0.1", port), timeout=30))
         time.sleep(3)  # three sweeps: the paused listener is retried each second

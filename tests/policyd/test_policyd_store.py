@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import random
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -299,3 +301,26 @@ def test_a_sqlite_file_that_is_not_a_store_is_refused(tmp_path: Path):
     conn.close()
     with pytest.raises(StoreError, match=r"other\.sqlite: schema version none found, version 3 expected"):
         SQLiteCounterStore(str(path))
+
+
+def test_daemons_starting_together_on_a_new_file_all_open_it(tmp_path):
+    # Several daemons started at once by one unit file (or reuse_port) on a store that does not
+    # exist yet: each must open it, none may stop with "database is locked".
+    path = tmp_path / "new" / "policyd.sqlite"
+    start = time.time() + 1.0
+    code = (
+        "import sys, time\n"
+        "from sendguard_policyd.store.sqlite import SQLiteCounterStore\n"
+        f"while time.time() < {start}: pass\n"
+        f"SQLiteCounterStore({str(path)!r}).close()\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, cwd=tmp_path) for _ in range(6)
+    ]
+    errors = [p.stderr.read().decode() for p in procs if p.wait(timeout=60) != 0]
+    assert errors == []
+    store = SQLiteCounterStore(str(path))
+    try:
+        assert store.admit("t", "one", 1, time.time(), 10, 100).outcome == "counted"
+    finally:
+        store.close()
