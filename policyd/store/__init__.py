@@ -12,9 +12,19 @@ nothing else of the store. The SQLite implementation lives beside it
 (``sqlite.py`` and its ``sqlite_*.py`` parts); ``policyd/backend.py`` is the
 one place that picks it, for the daemon and for ``sendguard status``.
 
-Message records carry a ``state``: ``counted`` and ``family_hold`` are the
-states there are. Over-cap holds (and their backlog) arrive with
-hold-and-release, as another state and another outcome here.
+Message records carry a ``state``. ``counted`` and ``family_hold`` are final.
+An over-cap message of a stream with ``over_cap = "hold"`` is recorded
+``held`` (not counted) and Postfix keeps it in its hold queue; the releaser
+then, per stream in arrival order, *claims* it (``held`` → ``releasing``, its
+recipients counted in the same atomic step as any admission) before it runs
+``postsuper -H``, and *finishes* it (``released``) once Postfix has let it go.
+A crash between the two leaves it ``releasing``: counted, still held, and the
+next pass releases it without counting it again. A held message that left the
+hold queue by other hands (deleted, released by an operator) is finished
+``gone`` and never counted.
+
+The windows are an hour and a day; :class:`Windows` can shorten them for the
+container suite only (``[policyd] test_window_seconds``).
 """
 
 from __future__ import annotations
@@ -37,6 +47,26 @@ TOO_LARGE = "too_large"  # more recipients than the cap itself: it can never fit
 # Message states.
 STATE_COUNTED = "counted"
 STATE_FAMILY_HOLD = "family_hold"
+STATE_HELD = "held"  # over its stream's cap, in Postfix's hold queue, not counted
+STATE_RELEASING = "releasing"  # counted by a release claim; Postfix has not confirmed the release yet
+STATE_RELEASED = "released"  # counted and let go by ``postsuper -H``
+STATE_GONE = "gone"  # left the hold queue by other hands: never counted
+
+# Outcomes of claim_release() besides COUNTED, ALREADY_COUNTED, OVER_*, TOO_LARGE.
+NOT_HELD = "not_held"  # no held or releasing record under that queue id (finished, or never ours)
+
+
+@dataclass(frozen=True)
+class Windows:
+    """The rolling windows' lengths in seconds: an hour and a day, except in the container suite."""
+
+    hour: int = HOUR
+    day: int = DAY
+
+    @classmethod
+    def scaled(cls, hour: int) -> Windows:
+        """Windows of ``hour`` seconds and 24 times that (``test_window_seconds``)."""
+        return cls(hour=hour, day=24 * hour)
 
 
 class StoreError(Exception):
@@ -68,6 +98,30 @@ class WindowCounts:
     day: int
 
 
+@dataclass(frozen=True)
+class HeldMessage:
+    """One over-cap message waiting in Postfix's hold queue for its stream's room."""
+
+    queue_id: str
+    instance: str
+    stream: str
+    recipients: int
+    #: When it was held (epoch seconds): release order within a stream.
+    at: float
+    #: STATE_HELD, or STATE_RELEASING after a claim that Postfix has not confirmed.
+    state: str
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """A stream's held backlog at one instant."""
+
+    messages: int
+    recipients: int
+    #: When the oldest waiting message was held (None: nothing waits).
+    oldest_at: float | None
+
+
 class StoreReader(Protocol):
     """What ``sendguard status`` and the metrics scrape read; safe from any thread."""
 
@@ -77,6 +131,10 @@ class StoreReader(Protocol):
 
     def family_holds(self, since: float) -> dict[str, int]:
         """Messages held for the family since ``since``, per stream (``none``: mail in no stream)."""
+        ...
+
+    def held_backlog(self) -> dict[str, Backlog]:
+        """Over-cap messages waiting for release (``held`` or ``releasing``), per stream that has any."""
         ...
 
     def close(self) -> None:
@@ -107,5 +165,33 @@ class CounterStore(StoreReader, Protocol):
         ...
 
     def message_state(self, instance: str) -> str | None:
-        """The recorded state of a message (``counted``, ``family_hold``), or None."""
+        """The recorded state of a message (``counted``, ``family_hold``, ``held`` ...), or None."""
+        ...
+
+    def record_hold(self, instance: str, stream: str, recipients: int, now: float, queue_id: str) -> bool:
+        """Record an over-cap message held at END-OF-MESSAGE (nothing counted).
+
+        Idempotent per ``instance``: True when this is its first record, False when the
+        message was recorded before (in any state; that record stays as it is)."""
+        ...
+
+    def held_messages(self, stream: str) -> list[HeldMessage]:
+        """The stream's messages waiting for release, oldest first (``releasing`` ones included)."""
+        ...
+
+    def claim_release(
+        self, queue_id: str, now: float, hourly_cap: int | None, daily_cap: int | None
+    ) -> Admission:
+        """Count a held message if it fits now, before Postfix releases it: one atomic step.
+
+        ``held`` and fits: it becomes ``releasing`` and its recipients are in both windows
+        (COUNTED). Already ``releasing``: ALREADY_COUNTED, nothing counted again. Does not fit:
+        OVER_HOURLY / OVER_DAILY (with ``room_at``) or TOO_LARGE, nothing changes. No held or
+        releasing record under ``queue_id``: NOT_HELD."""
+        ...
+
+    def finish_release(self, queue_id: str, state: str, now: float) -> None:
+        """Close a held message's record: STATE_RELEASED (it left the hold queue through us) or
+        STATE_GONE (it left by other hands; if it was ``releasing`` its count stays, as it may
+        have been sent)."""
         ...
