@@ -38,9 +38,7 @@ BUSY_TIMEOUT_MS = 10000
 # the windows a little later than it could: over-counting, never under. The newest bucket's
 # total is then always the stream's total, and a new bucket's is that plus its recipients:
 # between neighbouring buckets the totals differ by exactly the later one's recipients.
-_TRIGGER = """
-CREATE TRIGGER IF NOT EXISTS count_message AFTER INSERT ON messages WHEN NEW.state = 'counted'
-BEGIN
+_COUNT_IN_BUCKET = """
     INSERT INTO buckets (stream, second, recipients, total)
         VALUES (NEW.stream,
                 MAX(CAST(NEW.at AS INTEGER),
@@ -50,25 +48,18 @@ BEGIN
                                            ORDER BY second DESC LIMIT 1), 0))
         ON CONFLICT (stream, second) DO UPDATE
             SET recipients = recipients + excluded.recipients, total = total + excluded.recipients;
-END
+"""
+_TRIGGER = f"""
+CREATE TRIGGER IF NOT EXISTS count_message AFTER INSERT ON messages WHEN NEW.state = 'counted'
+BEGIN{_COUNT_IN_BUCKET}END
 """
 
 # A release claim counts a held message the same way: its bucket follows the state change from
 # 'held' to 'releasing' in the same statement (the claim sets ``at`` to the moment it counts).
-_RELEASE_TRIGGER = """
+_RELEASE_TRIGGER = f"""
 CREATE TRIGGER IF NOT EXISTS count_release AFTER UPDATE OF state ON messages
 WHEN OLD.state = 'held' AND NEW.state = 'releasing'
-BEGIN
-    INSERT INTO buckets (stream, second, recipients, total)
-        VALUES (NEW.stream,
-                MAX(CAST(NEW.at AS INTEGER),
-                    COALESCE((SELECT MAX(second) FROM buckets WHERE stream = NEW.stream), 0)),
-                NEW.recipients,
-                NEW.recipients + COALESCE((SELECT total FROM buckets WHERE stream = NEW.stream
-                                           ORDER BY second DESC LIMIT 1), 0))
-        ON CONFLICT (stream, second) DO UPDATE
-            SET recipients = recipients + excluded.recipients, total = total + excluded.recipients;
-END
+BEGIN{_COUNT_IN_BUCKET}END
 """
 
 #: What over-cap holds need: run on every file this release opens to write (``IF NOT EXISTS``),
