@@ -196,3 +196,34 @@ def test_postfix_time_values_and_queue_lines():
     assert parse_json_line("   ") is None
     with pytest.raises(PostfixError, match="not a queue entry"):
         parse_json_line("postqueue: fatal: Queue report unavailable")
+
+
+def test_the_release_loop_runs_until_sigterm(postfix, tmp_path):
+    import signal
+    import time
+
+    from ports import free_port
+
+    db = tmp_path / "state" / "policyd.sqlite"
+    config_file = tmp_path / "sendguard.toml"
+    config_file.write_text(
+        f'[general]\nstate_dir = "{tmp_path}/state"\n[policyd]\ndatabase = "{db}"\n'
+        f'[release]\ninterval = 0.2\nmetrics_listen = "127.0.0.1:{free_port()}"\n'
+        '[streams.trucking]\nhourly_ceiling = 5\n[streams.trucking.match]\nserver_port = [25]\n'
+    )
+    store = SQLiteCounterStore(str(db))
+    hold(store, postfix, "LOOP1", time.time())
+    store.close()
+    proc = subprocess.Popen([sendguard_command(), "release", "--config", str(config_file)], env=postfix.env(),
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while postfix.released() != ["LOOP1"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert postfix.released() == ["LOOP1"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=20)
+    log = proc.stderr.read()
+    assert rc == 0, log
+    assert "LOOP1: release: stream trucking: 1 recipient(s)" in log and "releaser stopped" in log
