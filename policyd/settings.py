@@ -8,12 +8,13 @@ Every key has a default that works next to a stock Postfix on the same host
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sendguard.addresses import check_hostport
 from sendguard.config import ConfigDocument
 from sendguard.config_reader import check_one_of
 from sendguard_policyd.family_mx import parse_nameserver
+from sendguard_policyd.redis_settings import check_redis_url, check_redis_timeout, read_password_file
 
 #: Every protocol_state Postfix sends (SMTPD_POLICY_README).
 PROTOCOL_STATES = ("CONNECT", "EHLO", "HELO", "MAIL", "RCPT", "DATA", "END-OF-MESSAGE", "VRFY", "ETRN")
@@ -52,6 +53,13 @@ class PolicydSettings:
     busy_poll_usec: int = 0
     #: SQLite ``synchronous``: "normal" (fast, durable across process crashes) or "full" (also power loss).
     sqlite_synchronous: str = "normal"
+    #: Where the counters live: "sqlite" (``database``, one host) or "redis" (``redis_url``, shared by hosts).
+    store: str = "sqlite"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: The Redis password, read from ``redis_password_file`` at start ("" = none); never printed.
+    redis_password: str = field(default="", repr=False)
+    #: Seconds a Redis connect or command may take before the request is answered as a store error.
+    redis_timeout: float = 0.5
 
 
 def _check_action(value: str) -> str | None:
@@ -111,6 +119,16 @@ def parse_policyd(doc: ConfigDocument) -> PolicydSettings:
         "busy_poll_usec", int, 0, lambda v: None if 0 <= v <= 10000 else "must be between 0 and 10000 microseconds"
     )
     sync = section.get("sqlite_synchronous", str, "normal", check_one_of("normal", "full"))
+    store = section.get("store", str, "sqlite", check_one_of("sqlite", "redis"))
+    redis_url = section.get("redis_url", str, "redis://127.0.0.1:6379/0", check_redis_url)
+    password_file = section.get("redis_password_file", str, "")
+    redis_timeout = section.get("redis_timeout", float, 0.5, check_redis_timeout)
+    redis_password = ""
+    if store == "redis" and password_file:
+        try:
+            redis_password = read_password_file(password_file)
+        except ValueError as exc:
+            raise section.error("redis_password_file", str(exc)) from None
     if not database:
         raise section.error("database", "cannot be empty")
     section.finish()
@@ -130,4 +148,8 @@ def parse_policyd(doc: ConfigDocument) -> PolicydSettings:
         busy_poll_usec=busy_poll,
         reuse_port=reuse_port,
         sqlite_synchronous=sync,
+        store=store,
+        redis_url=redis_url,
+        redis_password=redis_password,
+        redis_timeout=float(redis_timeout),
     )
