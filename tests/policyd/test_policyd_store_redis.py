@@ -339,3 +339,41 @@ def test_a_slow_redis_times_out_within_the_timeout(make_store, redis_server):
         assert time.monotonic() - started < 0.1  # the next request does not wait the timeout again
     finally:
         redis_server.proc.send_signal(18)  # SIGCONT
+
+
+def test_an_acl_user_with_a_password_file_is_enough(tmp_path, make_config):
+    """The ACL the docs give, the password from redis_password_file, through settings and backend."""
+    from redis_server import RedisServer
+    from sendguard_policyd.backend import open_reader, open_store
+
+    acl = ("--user", "sendguard", "on", ">s3cret", "~{sendguard:*", "~sendguard:*",
+           "+@read", "+@write", "+@scripting", "+@connection", "+time")  # fmt: skip
+    server = RedisServer(tmp_path / "acl", extra_args=acl)
+    server.start()
+    try:
+        password = tmp_path / "redis.pass"
+        password.write_text("s3cret\n")
+        password.chmod(0o600)
+        url = f"redis://sendguard@127.0.0.1:{server.port}/0"
+        settings = make_config(store="redis", redis_url=url, redis_password_file=str(password)).policyd
+        store = open_store(settings, HOUR_2S)
+        reader = open_reader(settings, HOUR_2S)
+        try:
+            now = time.time()
+            assert store.admit("s", "a", 1, now, 5, None).outcome == COUNTED
+            assert store.mark_family_hold("f", "s", now, "QF", "yahoo.*")
+            assert store.record_hold("h", "s", 2, now, "QH")
+            assert store.claim_release("QH", now, 5, None).outcome == COUNTED
+            store.finish_release("QH", STATE_RELEASED, now)
+            assert reader.windows("s", now).hour == 3
+            assert reader.family_holds(now - 10) == {"s": 1}
+            assert reader.held_backlog() == {}
+        finally:
+            store.close()
+            reader.close()
+        wrong = RedisCounterStore(url, password="wrong")
+        with pytest.raises(StoreError, match="AuthenticationError"):
+            wrong.windows("s", time.time())
+        wrong.close()
+    finally:
+        server.stop()

@@ -16,13 +16,15 @@ from ports import free_port, wait_listening
 class RedisServer:
     """One ``redis-server`` on 127.0.0.1, started by :meth:`start`, stopped by :meth:`stop`."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, extra_args: tuple[str, ...] = ()) -> None:
         found = shutil.which("redis-server")
         assert found, "redis-server is not installed (scripts/bootstrap.sh installs it)"
         self.command = found
         self.directory = directory
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        #: More redis-server options (``--user ...``, say).
+        self.extra_args = extra_args
         directory.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -37,6 +39,7 @@ class RedisServer:
             [
                 self.command, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                 "--dir", str(self.directory), "--logfile", str(log), "--protected-mode", "yes",
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
