@@ -56,8 +56,10 @@ class PolicydSettings:
     #: Where the counters live: "sqlite" (``database``, one host) or "redis" (``redis_url``, shared by hosts).
     store: str = "sqlite"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    #: The Redis password, read from ``redis_password_file`` at start ("" = none); never printed.
-    redis_password: str = field(default="", repr=False)
+    redis_password_file: str = ""
+    #: The password read from ``redis_password_file`` at start ("" = none): never printed, not even
+    #: by ``check-config``.
+    redis_password: str = field(default="", repr=False, metadata={"effective": False})
     #: Seconds a Redis connect or command may take before the request is answered as a store error.
     redis_timeout: float = 0.5
 
@@ -150,6 +152,7 @@ def parse_policyd(doc: ConfigDocument) -> PolicydSettings:
         sqlite_synchronous=sync,
         store=store,
         redis_url=redis_url,
+        redis_password_file=password_file,
         redis_password=redis_password,
         redis_timeout=float(redis_timeout),
     )

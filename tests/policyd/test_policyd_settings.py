@@ -95,6 +95,25 @@ def test_the_store_is_sqlite_unless_redis_is_asked_for(tmp_path):
     assert (s.store, s.redis_url, s.redis_password, s.redis_timeout) == (
         "redis", "rediss://sendguard@redis.example.net:6380/2", "s3cret", 2.0)  # fmt: skip
     assert "s3cret" not in repr(s)
+    assert s.redis_password_file == str(password)
+
+
+def test_check_config_never_prints_the_redis_password(tmp_path):
+    import subprocess
+
+    from sendguard_testing.command import sendguard_command
+
+    password = tmp_path / "redis.pass"
+    password.write_text("s3cret\n")
+    password.chmod(0o600)
+    config = tmp_path / "sendguard.toml"
+    config.write_text(
+        f'[general]\nstate_dir = "{tmp_path}"\n[policyd]\nstore = "redis"\nredis_password_file = "{password}"\n'
+    )
+    out = subprocess.run([sendguard_command(), "check-config", str(config)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert f'redis_password_file = "{password}"' in out.stdout
+    assert "s3cret" not in out.stdout + out.stderr
     assert _policyd(tmp_path, store="redis", redis_url="unix:///run/redis/redis.sock?db=1").redis_url.startswith("unix:")
 
 
