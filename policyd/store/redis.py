@@ -45,6 +45,7 @@ decision writes it as "in N seconds". Hold times (``HeldMessage.at``,
 from __future__ import annotations
 
 import uuid
+from typing import cast
 import redis
 
 from sendguard_policyd.store import (
@@ -226,7 +227,7 @@ class RedisCounterStore:
     def windows(self, stream: str, now: float) -> WindowCounts:
         """The stream's rolling counts at the server's time (``now`` is advisory)."""
         w = self._spans
-        hour, day = self._conn.script("windows", StreamKeys(stream).window, [w.hour, w.day])  # type: ignore[misc]
+        hour, day = cast(list[int], self._conn.script("windows", StreamKeys(stream).window, [w.hour, w.day]))
         return WindowCounts(hour=int(hour), day=int(day))
 
     def family_holds(self, since: float) -> dict[str, int]:
@@ -242,17 +243,18 @@ class RedisCounterStore:
         """The stream's messages waiting for release, oldest first (``releasing`` ones included)."""
         keys = StreamKeys(stream)
 
-        def read(client: redis.Redis) -> list[object]:
+        def read(client: redis.Redis) -> tuple[list[tuple[str, float]], dict[str, str]]:
             # One MULTI: the order and the records of one instant.
             pipe = client.pipeline(transaction=True)
             pipe.zrange(keys.held, 0, -1, withscores=True)
             pipe.hgetall(keys.heldrec)
-            return pipe.execute()
+            order, records = pipe.execute()
+            return cast(list[tuple[str, float]], order), cast(dict[str, str], records)
 
         order, records = self._conn.call(read)
         out = []
-        for instance, at in order:  # type: ignore[union-attr]
-            record = records.get(instance)  # type: ignore[union-attr]
+        for instance, at in order:
+            record = records.get(instance)
             if record is None:
                 continue
             state, queue_id, recipients = record.split("\t")
@@ -265,22 +267,21 @@ class RedisCounterStore:
         """Over-cap messages waiting for release (``held`` or ``releasing``), per stream that has any."""
         streams = self._streams()
 
-        def read(client: redis.Redis) -> list[object]:
+        def read(client: redis.Redis) -> list[tuple[list[tuple[str, float]], list[str]]]:
             pipe = client.pipeline(transaction=False)
             for stream in streams:
                 keys = StreamKeys(stream)
                 pipe.zrange(keys.held, 0, 0, withscores=True)
                 pipe.hvals(keys.heldrec)
-            return pipe.execute()
+            replies = pipe.execute()
+            return cast(list[tuple[list[tuple[str, float]], list[str]]], list(zip(replies[::2], replies[1::2])))
 
-        replies = self._conn.call(read)
         out: dict[str, Backlog] = {}
-        for stream, oldest, records in zip(streams, replies[::2], replies[1::2]):
+        for stream, (oldest, records) in zip(streams, self._conn.call(read)):
             if not records:
                 continue
-            recipients = sum(int(r.rsplit("\t", 1)[1]) for r in records)  # type: ignore[union-attr]
-            oldest_at = float(oldest[0][1]) if oldest else None  # type: ignore[index]
-            out[stream] = Backlog(len(records), recipients, oldest_at)  # type: ignore[arg-type]
+            recipients = sum(int(r.rsplit("\t", 1)[1]) for r in records)
+            out[stream] = Backlog(len(records), recipients, float(oldest[0][1]) if oldest else None)
         return out
 
     def close(self) -> None:
@@ -298,7 +299,7 @@ class RedisCounterStore:
         self._registered.clear()
 
     def _streams(self) -> list[str]:
-        return sorted(self._conn.call(lambda client: client.smembers(STREAMS_KEY)))  # type: ignore[arg-type]
+        return sorted(cast(set[str], self._conn.call(lambda client: client.smembers(STREAMS_KEY))))
 
     def _locate(self, queue_id: str) -> tuple[str, str] | None:
         """The (stream, instance) of the held message under ``queue_id``, or None."""
@@ -323,7 +324,7 @@ class RedisCounterStore:
 
 def _admission(reply: object, now: float) -> Admission:
     """An :class:`Admission` from a check script's reply; ``room_at`` moved onto the caller's clock."""
-    outcome, hour, day, room, sec, usec = reply  # type: ignore[misc]
+    outcome, hour, day, room, sec, usec = cast(tuple[str, int, int, int | None, int, int], reply)
     room_at = None if room is None else float(room) - (int(sec) + int(usec) / 1e6) + now
     return Admission(str(outcome), int(hour), int(day), room_at)
 

@@ -9,7 +9,6 @@ not restarted).
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import threading
 import time
@@ -17,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from ports import free_port, wait_listening
 from redis_server import RedisServer
 from sendguard_policyd import metrics, service
 from sendguard_testing.command import sendguard_command
+from sendguard_testing.policyd_processes import policyd_processes, write_policyd_config
 from sendguard_testing.policy_client import PolicyClient, postfix_message
 
 CAP = 100
@@ -32,29 +31,18 @@ STREAMS = {"trucking": {"match": {"server_port": [25]}, "hourly_ceiling": CAP, "
 STORE_ERROR = "DEFER_IF_PERMIT 4.3.0"
 
 
-def write_config(tmp_path: Path, name: str, store: str, where: str) -> tuple[Path, int]:
-    port = free_port()
-    path = tmp_path / f"{name}.toml"
-    backend = f'store = "redis"\nredis_url = "{where}"' if store == "redis" else f'database = "{where}"'
-    path.write_text(
-        f"""
-[general]
-state_dir = "{tmp_path}/state-{name}"
-
-[policyd]
-listen = "127.0.0.1:{port}"
-metrics_listen = "127.0.0.1:{free_port()}"
-{backend}
-
-[streams.trucking]
+STREAM_TOML = f"""[streams.trucking]
 hourly_ceiling = {CAP}
 daily_cap = 4000
 
 [streams.trucking.match]
 server_port = [25]
 """
-    )
-    return path, port
+
+
+def write_config(tmp_path: Path, name: str, store: str, where: str) -> tuple[Path, int]:
+    backend = f'store = "redis"\nredis_url = "{where}"' if store == "redis" else f'database = "{where}"'
+    return write_policyd_config(tmp_path, name, backend, STREAM_TOML)
 
 
 def blast(ports: list[int], tag: str, messages: int = MESSAGES) -> list[tuple[float, str]]:
@@ -103,20 +91,11 @@ def two_hosts(request, tmp_path: Path):
         where = server.url
     else:
         where = str(tmp_path / "shared" / "policyd.sqlite")
-    procs, ports = [], []
     try:
-        for name in ("host-a", "host-b"):
-            config, port = write_config(tmp_path, name, request.param, where)
-            procs.append(subprocess.Popen([sendguard_command(), "policyd", "--config", str(config)], stderr=subprocess.PIPE))
-            ports.append(port)
-        for proc, port in zip(procs, ports):
-            wait_listening(port, proc, lambda proc=proc: proc.stderr.read().decode())
-        yield ports, tmp_path / "host-a.toml"
+        configs = [write_config(tmp_path, name, request.param, where) for name in ("host-a", "host-b")]
+        with policyd_processes(configs):
+            yield [port for _, port in configs], tmp_path / "host-a.toml"
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            proc.wait(timeout=20)
         if server is not None:
             server.stop()
 
