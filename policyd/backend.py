@@ -42,4 +42,6 @@ def store_key(settings: PolicydSettings) -> str:
 
 
 def _redis(settings: PolicydSettings, windows: Windows) -> RedisCounterStore:
-    return RedisCounterStore(settings.redis_url, settings.redis_password, settings.redis_timeout, windows)
+    return RedisCounterStore(
+        settings.redis_url, settings.redis_password, settings.redis_timeout, windows, settings.redis_host_name
+    )

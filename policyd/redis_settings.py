@@ -48,6 +48,13 @@ def check_redis_timeout(value: float) -> str | None:
     return None
 
 
+def check_host_name(value: str) -> str | None:
+    """Why ``value`` cannot be ``redis_host_name`` (None: it can)."""
+    if any(c.isspace() for c in value):
+        return f"{value!r}: a host name has no white space"
+    return None
+
+
 def read_password_file(path: str) -> str:
     """The password in ``path`` (its first line); ValueError with the reason when it cannot be used."""
     try:

@@ -14,7 +14,7 @@ from sendguard.addresses import check_hostport
 from sendguard.config import ConfigDocument
 from sendguard.config_reader import check_one_of
 from sendguard_policyd.family_mx import parse_nameserver
-from sendguard_policyd.redis_settings import check_redis_url, check_redis_timeout, read_password_file
+from sendguard_policyd.redis_settings import check_host_name, check_redis_timeout, check_redis_url, read_password_file
 
 #: Every protocol_state Postfix sends (SMTPD_POLICY_README).
 PROTOCOL_STATES = ("CONNECT", "EHLO", "HELO", "MAIL", "RCPT", "DATA", "END-OF-MESSAGE", "VRFY", "ETRN")
@@ -62,6 +62,8 @@ class PolicydSettings:
     redis_password: str = field(default="", repr=False, metadata={"effective": False})
     #: Seconds a Redis connect or command may take before the request is answered as a store error.
     redis_timeout: float = 0.5
+    #: Which Postfix host's hold queue this daemon's held mail is in ("" = the host name).
+    redis_host_name: str = ""
 
 
 def _check_action(value: str) -> str | None:
@@ -125,6 +127,7 @@ def parse_policyd(doc: ConfigDocument) -> PolicydSettings:
     redis_url = section.get("redis_url", str, "redis://127.0.0.1:6379/0", check_redis_url)
     password_file = section.get("redis_password_file", str, "")
     redis_timeout = section.get("redis_timeout", float, 0.5, check_redis_timeout)
+    host_name = section.get("redis_host_name", str, "", check_host_name)
     redis_password = ""
     if store == "redis" and password_file:
         try:
@@ -155,4 +158,5 @@ def parse_policyd(doc: ConfigDocument) -> PolicydSettings:
         redis_password_file=password_file,
         redis_password=redis_password,
         redis_timeout=float(redis_timeout),
+        redis_host_name=host_name,
     )

@@ -15,7 +15,9 @@ lives in one cluster slot and every script touches one slot only:
 * ``{sendguard:S}:meta`` (hash): ``floor``, the running total before the oldest second kept;
 * ``{sendguard:S}:m:INSTANCE`` (hash): one message's record (state, recipients, at, queue id);
 * ``{sendguard:S}:held`` (sorted set, instance by hold time), ``:heldrec`` (hash, instance →
-  state, queue id, recipients) and ``:heldq`` (hash, queue id → instance): the held backlog;
+  state, queue id, recipients, host) and ``:heldq`` (hash, ``QUEUEID@HOST`` → instance): the
+  held backlog. Held mail sits in one host's hold queue, so each record names that host
+  (``redis_host_name``) and a host's releaser lists and releases its own only;
 * ``{sendguard:S}:fam`` / ``:famn``: family holds per second (status shows the last day).
 
 One key stands outside any stream, ``sendguard:streams`` (a set of the stream names
@@ -44,6 +46,7 @@ decision writes it as "in N seconds". Hold times (``HeldMessage.at``,
 
 from __future__ import annotations
 
+import socket
 import uuid
 from typing import cast
 import redis
@@ -106,8 +109,12 @@ class RedisCounterStore:
     deferrals until Redis answers.
     """
 
-    def __init__(self, url: str, password: str = "", timeout: float = 0.5, windows: Windows = Windows()) -> None:
+    def __init__(
+        self, url: str, password: str = "", timeout: float = 0.5, windows: Windows = Windows(), host: str = ""
+    ) -> None:
         self.url = url
+        #: The Postfix host this daemon holds mail on (``redis_host_name``; default the host name).
+        self.host = host or socket.gethostname()
         self._spans = windows
         self._conn = RedisConnection(url, password, timeout, _SCRIPTS)
         self._conn.on_down = self._forget_registered
@@ -166,7 +173,7 @@ class RedisCounterStore:
         first = self._conn.script(
             "record_hold",
             [keys.record(instance), keys.held, keys.heldrec, keys.heldq],
-            [recipients, queue_id, instance],
+            [recipients, queue_id, instance, self.host, self._held_field(queue_id)],
         )
         if first == 1 and queue_id:
             self._held_index[queue_id] = (stream, instance)
@@ -185,7 +192,7 @@ class RedisCounterStore:
         reply = self._conn.script(
             "claim_release",
             [*keys.window, keys.record(instance), keys.heldrec],
-            [queue_id, instance, _cap(hourly_cap), _cap(daily_cap), w.hour, w.day, self._window_ttl],
+            [queue_id, instance, _cap(hourly_cap), _cap(daily_cap), w.hour, w.day, self._window_ttl, self.host],
         )
         admission = _admission(reply, now)
         if admission.outcome == NOT_HELD:
@@ -204,7 +211,7 @@ class RedisCounterStore:
         self._conn.script(
             "finish_release",
             [keys.record(instance), keys.held, keys.heldrec, keys.heldq],
-            [queue_id, instance, state, self._record_ttl],
+            [queue_id, instance, state, self._record_ttl, self.host, self._held_field(queue_id)],
         )
         self._held_index.pop(queue_id, None)
 
@@ -240,7 +247,10 @@ class RedisCounterStore:
         return out
 
     def held_messages(self, stream: str) -> list[HeldMessage]:
-        """The stream's messages waiting for release, oldest first (``releasing`` ones included)."""
+        """The stream's messages waiting for release on this host, oldest first (``releasing`` ones included).
+
+        Only this host's: a releaser can let go only what its own Postfix holds, and must not
+        take another host's held mail, absent from its hold queue, for mail gone by other hands."""
         keys = StreamKeys(stream)
 
         def read(client: redis.Redis) -> tuple[list[tuple[str, float]], dict[str, str]]:
@@ -257,7 +267,9 @@ class RedisCounterStore:
             record = records.get(instance)
             if record is None:
                 continue
-            state, queue_id, recipients = record.split("\t")
+            state, queue_id, recipients, host = record.split("\t")
+            if host != self.host:
+                continue
             out.append(HeldMessage(queue_id, instance, stream, int(recipients), float(at), state))
             if queue_id:
                 self._held_index[queue_id] = (stream, instance)
@@ -280,7 +292,7 @@ class RedisCounterStore:
         for stream, (oldest, records) in zip(streams, self._conn.call(read)):
             if not records:
                 continue
-            recipients = sum(int(r.rsplit("\t", 1)[1]) for r in records)
+            recipients = sum(int(r.split("\t")[2]) for r in records)
             out[stream] = Backlog(len(records), recipients, float(oldest[0][1]) if oldest else None)
         return out
 
@@ -301,6 +313,10 @@ class RedisCounterStore:
     def _streams(self) -> list[str]:
         return sorted(cast(set[str], self._conn.call(lambda client: client.smembers(STREAMS_KEY))))
 
+    def _held_field(self, queue_id: str) -> str:
+        """The ``heldq`` field of a queue id: queue ids are unique on one host only."""
+        return f"{queue_id}@{self.host}"
+
     def _locate(self, queue_id: str) -> tuple[str, str] | None:
         """The (stream, instance) of the held message under ``queue_id``, or None."""
         if not queue_id:
@@ -309,11 +325,12 @@ class RedisCounterStore:
         if known is not None:
             return known
         streams = self._streams()
+        field = self._held_field(queue_id)
 
         def read(client: redis.Redis) -> list[str | None]:
             pipe = client.pipeline(transaction=False)
             for stream in streams:
-                pipe.hget(StreamKeys(stream).heldq, queue_id)
+                pipe.hget(StreamKeys(stream).heldq, field)
             return pipe.execute()
 
         for stream, instance in zip(streams, self._conn.call(read)):

@@ -178,7 +178,8 @@ end
 return total
 """
 
-#: KEYS record, held, heldrec, heldq; ARGV recipients, queue id, instance. Reply 1: first record.
+#: KEYS record, held, heldrec, heldq; ARGV recipients, queue id, instance, host, heldq field.
+#: Reply 1: first record.
 RECORD_HOLD = (
     _COMMON
     + r"""
@@ -186,22 +187,23 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local clock = redis.call('TIME')
 local at = at_text(tonumber(clock[1]), tonumber(clock[2]))
 -- No expiry: mail on hold does not expire in Postfix, so neither does its record while held.
-redis.call('HSET', KEYS[1], 'state', 'held', 'recipients', ARGV[1], 'at', at, 'queue_id', ARGV[2])
+redis.call('HSET', KEYS[1], 'state', 'held', 'recipients', ARGV[1], 'at', at, 'queue_id', ARGV[2], 'host', ARGV[4])
 redis.call('ZADD', KEYS[2], at, ARGV[3])
-redis.call('HSET', KEYS[3], ARGV[3], 'held\t' .. ARGV[2] .. '\t' .. ARGV[1])
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[4], ARGV[2], ARGV[3]) end
+redis.call('HSET', KEYS[3], ARGV[3], 'held\t' .. ARGV[2] .. '\t' .. ARGV[1] .. '\t' .. ARGV[4])
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[4], ARGV[5], ARGV[3]) end
 return 1
 """
 )
 
 #: KEYS sec, cum, meta, record, heldrec; ARGV queue id, instance, hourly cap, daily cap, hour, day,
-#: window ttl.
+#: window ttl, host.
 CLAIM_RELEASE = (
     _COMMON
     + r"""
 local hour, day = tonumber(ARGV[5]), tonumber(ARGV[6])
 local state = redis.call('HGET', KEYS[4], 'state')
-if redis.call('HGET', KEYS[4], 'queue_id') ~= ARGV[1] or (state ~= 'held' and state ~= 'releasing') then
+local queue_id, host = unpack(redis.call('HMGET', KEYS[4], 'queue_id', 'host'))
+if queue_id ~= ARGV[1] or host ~= ARGV[8] or (state ~= 'held' and state ~= 'releasing') then
   local h, d, t, us = counts_now(hour, day)
   return {'not_held', h, d, false, t, us}
 end
@@ -213,23 +215,23 @@ local n = tonumber(redis.call('HGET', KEYS[4], 'recipients'))
 local r = check_add(n, cap(ARGV[3]), cap(ARGV[4]), hour, day, tonumber(ARGV[7]))
 if r[1] == 'counted' then
   redis.call('HSET', KEYS[4], 'state', 'releasing')
-  redis.call('HSET', KEYS[5], ARGV[2], 'releasing\t' .. ARGV[1] .. '\t' .. n)
+  redis.call('HSET', KEYS[5], ARGV[2], 'releasing\t' .. ARGV[1] .. '\t' .. n .. '\t' .. ARGV[8])
 end
 return r
 """
 )
 
-#: KEYS record, held, heldrec, heldq; ARGV queue id, instance, final state, record ttl.
-#: Reply 1 when a held or releasing record was closed.
+#: KEYS record, held, heldrec, heldq; ARGV queue id, instance, final state, record ttl, host,
+#: heldq field. Reply 1 when a held or releasing record was closed.
 FINISH_RELEASE = r"""
-local state = redis.call('HGET', KEYS[1], 'state')
-if redis.call('HGET', KEYS[1], 'queue_id') ~= ARGV[1] or (state ~= 'held' and state ~= 'releasing') then
+local state, queue_id, host = unpack(redis.call('HMGET', KEYS[1], 'state', 'queue_id', 'host'))
+if queue_id ~= ARGV[1] or host ~= ARGV[5] or (state ~= 'held' and state ~= 'releasing') then
   return 0
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[3])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('HDEL', KEYS[3], ARGV[2])
-if redis.call('HGET', KEYS[4], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[4], ARGV[1]) end
+if redis.call('HGET', KEYS[4], ARGV[6]) == ARGV[2] then redis.call('HDEL', KEYS[4], ARGV[6]) end
 return 1
 """

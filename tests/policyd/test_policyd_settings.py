@@ -129,6 +129,7 @@ def test_check_config_never_prints_the_redis_password(tmp_path):
         ({"redis_url": "unix://"}, "policyd.redis_url", "socket's path"),
         ({"redis_timeout": 30}, "policyd.redis_timeout", "smtpd_policy_service_timeout"),
         ({"redis_timeout": 0}, "policyd.redis_timeout", "more than 0"),
+        ({"redis_host_name": "mx 1"}, "policyd.redis_host_name", "white space"),
         ({"store": "redis", "redis_password_file": "/nonexistent/pass"}, "policyd.redis_password_file",
          "cannot read /nonexistent/pass"),
     ],

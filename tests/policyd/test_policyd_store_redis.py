@@ -377,3 +377,29 @@ def test_an_acl_user_with_a_password_file_is_enough(tmp_path, make_config):
         wrong.close()
     finally:
         server.stop()
+
+
+def test_each_host_releases_only_what_its_own_postfix_holds(redis_url):
+    """Two hosts hold mail under the same short queue id: each lists, claims and finishes its own."""
+    a = RedisCounterStore(redis_url, windows=HOUR_2S, host="mx1")
+    b = RedisCounterStore(redis_url, windows=HOUR_2S, host="mx2")
+    try:
+        now = time.time()
+        assert a.record_hold("a-1", "s", 1, now, "4F2A")
+        assert b.record_hold("b-1", "s", 2, now, "4F2A")
+        assert [(m.instance, m.queue_id) for m in a.held_messages("s")] == [("a-1", "4F2A")]
+        assert [(m.instance, m.queue_id) for m in b.held_messages("s")] == [("b-1", "4F2A")]
+        backlog = a.held_backlog()["s"]  # status shows the whole budget's backlog
+        assert (backlog.messages, backlog.recipients) == (2, 3)
+        # A fresh releaser on mx2 (no memory of the listing) finds mx2's message, not mx1's.
+        fresh_b = RedisCounterStore(redis_url, windows=HOUR_2S, host="mx2")
+        claimed = fresh_b.claim_release("4F2A", now, 10, None)
+        assert (claimed.outcome, claimed.hour_count) == (COUNTED, 2)
+        fresh_b.finish_release("4F2A", STATE_RELEASED, now)
+        fresh_b.close()
+        assert a.message_state("a-1") == STATE_HELD and b.message_state("b-1") == STATE_RELEASED
+        assert a.claim_release("4F2A", now, 10, None).outcome == COUNTED
+        assert a.windows("s", now).hour == 3
+    finally:
+        a.close()
+        b.close()
