@@ -11,7 +11,10 @@ What one run does, ``--rounds`` times, rotating which daemon goes first:
 
 * start a fresh daemon (``sendguard policyd``, policyd-rate-limit, and with
   ``--prl-journal delete wal`` policyd-rate-limit on a WAL database too) with
-  its own new SQLite store, listening on 127.0.0.1;
+  its own new SQLite store, listening on 127.0.0.1; with ``--redis``, also
+  ``sendguard policyd`` with ``store = "redis"``, on a redis-server this script
+  starts on 127.0.0.1 for that daemon alone (AOF with ``appendfsync everysec``,
+  as docs/policyd.md recommends for production);
 * give its store the same day of earlier traffic (bench_policyd.py's busy
   store: per stream 3,600 messages in the last hour and 1,380 five-recipient
   messages over the 23 hours before: 9,960 messages, 21,000 recipients);
@@ -67,6 +70,10 @@ from pathlib import Path
 from types import FrameType
 
 # bench_policyd.py sits beside this file; running the script puts this folder first on sys.path.
+import redis
+
+from sendguard_policyd.store.redis import StreamKeys
+
 from bench_policyd import (
     CONFIG,
     WORST_CASE,
@@ -194,6 +201,65 @@ def sendguard_daemon(workdir: Path) -> Iterator[tuple[int, int]]:
             stop(daemon)
 
 
+def redis_prefill(url: str, now: float) -> int:
+    """Give a Redis store the same day of earlier traffic as the SQLite one; return the messages added.
+
+    Written straight into the store's data model (store/redis.py: per second, a running total),
+    since the store's own steps count at the server's time and could not date a message back.
+    """
+    rows = prefill_rows(WORST_CASE["caps"], now)  # type: ignore[arg-type]
+    client = redis.Redis.from_url(url)
+    pipe = client.pipeline(transaction=False)
+    totals: dict[str, int] = {}
+    for _instance, stream, recipients, at in rows:  # oldest first, so the running totals grow with the second
+        keys = StreamKeys(stream)
+        totals[stream] = totals.get(stream, 0) + recipients
+        second = int(at)
+        pipe.zadd(keys.window[0], {str(second): second})
+        pipe.zadd(keys.window[1], {str(second): totals[stream]})
+    pipe.execute()
+    client.close()
+    return len(rows)
+
+
+@contextmanager
+def redis_server(workdir: Path) -> Iterator[str]:
+    """A redis-server of the daemon's own on 127.0.0.1 (AOF, ``appendfsync everysec``); yield its URL."""
+    port = free_port()
+    (workdir / "redis").mkdir()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+         "--appendfsync", "everysec", "--dir", str(workdir / "redis"), "--logfile", str(workdir / "redis.log")],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_port(port)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop(server)
+
+
+@contextmanager
+def sendguard_redis_daemon(workdir: Path) -> Iterator[tuple[int, int]]:
+    """Run ``sendguard policyd`` with ``store = "redis"`` on a busy Redis of its own; yield (port, pid)."""
+    port, mport = free_port(), free_port()
+    with redis_server(workdir) as url:
+        store = f'store = "redis"\nredis_url = "{url}"'
+        (workdir / "bench.toml").write_text(
+            # The {busy_poll} line of CONFIG is its one free line in [policyd]: the store keys go there.
+            CONFIG.format(dir=workdir, port=port, mport=mport, busy_poll=store, **WORST_CASE)  # type: ignore[arg-type]
+        )
+        exe = shutil.which("sendguard") or os.path.join(os.path.dirname(sys.executable), "sendguard")
+        with open(workdir / "daemon.log", "wb") as log:
+            daemon = subprocess.Popen([exe, "policyd", "--config", str(workdir / "bench.toml")], stderr=log)
+            try:
+                wait_port(port)
+                redis_prefill(url, time.time())
+                yield port, daemon.pid
+            finally:
+                stop(daemon)
+
+
 @contextmanager
 def prl_daemon(workdir: Path, script: Path, wal: bool) -> Iterator[tuple[int, int]]:
     """Run policyd-rate-limit on a busy store, configured by :func:`prl_config`; yield (port, pid)."""
@@ -319,11 +385,15 @@ def summarise(rounds: list[Round], daemons: list[str]) -> str:
                 f"{median([r['p50_ms'] for r in rs]):.2f} ms | {median([r['p99_ms'] for r in rs]):.2f} ms | "
                 f"{median([r['cpu_us'] for r in rs]):,.0f} µs | {median([r['steal_pct'] for r in rs]):.1f}% |"
             )
-    for anchor in daemons[1:]:
+    subjects = [d for d in daemons if d.startswith("sendguard")]
+    pairs = [(subject, anchor) for subject in subjects for anchor in daemons if anchor not in subjects]
+    if len(subjects) > 1:
+        pairs.insert(0, (subjects[0], subjects[1]))  # the SQLite store beside the Redis one
+    for subject, anchor in pairs:
         lines += [
             "",
-            f"Per round, sendguard / {anchor}: the decisions/s ratio; in brackets {anchor}'s daemon CPU per"
-            " decision over sendguard's, and the steal during sendguard's run and during the anchor's:",
+            f"Per round, {subject} / {anchor}: the decisions/s ratio; in brackets {anchor}'s daemon CPU per"
+            f" decision over {subject}'s, and the steal during {subject}'s run and during {anchor}'s:",
             "",
             "| round | order | " + " | ".join(label for label, _ in PLAN) + " |",
             "|---:|---|" + "---:|" * len(PLAN),
@@ -334,7 +404,7 @@ def summarise(rounds: list[Round], daemons: list[str]) -> str:
             cells = []
             for label, _ in PLAN:
                 try:
-                    sg, other = r.results["sendguard"][label], r.results[anchor][label]
+                    sg, other = r.results[subject][label], r.results[anchor][label]
                 except KeyError:
                     cells.append("-")
                     continue
@@ -412,6 +482,9 @@ def main() -> int:
         help="policyd-rate-limit's SQLite journal, one daemon per value: delete (SQLite's default, as it ships)"
         " and/or wal (its database file switched to WAL before the run)",
     )
+    parser.add_argument(
+        "--redis", action="store_true", help="also run sendguard with the Redis store (a redis-server of its own)"
+    )
     parser.add_argument("--scenario-timeout", type=float, default=180.0, help="seconds one scenario may take")
     parser.add_argument(
         "--budget", type=float, default=600.0, help="seconds for the whole run: no new round starts past it"
@@ -432,6 +505,8 @@ def main() -> int:
     prl_warmup = [as_data_state(r) for r in warmup]
     daemons: dict[str, tuple[Callable[[Path], AbstractContextManager[tuple[int, int]]], dict[str, list[bytes]], list[bytes]]]
     daemons = {"sendguard": (sendguard_daemon, streams, warmup)}
+    if args.redis:
+        daemons["sendguard (Redis)"] = (sendguard_redis_daemon, streams, warmup)
     for journal in args.prl_journal:
         wal = journal == "wal"
         daemons[PRL_JOURNALS[journal]] = (

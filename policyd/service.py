@@ -20,7 +20,7 @@ from sendguard.addresses import parse_hostport
 from sendguard.config import Config
 from sendguard.config_reader import ConfigError
 from sendguard_policyd import metrics
-from sendguard_policyd.backend import open_store, store_windows
+from sendguard_policyd.backend import open_store, store_key, store_label, store_windows
 from sendguard_policyd.decide import Decider
 from sendguard_policyd.server import PolicyServer
 from sendguard_policyd.settings import PolicydSettings
@@ -63,7 +63,7 @@ def start(config: Config, settings: PolicydSettings) -> Handle:
     try:
         store = open_store(settings)
     except (StoreError, OSError) as exc:
-        raise ConfigError(config.file, "policyd.database", str(exc)) from None
+        raise ConfigError(config.file, store_key(settings), str(exc)) from None
     decider = Decider(settings, config.streams, store)
     server = PolicyServer(decider, settings.idle_timeout, settings.bad_request_action, settings.busy_poll_usec / 1e6)
     try:
@@ -84,7 +84,7 @@ def start(config: Config, settings: PolicydSettings) -> Handle:
     metrics.bind(gauges)
     log.info(
         "policyd listening on %s:%d%s, counters in %s, streams: %s",
-        host, port, f" and {settings.socket}" if settings.socket else "", settings.database,
+        host, port, f" and {settings.socket}" if settings.socket else "", store_label(settings),
         ", ".join(s.name for s in config.streams) or "(none)",
     )  # fmt: skip
     return Handle(host, port, settings.socket, store, decider, thread, server, gauges)

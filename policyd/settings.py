@@ -15,6 +15,7 @@ from sendguard.addresses import check_hostport
 from sendguard.config import ConfigDocument
 from sendguard.config_reader import check_one_of
 from sendguard_policyd.family_mx import parse_nameserver
+from sendguard_policyd.redis_settings import check_host_name, check_redis_timeout, check_redis_url, read_password_file
 
 #: Every protocol_state Postfix sends (SMTPD_POLICY_README).
 PROTOCOL_STATES = ("CONNECT", "EHLO", "HELO", "MAIL", "RCPT", "DATA", "END-OF-MESSAGE", "VRFY", "ETRN")
@@ -97,6 +98,17 @@ class PolicydSettings:
     def policy_for(self, stream: str) -> StreamPolicy:
         """The policy daemon's keys of ``stream`` (the defaults for a stream that sets none)."""
         return self.stream_policies.get(stream, DEFAULT_POLICY)
+    #: Where the counters live: "sqlite" (``database``, one host) or "redis" (``redis_url``, shared by hosts).
+    store: str = "sqlite"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password_file: str = ""
+    #: The password read from ``redis_password_file`` at start ("" = none): never printed, not even
+    #: by ``check-config``.
+    redis_password: str = field(default="", repr=False, metadata={"effective": False})
+    #: Seconds a Redis connect or command may take before the request is answered as a store error.
+    redis_timeout: float = 0.5
+    #: Which Postfix host's hold queue this daemon's held mail is in ("" = the host name).
+    redis_host_name: str = ""
 
 
 def _check_action(value: str) -> str | None:
@@ -159,6 +171,17 @@ def parse_policyd(doc: ConfigDocument) -> PolicydSettings:
     window = section.get(
         "test_window_seconds", int, None, lambda v: None if 2 <= v <= 3600 else "must be between 2 and 3600 seconds"
     )
+    store = section.get("store", str, "sqlite", check_one_of("sqlite", "redis"))
+    redis_url = section.get("redis_url", str, "redis://127.0.0.1:6379/0", check_redis_url)
+    password_file = section.get("redis_password_file", str, "")
+    redis_timeout = section.get("redis_timeout", float, 0.5, check_redis_timeout)
+    host_name = section.get("redis_host_name", str, "", check_host_name)
+    redis_password = ""
+    if store == "redis" and password_file:
+        try:
+            redis_password = read_password_file(password_file)
+        except ValueError as exc:
+            raise section.error("redis_password_file", str(exc)) from None
     if not database:
         raise section.error("database", "cannot be empty")
     section.finish()
@@ -181,6 +204,12 @@ def parse_policyd(doc: ConfigDocument) -> PolicydSettings:
         test_window_seconds=window,
         stream_policies=_parse_stream_policies(doc),
         release=_parse_release(doc),
+        store=store,
+        redis_url=redis_url,
+        redis_password_file=password_file,
+        redis_password=redis_password,
+        redis_timeout=float(redis_timeout),
+        redis_host_name=host_name,
     )
 
 

@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 from sendguard.config import Config
 from sendguard.streams import Stream
 from sendguard_policyd.settings import PolicydSettings
-from sendguard_policyd.backend import open_reader, store_windows
+from sendguard_policyd.backend import open_reader, store_label, store_windows
 from sendguard_policyd.store import DAY, Backlog, StoreError, StoreReader, Windows
 from sendguard_policyd.warmup import Warmup, cap_text
 
@@ -107,14 +107,14 @@ def render(config: Config, settings: PolicydSettings, now: float | None = None) 
     """The status report for ``config``'s streams, as text."""
     now = time.time() if now is None else now
     path = settings.database
-    lines = [f"counter store: {path}"]
+    lines = [f"counter store: {store_label(settings)}"]
     windows = store_windows(settings)
     store = None
-    if not os.path.exists(path):
+    if settings.store == "sqlite" and not os.path.exists(path):
         lines[0] += " (absent: nothing counted yet)"
     else:
         try:
-            store = open_reader(path, windows)
+            store = open_reader(settings)
         except StoreError as exc:
             lines.append(f"  cannot read the store: {exc}")
     warmups = {s.name: Warmup(s) for s in config.streams}

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import pytest
 
 from ports import free_port
+from redis_server import RedisServer
 from sendguard.cli.settings import parse
 from sendguard.cli.settings import Settings
 
@@ -16,6 +17,28 @@ from sendguard.cli.settings import Settings
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real redis-server for the test module (loopback, a free port, no persistence)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The module's Redis, emptied for this test (started again if a test stopped it)."""
+    import redis
+
+    if redis_server.proc is None:
+        redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ports import free_port, wait_listening
+from ports import wait_listening
 from sendguard_testing.command import sendguard_command
+from sendguard_testing.policyd_processes import policyd_processes, write_policyd_config
 from sendguard_testing.policy_client import PolicyClient, postfix_message
 
 CAP = 40
@@ -20,19 +21,7 @@ CAP = 40
 
 
 def write_config(tmp_path: Path, name: str, db: Path, stamp: Path) -> tuple[Path, int]:
-    port = free_port()
-    path = tmp_path / f"{name}.toml"
-    path.write_text(
-        f"""
-[general]
-state_dir = "{tmp_path}/state-{name}"
-
-[policyd]
-listen = "127.0.0.1:{port}"
-metrics_listen = "127.0.0.1:{free_port()}"
-database = "{db}"
-
-[streams.trucking]
+    streams = f"""[streams.trucking]
 ramp = [[0, {CAP}], [2, 150]]
 daily_cap = 4000
 start_file = "{stamp}"
@@ -41,8 +30,7 @@ over_cap = "defer"
 [streams.trucking.match]
 server_port = [25]
 """
-    )
-    return path, port
+    return write_policyd_config(tmp_path, name, f'database = "{db}"', streams)
 
 
 def sendguard(*args: str) -> list[str]:
@@ -54,21 +42,9 @@ def two_daemons(tmp_path: Path):
     db = tmp_path / "shared" / "policyd.sqlite"
     stamp = tmp_path / "trucking.start"
     stamp.write_text(f"{int(time.time())}\n")  # warmup day 0: cap 40/h
-    procs, ports = [], []
-    for name in ("a", "b"):
-        config, port = write_config(tmp_path, name, db, stamp)
-        proc = subprocess.Popen(sendguard("policyd", "--config", str(config)), stderr=subprocess.PIPE)
-        procs.append(proc)
-        ports.append(port)
-    try:
-        for proc, port in zip(procs, ports):
-            wait_listening(port, proc, lambda proc=proc: proc.stderr.read().decode())
-        yield ports, tmp_path / "a.toml"
-    finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            proc.wait(timeout=20)
+    configs = [write_config(tmp_path, name, db, stamp) for name in ("a", "b")]
+    with policyd_processes(configs):
+        yield [port for _, port in configs], tmp_path / "a.toml"
 
 
 def test_two_processes_on_one_sqlite_file_never_exceed_the_cap(two_daemons):

@@ -78,3 +78,81 @@ def test_family_mx_settings():
     assert s.family_mx_check and s.family_mx_nameservers == ("127.0.0.1:5353", "::1")
     with pytest.raises(ConfigError, match="policyd.family_mx_nameservers.0.: 'dns.example' is not an IP address"):
         parse({"policyd": {"family_mx_nameservers": ["dns.example"]}})
+
+
+def _policyd(tmp_path, **keys):
+    return parse({"general": {"state_dir": str(tmp_path)}, "policyd": keys}, str(tmp_path / "sendguard.toml")).policyd
+
+
+def test_the_store_is_sqlite_unless_redis_is_asked_for(tmp_path):
+    s = _policyd(tmp_path)
+    assert (s.store, s.redis_url, s.redis_password, s.redis_timeout) == ("sqlite", "redis://127.0.0.1:6379/0", "", 0.5)
+    password = tmp_path / "redis.pass"
+    password.write_text("s3cret\n")
+    password.chmod(0o640)
+    s = _policyd(tmp_path, store="redis", redis_url="rediss://sendguard@redis.example.net:6380/2",
+                 redis_password_file=str(password), redis_timeout=2)  # fmt: skip
+    assert (s.store, s.redis_url, s.redis_password, s.redis_timeout) == (
+        "redis", "rediss://sendguard@redis.example.net:6380/2", "s3cret", 2.0)  # fmt: skip
+    assert "s3cret" not in repr(s)
+    assert s.redis_password_file == str(password)
+
+
+def test_check_config_never_prints_the_redis_password(tmp_path):
+    import subprocess
+
+    from sendguard_testing.command import sendguard_command
+
+    password = tmp_path / "redis.pass"
+    password.write_text("s3cret\n")
+    password.chmod(0o600)
+    config = tmp_path / "sendguard.toml"
+    config.write_text(
+        f'[general]\nstate_dir = "{tmp_path}"\n[policyd]\nstore = "redis"\nredis_password_file = "{password}"\n'
+    )
+    out = subprocess.run([sendguard_command(), "check-config", str(config)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert f'redis_password_file = "{password}"' in out.stdout
+    assert "s3cret" not in out.stdout + out.stderr
+    assert _policyd(tmp_path, store="redis", redis_url="unix:///run/redis/redis.sock?db=1").redis_url.startswith("unix:")
+
+
+@pytest.mark.parametrize(
+    ("keys", "key", "reason"),
+    [
+        ({"store": "memcached"}, "policyd.store", "memcached"),
+        ({"redis_url": "redis://:hunter2@127.0.0.1:6379/0"}, "policyd.redis_url", "carries a password"),
+        ({"redis_url": "redis://u:hunter2@127.0.0.1/0"}, "policyd.redis_url", "redis_password_file"),
+        ({"redis_url": "unix:///run/redis.sock?password=x"}, "policyd.redis_url", "carries a password"),
+        ({"redis_url": "http://127.0.0.1:6379"}, "policyd.redis_url", "scheme"),
+        ({"redis_url": "redis://:99999999"}, "policyd.redis_url", "not a URL"),
+        ({"redis_url": "unix://"}, "policyd.redis_url", "socket's path"),
+        ({"redis_timeout": 30}, "policyd.redis_timeout", "smtpd_policy_service_timeout"),
+        ({"redis_timeout": 0}, "policyd.redis_timeout", "more than 0"),
+        ({"redis_host_name": "mx 1"}, "policyd.redis_host_name", "white space"),
+        ({"store": "redis", "redis_password_file": "/nonexistent/pass"}, "policyd.redis_password_file",
+         "cannot read /nonexistent/pass"),
+    ],
+)
+def test_redis_keys_that_stop_start_up(tmp_path, keys, key, reason):
+    with pytest.raises(ConfigError) as info:
+        _policyd(tmp_path, **keys)
+    assert info.value.key == key
+    assert reason in info.value.reason
+    assert "hunter2" not in str(info.value)
+
+
+def test_a_password_file_every_user_can_read_is_refused(tmp_path):
+    password = tmp_path / "redis.pass"
+    password.write_text("s3cret\n")
+    password.chmod(0o644)
+    with pytest.raises(ConfigError) as info:
+        _policyd(tmp_path, store="redis", redis_password_file=str(password))
+    assert str(info.value) == (
+        f"{tmp_path / 'sendguard.toml'}: policyd.redis_password_file: {password} is readable by every user"
+        " (mode 0644): chmod o-r it"
+    )
+    password.write_text("")
+    password.chmod(0o600)
+    with pytest.raises(ConfigError, match="is empty"):
+        _policyd(tmp_path, store="redis", redis_password_file=str(password))

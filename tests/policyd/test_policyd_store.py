@@ -265,6 +265,7 @@ def test_a_file_of_another_schema_version_is_refused_naming_file_and_versions(tm
     import pytest
 
     from sendguard_policyd.backend import open_reader
+    from sendguard_policyd.settings import PolicydSettings
     from sendguard_policyd.store import StoreError
     from sendguard_policyd.store.sqlite_schema import SCHEMA_VERSION
 
@@ -276,7 +277,7 @@ def test_a_file_of_another_schema_version_is_refused_naming_file_and_versions(tm
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     conn.close()
-    for opener in (lambda: SQLiteCounterStore(str(path)), lambda: open_reader(str(path))):
+    for opener in (lambda: SQLiteCounterStore(str(path)), lambda: open_reader(PolicydSettings(database=str(path)))):
         with pytest.raises(StoreError) as info:
             opener()
         message = str(info.value)
