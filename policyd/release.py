@@ -36,6 +36,7 @@ from sendguard_policyd.store import (
     COUNTED,
     NOT_HELD,
     STATE_GONE,
+    STATE_HELD,
     STATE_RELEASED,
     STATE_RELEASING,
     TOO_LARGE,
@@ -49,6 +50,10 @@ log = logs.get("release")
 
 #: ``maximal_queue_lifetime`` is read again after this many seconds (an operator may change it).
 LIFETIME_REFRESH = 600.0
+#: A message is recorded held when the policy daemon answers HOLD, before Postfix has finished it
+#: (the milters still run) and filed it in the hold queue; only a record older than this that is
+#: missing from the hold queue has left it by other hands.
+ARRIVAL_GRACE = 60.0
 
 
 @dataclass
@@ -123,6 +128,11 @@ class Releaser:
         for message in waiting:
             queued = held.get(message.queue_id)
             if queued is None:
+                if message.state == STATE_HELD and now - message.at < ARRIVAL_GRACE:
+                    # Not filed in the hold queue yet: it waits, and so does everything after it.
+                    blocked = True
+                    result.waiting[name] = result.waiting.get(name, 0) + 1
+                    continue
                 self._left_by_other_hands(message, now, result)
                 continue
             if lifetime is not None and now - queued.arrival_time > self.warn_share * lifetime:

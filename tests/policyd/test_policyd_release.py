@@ -13,7 +13,7 @@ import pytest
 
 from sendguard_policyd import metrics
 from sendguard_policyd.postfix_queue import PostfixError, PostfixQueue, parse_json_line, parse_postfix_time
-from sendguard_policyd.release import Releaser
+from sendguard_policyd.release import ARRIVAL_GRACE, Releaser
 from sendguard_policyd.store import STATE_RELEASING, Windows
 from sendguard_policyd.store.sqlite import SQLiteCounterStore
 from sendguard_testing.command import sendguard_command
@@ -126,13 +126,27 @@ def test_only_its_own_holds_are_touched_and_vanished_ones_are_closed_uncounted(w
     hold(store, postfix, "MINE", T0)
     hold(store, postfix, "DELETED", T0)
     postfix.remove("DELETED")  # postsuper -d by an operator
-    clock.now = T0 + 1
+    clock.now = T0 + ARRIVAL_GRACE + 1
     result = releaser.run_pass()
     assert postfix.released() == ["MINE"]
     assert result.gone == {"trucking": 1}
     assert postfix.queue_of("FAMILY1") == "hold" and postfix.queue_of("OPERATOR") == "hold"
     assert store.windows("trucking", clock.now).hour == 1
     assert store.held_backlog() == {}
+
+
+def test_a_message_not_yet_filed_in_the_hold_queue_waits_and_is_not_given_up(world):
+    # The daemon records the hold when it answers HOLD; Postfix files the message a moment later
+    # (after the milters). A pass in between must neither close it nor let later mail overtake it.
+    releaser, store, clock, postfix = world
+    assert store.record_hold("i-EARLY", "trucking", 1, T0, "EARLY")  # answered, not filed yet
+    hold(store, postfix, "LATER", T0 + 0.5)
+    clock.now = T0 + 1
+    result = releaser.run_pass()
+    assert result.gone == {} and postfix.released() == []
+    postfix.hold("EARLY", T0)  # Postfix has filed it
+    assert releaser.run_pass().released == {"trucking": 2}
+    assert postfix.released() == ["EARLY", "LATER"]
 
 
 def test_a_message_that_can_never_fit_does_not_block_the_stream(world, caplog):
