@@ -148,6 +148,8 @@ class Stack:
     engine: Engine
     spool: Path
     dns: dict[str, bytes]
+    #: The host folder mounted at /var/lib/sendguard in the sendguard and postfix containers.
+    state: Path
     #: Accepted messages per stream, counted by the tests themselves (the stack is fresh per run).
     ledger: dict[str, int] = field(default_factory=dict)
 
@@ -315,6 +317,24 @@ def wait_for_stack(stack: Stack, timeout: float = 90) -> None:
             raise AssertionError(f"the sink does not listen:\n{stack.logs('sink')[-4000:]}")
         time.sleep(0.5)
     wait_for_sendguard(stack, timeout=max(5, deadline - time.monotonic()))
+    wait_for_releaser(stack, timeout=max(5, deadline - time.monotonic()))
+
+
+def releaser_running(stack: Stack) -> bool:
+    """Whether `sendguard release` runs in the postfix container."""
+    ps = "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f 2>/dev/null; echo; done"
+    out = stack.run("exec", container("postfix"), "bash", "-c", ps, check=False, timeout=30).stdout.decode()
+    return any("sendguard release" in line for line in out.splitlines())
+
+
+def wait_for_releaser(stack: Stack, timeout: float = 30) -> None:
+    """Wait until the releaser runs beside Postfix (it starts once the policy daemon made the store)."""
+    deadline = time.monotonic() + timeout
+    while not releaser_running(stack):
+        log = stack.logs("postfix")
+        if time.monotonic() > deadline or "sendguard release exited" in log:
+            raise AssertionError(f"the releaser does not run in the postfix container:\n{log[-4000:]}")
+        time.sleep(0.5)
 
 
 # -- messages -----------------------------------------------------------------------------------------------
