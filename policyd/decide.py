@@ -43,6 +43,8 @@ from sendguard_policyd.store import (
     OVER_DAILY,
     OVER_HOURLY,
     STATE_FAMILY_HOLD,
+    STATE_HELD,
+    STATE_RELEASING,
     TOO_LARGE,
     CounterStore,
     StoreError,
@@ -113,6 +115,10 @@ class Decider:
         self._family_holds = metrics.HOLDS.labels("family")
         self._unexpected_since: dict[str, int] = {}
         self.summary = Summary(store.windows, self._caps_of)
+        # Over-cap holds answered while the store could not record them: recorded once it can,
+        # so the releaser still finds them (until then Postfix keeps them held; nothing leaves).
+        self._unrecorded_holds: list[tuple[str, str, int, float, str]] = []
+        self._over_cap_holds = metrics.HOLDS.labels("over_cap")
 
     def decide(self, attrs: Mapping[str, str], now: float) -> Decision:
         """The answer to one parsed request at ``now`` (counted in the decisions metric)."""
@@ -137,8 +143,21 @@ class Decider:
         return decision
 
     def tick(self, now: float) -> None:
-        """Periodic work between requests (the event loop calls it about once a second): the summary line."""
+        """Periodic work between requests (the event loop calls about once a second): the summary
+        line, and recording holds that the store could not take when they were answered."""
         self.summary.tick(now)
+        if self._unrecorded_holds:
+            self._record_unrecorded()
+
+    def _record_unrecorded(self) -> None:
+        while self._unrecorded_holds:
+            instance, stream, count, at, queue_id = self._unrecorded_holds[0]
+            try:
+                self.store.record_hold(instance, stream, count, at, queue_id)
+            except StoreError:
+                return  # still down: the next tick tries again
+            self._unrecorded_holds.pop(0)
+            log.info("%s: hold recorded now that the counter store answers again (stream %s)", queue_id, stream)
 
     def _caps_of(self, stream: str, now: float) -> Caps | None:
         warmup = self.warmups.get(stream)
@@ -270,14 +289,12 @@ class Decider:
         count = _recipient_count(attrs, qid)
         caps = self.warmups[name].caps(now, self._clock())
         instance = attrs.get("instance", "")
+        policy = self.settings.policy_for(name)
         try:
             adm = self.store.admit(name, instance, count, now, caps.hourly, caps.daily, attrs.get("queue_id", ""))
         except StoreError as exc:
             metrics.STORE_ERRORS.inc()
-            log.error("%s: defer: stream %s: counter store failed: %s", qid, name, exc)
-            return Decision(
-                "DEFER_IF_PERMIT 4.3.0 sendguard: counter store unavailable, try again later", "defer_if_permit", name
-            )
+            return self._store_failed(attrs, now, name, count, policy.over_cap, policy.on_store_error, exc)
         hour_cap = cap_text(caps.hourly)
         day_cap = cap_text(caps.daily)
         if adm.outcome == COUNTED:
@@ -293,6 +310,9 @@ class Decider:
                       qid, name, instance)  # fmt: skip
             return _dunno(name)
         if adm.outcome == ALREADY_HELD:
+            if self._state_of(attrs) in (STATE_HELD, STATE_RELEASING):
+                # Postfix asks again (its first answer was lost): the message must stay held.
+                return self._hold_answer(name, "it was held before and waits for release")
             return None
         if adm.outcome == TOO_LARGE:
             cap = caps.hourly if caps.hourly is not None and count > caps.hourly else caps.daily
@@ -310,12 +330,61 @@ class Decider:
             what = f"daily cap of {day_cap} recipients per rolling 24 hours"
             used = adm.day_count
         when = _fmt_room(adm.room_at, now)
+        if policy.over_cap == "hold":
+            return self._over_cap_hold(attrs, now, name, count, f"{used} used of the {what}; {when}", what)
         log.info("%s: defer: stream %s: %d used of the %s; %d more would exceed it; %s",
                  qid, name, used, what, count, when)  # fmt: skip
         return Decision(
             f"DEFER_IF_PERMIT 4.7.1 sendguard: stream {name} is at its {what}; {when}, try again later",
             "defer_if_permit",
             name,
+        )
+
+    def _over_cap_hold(
+        self, attrs: Mapping[str, str], now: float, name: str, count: int, detail: str, what: str
+    ) -> Decision:
+        """Hold a message over its stream's cap: Postfix keeps it, the releaser lets it go later."""
+        qid = _qid(attrs)
+        self._remember_hold(attrs, now, name, count)
+        self._over_cap_holds.inc()
+        self.summary.held(name, now)
+        log.info("%s: hold: stream %s: %s; %d recipient(s) held for release", qid, name, detail, count)
+        return self._hold_answer(name, f"it is at its {what}")
+
+    def _remember_hold(self, attrs: Mapping[str, str], now: float, name: str, count: int) -> None:
+        entry = (attrs.get("instance", ""), name, count, now, attrs.get("queue_id", ""))
+        try:
+            self.store.record_hold(*entry)
+        except StoreError as exc:
+            metrics.STORE_ERRORS.inc()
+            log.error("%s: cannot record the hold (%s); held anyway, recorded once the store answers",
+                      _qid(attrs), exc)  # fmt: skip
+            self._unrecorded_holds.append(entry)
+
+    @staticmethod
+    def _hold_answer(name: str, why: str) -> Decision:
+        return Decision(
+            f"HOLD sendguard: stream {name}: {why}; held, released as the stream's window frees", "hold", name
+        )
+
+    def _store_failed(
+        self, attrs: Mapping[str, str], now: float, name: str, count: int, over_cap: str, on_error: str,
+        exc: StoreError,
+    ) -> Decision:
+        """The store could not count the message: ``on_store_error`` decides (never an unknown count past a cap)."""
+        qid = _qid(attrs)
+        if on_error == "open":
+            log.error("%s: pass uncounted: stream %s: counter store failed (%s) and on_store_error = open",
+                      qid, name, exc)  # fmt: skip
+            return _dunno(name)
+        if over_cap == "hold":
+            log.error("%s: hold: stream %s: counter store failed (%s); held until it can be counted", qid, name, exc)
+            self._unrecorded_holds.append((attrs.get("instance", ""), name, count, now, attrs.get("queue_id", "")))
+            self._over_cap_holds.inc()
+            return self._hold_answer(name, "the counter store is unavailable")
+        log.error("%s: defer: stream %s: counter store failed: %s", qid, name, exc)
+        return Decision(
+            "DEFER_IF_PERMIT 4.3.0 sendguard: counter store unavailable, try again later", "defer_if_permit", name
         )
 
     def _state_of(self, attrs: Mapping[str, str]) -> str | None:

@@ -10,6 +10,7 @@ binds the collector's source with :func:`bind` and clears it on stop.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Callable, Iterable, Protocol, Sequence
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
@@ -17,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sendguard import logs
+from sendguard_policyd.store import Backlog
 
 log = logs.get("policyd")
 
@@ -35,7 +37,31 @@ UNEXPECTED_STATES = Counter(
     "Requests at a protocol_state not in expected_states: a hook in the wrong restriction list.",
     ["protocol_state"],
 )
-STORE_ERRORS = Counter("sendguard_policyd_store_errors", "Counter store failures (answered with a deferral).")
+STORE_ERRORS = Counter(
+    "sendguard_policyd_store_errors",
+    "Counter store failures (answered as the stream's on_store_error says: a hold, a deferral or an uncounted pass).",
+)
+RELEASES = Counter(
+    "sendguard_policyd_releases", "Over-cap held messages let go by the releaser, by stream.", ["stream"]
+)
+RELEASED_RECIPIENTS = Counter(
+    "sendguard_policyd_released_recipients", "Recipients of the messages the releaser let go, by stream.", ["stream"]
+)
+RELEASE_ERRORS = Counter(
+    "sendguard_policyd_release_errors",
+    "Release passes or releases that failed, by step (postqueue, postsuper, store).",
+    ["step"],
+)
+HELD_GONE = Counter(
+    "sendguard_policyd_held_gone",
+    "Over-cap held messages that left the hold queue by other hands (deleted or released by an operator).",
+    ["stream"],
+)
+HELD_NEAR_LIFETIME = Gauge(
+    "sendguard_policyd_held_near_lifetime_messages",
+    "Held messages older than release.lifetime_warn_share of maximal_queue_lifetime (they may bounce once released).",
+    ["stream"],
+)
 BUSY_POLL_SECONDS = Counter(
     "sendguard_policyd_busy_poll_seconds",
     "Time the event loop spent polling for the next request instead of sleeping (policyd.busy_poll_usec):"
@@ -58,6 +84,7 @@ class StreamGauges(Protocol):
     daily_cap: int | None
     hour: int
     day: int
+    backlog: Backlog
 
 
 class StreamCollector(Collector):
@@ -116,7 +143,23 @@ class StreamCollector(Collector):
             "warmup_day": GaugeMetricFamily(
                 "sendguard_policyd_warmup_day", "Whole days since the stream's warmup start.", labels=["stream"]
             ),
+            "held": GaugeMetricFamily(
+                "sendguard_policyd_held_backlog_messages",
+                "Over-cap messages held in Postfix and waiting for release.",
+                labels=["stream"],
+            ),
+            "held_recipients": GaugeMetricFamily(
+                "sendguard_policyd_held_backlog_recipients",
+                "Recipients of the over-cap messages waiting for release.",
+                labels=["stream"],
+            ),
+            "oldest": GaugeMetricFamily(
+                "sendguard_policyd_held_oldest_age_seconds",
+                "Age of the oldest over-cap message waiting for release (0: none waits).",
+                labels=["stream"],
+            ),
         }
+        now = time.time()
         for row in rows:
             families["hour"].add_metric([row.name], row.hour)
             families["day"].add_metric([row.name], row.day)
@@ -126,6 +169,10 @@ class StreamCollector(Collector):
                 families["daily_cap"].add_metric([row.name], row.daily_cap)
             if row.warmup_day is not None:
                 families["warmup_day"].add_metric([row.name], row.warmup_day)
+            families["held"].add_metric([row.name], row.backlog.messages)
+            families["held_recipients"].add_metric([row.name], row.backlog.recipients)
+            oldest = row.backlog.oldest_at
+            families["oldest"].add_metric([row.name], 0.0 if oldest is None else max(0.0, now - oldest))
         yield from families.values()
 
 

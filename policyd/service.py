@@ -20,7 +20,7 @@ from sendguard.addresses import parse_hostport
 from sendguard.config import Config
 from sendguard.config_reader import ConfigError
 from sendguard_policyd import metrics
-from sendguard_policyd.backend import open_store
+from sendguard_policyd.backend import open_store, store_windows
 from sendguard_policyd.decide import Decider
 from sendguard_policyd.server import PolicyServer
 from sendguard_policyd.settings import PolicydSettings
@@ -76,9 +76,10 @@ def start(config: Config, settings: PolicydSettings) -> Handle:
     thread = threading.Thread(target=server.serve_forever, name="sendguard-policyd", daemon=True)
     thread.start()
     warmups = decider.warmups
+    windows = store_windows(settings)
 
     def gauges() -> list[StreamStatus]:
-        return snapshot(config.streams, store, warmups, time.time())
+        return snapshot(config.streams, store, warmups, time.time(), windows)
 
     metrics.bind(gauges)
     log.info(

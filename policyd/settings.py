@@ -8,7 +8,8 @@ Every key has a default that works next to a stock Postfix on the same host
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 from sendguard.addresses import check_hostport
 from sendguard.config import ConfigDocument
@@ -20,6 +21,40 @@ PROTOCOL_STATES = ("CONNECT", "EHLO", "HELO", "MAIL", "RCPT", "DATA", "END-OF-ME
 
 #: The actions a configured answer may start with (access(5)); anything else Postfix would log as an error.
 _ACTION_WORDS = ("DUNNO", "DEFER_IF_PERMIT", "DEFER_IF_REJECT", "DEFER", "REJECT", "HOLD", "WARN", "OK", "PERMIT")
+
+
+@dataclass(frozen=True)
+class StreamPolicy:
+    """The policy daemon's keys in one ``[streams.NAME]`` table."""
+
+    #: A message over the stream's cap: "hold" (accepted, held in Postfix, released as room frees)
+    #: or "defer" (``DEFER_IF_PERMIT 4.7.1``: the client must retry; Listmonk does not).
+    over_cap: str = "hold"
+    #: The counter store cannot answer: "closed" (hold or defer as over_cap says, never let capped
+    #: mail past an unknown count) or "open" (pass it uncounted, logged).
+    on_store_error: str = "closed"
+
+
+DEFAULT_POLICY = StreamPolicy()
+
+#: ``[release] enabled``: run the releaser in ``sendguard run`` always, never, or when Postfix's
+#: ``postqueue`` is on this host.
+RELEASE_ENABLED = (True, False, "auto")
+
+
+@dataclass(frozen=True)
+class ReleaseSettings:
+    """``[release]``: letting over-cap holds go as their stream's windows free."""
+
+    enabled: bool | str = "auto"
+    #: Seconds between two passes over the hold queue.
+    interval: float = 10.0
+    #: Postfix's configuration directory for postqueue/postsuper/postconf ("": Postfix's default).
+    postfix_config_dir: str = ""
+    #: A held message older than this share of ``maximal_queue_lifetime`` is flagged (log and metric).
+    lifetime_warn_share: float = 0.5
+    #: Where ``sendguard release`` run alone serves its metrics (in ``sendguard run``: policyd.metrics_listen).
+    metrics_listen: str = "127.0.0.1:9468"
 
 
 @dataclass(frozen=True)
@@ -52,6 +87,16 @@ class PolicydSettings:
     busy_poll_usec: int = 0
     #: SQLite ``synchronous``: "normal" (fast, durable across process crashes) or "full" (also power loss).
     sqlite_synchronous: str = "normal"
+    #: Testing only: the rolling hour lasts this many seconds and the day 24 times that (None: an hour).
+    test_window_seconds: int | None = None
+    #: Per stream name, the policy daemon's keys of ``[streams.NAME]``.
+    stream_policies: Mapping[str, StreamPolicy] = field(default_factory=dict, metadata={"effective": False})
+    #: ``[release]``: the releaser of over-cap holds.
+    release: ReleaseSettings = field(default_factory=lambda: ReleaseSettings(), metadata={"effective": False})
+
+    def policy_for(self, stream: str) -> StreamPolicy:
+        """The policy daemon's keys of ``stream`` (the defaults for a stream that sets none)."""
+        return self.stream_policies.get(stream, DEFAULT_POLICY)
 
 
 def _check_action(value: str) -> str | None:
@@ -111,6 +156,9 @@ def parse_policyd(doc: ConfigDocument) -> PolicydSettings:
         "busy_poll_usec", int, 0, lambda v: None if 0 <= v <= 10000 else "must be between 0 and 10000 microseconds"
     )
     sync = section.get("sqlite_synchronous", str, "normal", check_one_of("normal", "full"))
+    window = section.get(
+        "test_window_seconds", int, None, lambda v: None if 2 <= v <= 3600 else "must be between 2 and 3600 seconds"
+    )
     if not database:
         raise section.error("database", "cannot be empty")
     section.finish()
@@ -130,4 +178,36 @@ def parse_policyd(doc: ConfigDocument) -> PolicydSettings:
         busy_poll_usec=busy_poll,
         reuse_port=reuse_port,
         sqlite_synchronous=sync,
+        test_window_seconds=window,
+        stream_policies=_parse_stream_policies(doc),
+        release=_parse_release(doc),
     )
+
+
+def _parse_stream_policies(doc: ConfigDocument) -> dict[str, StreamPolicy]:
+    policies: dict[str, StreamPolicy] = {}
+    for name, table in doc.stream_tables.items():
+        over_cap = table.get("over_cap", str, DEFAULT_POLICY.over_cap, check_one_of("hold", "defer"))
+        on_error = table.get("on_store_error", str, DEFAULT_POLICY.on_store_error, check_one_of("closed", "open"))
+        policies[name] = StreamPolicy(over_cap=over_cap, on_store_error=on_error)
+    return policies
+
+
+def _parse_release(doc: ConfigDocument) -> ReleaseSettings:
+    section = doc.top.sub("release")
+    defaults = ReleaseSettings()
+    enabled = section.get(
+        "enabled", (bool, str), defaults.enabled, lambda v: None if v in RELEASE_ENABLED else 'must be true, false or "auto"'
+    )
+    interval = section.get(
+        "interval", float, defaults.interval, lambda v: None if 0.2 <= v <= 3600 else "must be between 0.2 and 3600 seconds"
+    )
+    config_dir = section.get("postfix_config_dir", str, defaults.postfix_config_dir)
+    share = section.get(
+        "lifetime_warn_share", float, defaults.lifetime_warn_share,
+        lambda v: None if 0 < v < 1 else "must be between 0 and 1 (a share of maximal_queue_lifetime)",
+    )  # fmt: skip
+    metrics = section.get("metrics_listen", str, defaults.metrics_listen, check_hostport)
+    section.finish()
+    return ReleaseSettings(enabled=enabled, interval=float(interval), postfix_config_dir=config_dir,
+                           lifetime_warn_share=float(share), metrics_listen=metrics)  # fmt: skip

@@ -23,19 +23,34 @@ from sendguard_policyd.store import (
     ALREADY_COUNTED,
     ALREADY_HELD,
     COUNTED,
-    DAY,
-    HOUR,
+    NOT_HELD,
     OVER_DAILY,
     OVER_HOURLY,
     STATE_COUNTED,
+    STATE_GONE,
+    STATE_HELD,
+    STATE_RELEASED,
+    STATE_RELEASING,
     TOO_LARGE,
     Admission,
+    Backlog,
+    HeldMessage,
     StoreError,
     WindowCounts,
+    Windows,
 )
 from sendguard_policyd.store.sqlite_lock import WritersLock
 from sendguard_policyd.store.sqlite_maintenance import Maintenance
-from sendguard_policyd.store.sqlite_reader import WINDOWS, counts, day_floor, hour_floor, read_family_holds, read_windows
+from sendguard_policyd.store.sqlite_reader import (
+    STANDARD,
+    WINDOWS,
+    counts,
+    day_floor,
+    hour_floor,
+    read_family_holds,
+    read_held_backlog,
+    read_windows,
+)
 from sendguard_policyd.store.sqlite_room import room_at
 from sendguard_policyd.store.sqlite_schema import connect
 
@@ -51,6 +66,19 @@ VALUES (?, ?, 'counted', ?, ?, ?, ?, ?)"""
 _FAMILY_INSERT = """INSERT OR IGNORE INTO messages (instance, stream, state, recipients, at, queue_id, reason)
 VALUES (?, ?, 'family_hold', 0, ?, ?, ?)"""
 
+_HOLD_INSERT = """INSERT OR IGNORE INTO messages (instance, stream, state, recipients, at, queue_id, reason)
+VALUES (?, ?, 'held', ?, ?, ?, 'over_cap')"""
+
+_WAITING = f"""SELECT queue_id, instance, stream, recipients, at, state FROM messages
+WHERE stream = ? AND state IN ('{STATE_HELD}', '{STATE_RELEASING}') ORDER BY at, instance"""
+
+_WAITING_BY_QID = f"""SELECT instance, stream, recipients, state FROM messages
+WHERE queue_id = ? AND state IN ('{STATE_HELD}', '{STATE_RELEASING}') ORDER BY at LIMIT 1"""
+
+_CLAIM = "UPDATE messages SET state = 'releasing', at = ?, hour_after = ?, day_after = ? WHERE instance = ?"
+
+_FINISH = f"UPDATE messages SET state = ? WHERE queue_id = ? AND state IN ('{STATE_HELD}', '{STATE_RELEASING}')"
+
 
 def _fits(hour: int, day: int, recipients: int, hourly_cap: int | None, daily_cap: int | None) -> bool:
     return (hourly_cap is None or hour + recipients <= hourly_cap) and (
@@ -65,9 +93,10 @@ class SQLiteCounterStore:
     background thread) read on connections of their own.
     """
 
-    def __init__(self, path: str, synchronous: str = "normal") -> None:
+    def __init__(self, path: str, synchronous: str = "normal", windows: Windows = STANDARD) -> None:
         self.path = path
         self.synchronous = synchronous
+        self.windows_length = windows
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._writers = WritersLock(path)
         # Daemons starting together on a new file would race to switch it to WAL and create the
@@ -113,7 +142,7 @@ class SQLiteCounterStore:
         self.maintenance.saw(now)
         with self._writers:
             cur = self._cur
-            read = (stream, hour_floor(now), day_floor(now), instance)
+            read = (stream, hour_floor(now, self.windows_length), day_floor(now, self.windows_length), instance)
             if stream in self._over_cap:
                 # The stream was over a cap a moment ago (a campaign push): read first, so that a
                 # refusal, the likely answer, never opens a write transaction.
@@ -164,11 +193,12 @@ class SQLiteCounterStore:
             return Admission(TOO_LARGE, hour, day)
         self._over_cap.add(stream)
         total = total or 0
+        w = self.windows_length
         if hourly_cap is not None and hour + recipients > hourly_cap:
-            room = room_at(cur, stream, hour_floor(now), total - hour, hour + recipients - hourly_cap, HOUR)
+            room = room_at(cur, stream, hour_floor(now, w), total - hour, hour + recipients - hourly_cap, w.hour)
             return Admission(OVER_HOURLY, hour, day, room)
         assert daily_cap is not None  # not counted, not a retry, within the hourly cap: over the daily one
-        room = room_at(cur, stream, day_floor(now), total - day, day + recipients - daily_cap, DAY)
+        room = room_at(cur, stream, day_floor(now, w), total - day, day + recipients - daily_cap, w.day)
         return Admission(OVER_DAILY, hour, day, room)
 
     def mark_family_hold(self, instance: str, stream: str, now: float, queue_id: str, rule: str) -> bool:
@@ -179,6 +209,67 @@ class SQLiteCounterStore:
         self.maintenance.saw(now)
         with self._writers:
             return self._cur.execute(_FAMILY_INSERT, (instance, stream, now, queue_id, rule)).rowcount == 1
+
+    # -- over-cap holds and their release ----------------------------------------------------------
+
+    def record_hold(self, instance: str, stream: str, recipients: int, now: float, queue_id: str) -> bool:
+        """Record an over-cap message held at END-OF-MESSAGE; True when it had no record before."""
+        if not instance:
+            # Nothing to deduplicate on: Postfix always sends one; the queue id still identifies it.
+            self._seq += 1
+            instance = f"no-instance:{os.getpid()}:{now}:{self._seq}"
+        self.maintenance.saw(now)
+        with self._writers:
+            return self._cur.execute(_HOLD_INSERT, (instance, stream, recipients, now, queue_id)).rowcount == 1
+
+    def held_messages(self, stream: str) -> list[HeldMessage]:
+        """The stream's messages waiting for release, oldest first (on the calling thread's reader)."""
+        try:
+            rows = self._reader().execute(_WAITING, (stream,)).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"counter store {self.path}: {exc}") from exc
+        return [HeldMessage(q, i, s, int(r), float(a), st) for q, i, s, r, a, st in rows]
+
+    def claim_release(self, queue_id: str, now: float, hourly_cap: int | None, daily_cap: int | None) -> Admission:
+        """Count a held message if it fits now (``held`` → ``releasing``), as one transaction."""
+        self.maintenance.saw(now)
+        w = self.windows_length
+        with self._writers:
+            cur = self._cur
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                row = cur.execute(_WAITING_BY_QID, (queue_id,)).fetchone()
+                if row is None:
+                    cur.execute("COMMIT")
+                    return Admission(NOT_HELD, 0, 0)
+                instance, stream, recipients, state = row
+                total, before_hour, before_day = cur.execute(
+                    WINDOWS, (stream, hour_floor(now, w), day_floor(now, w))
+                ).fetchone()
+                hour, day = counts(total, before_hour, before_day)
+                claimed = state == STATE_HELD and _fits(hour, day, recipients, hourly_cap, daily_cap)
+                if claimed:
+                    hour += recipients
+                    day += recipients
+                    cur.execute(_CLAIM, (now, hour, day, instance))
+                cur.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    cur.execute("ROLLBACK")
+                raise
+            if claimed:
+                return Admission(COUNTED, hour, day)
+            if state == STATE_RELEASING:  # claimed by an earlier pass that did not see Postfix let it go
+                return Admission(ALREADY_COUNTED, hour, day)
+            return self._refused(cur, stream, now, recipients, hourly_cap, daily_cap, None, total, hour, day)
+
+    def finish_release(self, queue_id: str, state: str, now: float) -> None:
+        """Close the waiting record of ``queue_id`` as ``released`` or ``gone``."""
+        if state not in (STATE_RELEASED, STATE_GONE):
+            raise ValueError(f"a release finishes as {STATE_RELEASED} or {STATE_GONE}, not {state!r}")
+        self.maintenance.saw(now)
+        with self._writers:
+            self._cur.execute(_FINISH, (state, queue_id))
 
     def message_state(self, instance: str) -> str | None:
         """The recorded state of a message, read on the write connection (the event loop's thread)."""
@@ -203,7 +294,14 @@ class SQLiteCounterStore:
     def windows(self, stream: str, now: float) -> WindowCounts:
         """The rolling counts of ``stream`` (on the calling thread's reader connection)."""
         try:
-            return read_windows(self._reader(), stream, now)
+            return read_windows(self._reader(), stream, now, self.windows_length)
+        except sqlite3.Error as exc:
+            raise StoreError(f"counter store {self.path}: {exc}") from exc
+
+    def held_backlog(self) -> dict[str, Backlog]:
+        """Over-cap messages waiting for release, per stream (on the calling thread's reader)."""
+        try:
+            return read_held_backlog(self._reader())
         except sqlite3.Error as exc:
             raise StoreError(f"counter store {self.path}: {exc}") from exc
 

@@ -12,7 +12,18 @@ import sqlite3
 import threading
 
 from sendguard import logs
-from sendguard_policyd.store import DAY, HOUR, STATE_COUNTED, STATE_FAMILY_HOLD, StoreError
+from sendguard_policyd.store import (
+    DAY,
+    HOUR,
+    STATE_COUNTED,
+    STATE_FAMILY_HOLD,
+    STATE_GONE,
+    STATE_RELEASED,
+    StoreError,
+)
+
+#: States whose records expire (held and releasing ones wait for the releaser, however long).
+_FINAL = (STATE_COUNTED, STATE_FAMILY_HOLD, STATE_RELEASED, STATE_GONE)
 from sendguard_policyd.store.sqlite_lock import WritersLock
 from sendguard_policyd.store.sqlite_reader import day_floor
 from sendguard_policyd.store.sqlite_schema import connect
@@ -79,8 +90,8 @@ class Maintenance:
             instances = [
                 row[0]
                 for row in conn.execute(
-                    "SELECT instance FROM messages WHERE at < ? AND state IN (?, ?)",
-                    (expired, STATE_COUNTED, STATE_FAMILY_HOLD),
+                    "SELECT instance FROM messages WHERE at < ? AND state IN (?, ?, ?, ?)",
+                    (expired, *_FINAL),
                 )
             ]
         except sqlite3.Error as exc:
@@ -96,8 +107,8 @@ class Maintenance:
             marks = ",".join("?" * len(batch))
             deleted += self._delete_locked(
                 conn,
-                f"DELETE FROM messages WHERE instance IN ({marks}) AND at < ? AND state IN (?, ?)",
-                (*batch, expired, STATE_COUNTED, STATE_FAMILY_HOLD),
+                f"DELETE FROM messages WHERE instance IN ({marks}) AND at < ? AND state IN (?, ?, ?, ?)",
+                (*batch, expired, *_FINAL),
             )
         return deleted
 

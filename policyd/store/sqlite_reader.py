@@ -18,7 +18,14 @@ from __future__ import annotations
 
 import sqlite3
 
-from sendguard_policyd.store import DAY, HOUR, StoreError, WindowCounts
+from sendguard_policyd.store import (
+    STATE_HELD,
+    STATE_RELEASING,
+    Backlog,
+    StoreError,
+    WindowCounts,
+    Windows,
+)
 from sendguard_policyd.store.sqlite_schema import connect
 
 # A window's count, on any connection: the stream's total (the newest bucket's) and the totals
@@ -33,15 +40,22 @@ WINDOWS = """SELECT
 _FAMILY_HOLDS = "SELECT stream, COUNT(*) FROM messages WHERE state = 'family_hold' AND at >= ? GROUP BY stream"
 
 
-def hour_floor(now: float) -> float:
+#: The windows of every store that is not told otherwise: an hour and a day.
+STANDARD = Windows()
+
+_BACKLOG = f"""SELECT stream, COUNT(*), SUM(recipients), MIN(at) FROM messages
+WHERE state IN ('{STATE_HELD}', '{STATE_RELEASING}') GROUP BY stream"""
+
+
+def hour_floor(now: float, windows: Windows = STANDARD) -> float:
     """The second above which a bucket is in the rolling hour at ``now``."""
     # Bucket s covers [s, s+1): it is in the window while s + 1 > now - HOUR.
-    return now - HOUR - 1
+    return now - windows.hour - 1
 
 
-def day_floor(now: float) -> float:
+def day_floor(now: float, windows: Windows = STANDARD) -> float:
     """The second above which a bucket is in the rolling day at ``now``."""
-    return now - DAY - 1
+    return now - windows.day - 1
 
 
 def counts(total: int | None, before_hour: int | None, before_day: int | None) -> tuple[int, int]:
@@ -52,10 +66,19 @@ def counts(total: int | None, before_hour: int | None, before_day: int | None) -
     return (0 if before_hour is None else total - before_hour), (0 if before_day is None else total - before_day)
 
 
-def read_windows(conn: sqlite3.Connection, stream: str, now: float) -> WindowCounts:
+def read_windows(conn: sqlite3.Connection, stream: str, now: float, windows: Windows = STANDARD) -> WindowCounts:
     """The rolling counts of ``stream`` at ``now`` on any connection to the store."""
-    hour, day = counts(*conn.execute(WINDOWS, (stream, hour_floor(now), day_floor(now))).fetchone())
+    floors = (stream, hour_floor(now, windows), day_floor(now, windows))
+    hour, day = counts(*conn.execute(WINDOWS, floors).fetchone())
     return WindowCounts(hour=hour, day=day)
+
+
+def read_held_backlog(conn: sqlite3.Connection) -> dict[str, Backlog]:
+    """Over-cap messages waiting for release, per stream that has any."""
+    return {
+        stream: Backlog(messages=int(n), recipients=int(r or 0), oldest_at=oldest)
+        for stream, n, r, oldest in conn.execute(_BACKLOG)
+    }
 
 
 def read_family_holds(conn: sqlite3.Connection, since: float) -> dict[str, int]:
@@ -66,14 +89,22 @@ def read_family_holds(conn: sqlite3.Connection, since: float) -> dict[str, int]:
 class SQLiteReader:
     """A read-only connection to a store file that exists (``sendguard status``)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, windows: Windows = STANDARD) -> None:
         self.path = path
+        self.windows_length = windows
         self._conn = connect(path, create=False)
 
     def windows(self, stream: str, now: float) -> WindowCounts:
         """The rolling counts of ``stream`` at ``now``."""
         try:
-            return read_windows(self._conn, stream, now)
+            return read_windows(self._conn, stream, now, self.windows_length)
+        except sqlite3.Error as exc:
+            raise StoreError(f"counter store {self.path}: {exc}") from exc
+
+    def held_backlog(self) -> dict[str, Backlog]:
+        """Over-cap messages waiting for release, per stream."""
+        try:
+            return read_held_backlog(self._conn)
         except sqlite3.Error as exc:
             raise StoreError(f"counter store {self.path}: {exc}") from exc
 

@@ -53,6 +53,33 @@ BEGIN
 END
 """
 
+# A release claim counts a held message the same way: its bucket follows the state change from
+# 'held' to 'releasing' in the same statement (the claim sets ``at`` to the moment it counts).
+_RELEASE_TRIGGER = """
+CREATE TRIGGER IF NOT EXISTS count_release AFTER UPDATE OF state ON messages
+WHEN OLD.state = 'held' AND NEW.state = 'releasing'
+BEGIN
+    INSERT INTO buckets (stream, second, recipients, total)
+        VALUES (NEW.stream,
+                MAX(CAST(NEW.at AS INTEGER),
+                    COALESCE((SELECT MAX(second) FROM buckets WHERE stream = NEW.stream), 0)),
+                NEW.recipients,
+                NEW.recipients + COALESCE((SELECT total FROM buckets WHERE stream = NEW.stream
+                                           ORDER BY second DESC LIMIT 1), 0))
+        ON CONFLICT (stream, second) DO UPDATE
+            SET recipients = recipients + excluded.recipients, total = total + excluded.recipients;
+END
+"""
+
+#: What over-cap holds need: run on every file this release opens to write (``IF NOT EXISTS``),
+#: so a store made before holds existed gains them in place, with nothing to convert.
+_HOLDS = (
+    _RELEASE_TRIGGER,
+    # The releaser's reads: a stream's waiting messages in arrival order, and one by queue id.
+    "CREATE INDEX IF NOT EXISTS messages_waiting ON messages (stream, at) WHERE state IN ('held', 'releasing')",
+    "CREATE INDEX IF NOT EXISTS messages_waiting_qid ON messages (queue_id) WHERE state IN ('held', 'releasing')",
+)
+
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS messages (
@@ -147,6 +174,8 @@ def _create(conn: sqlite3.Connection, path: str) -> None:
             for statement in _SCHEMA:
                 conn.execute(statement)
             conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        for statement in _HOLDS:
+            conn.execute(statement)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

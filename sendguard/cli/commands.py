@@ -83,13 +83,57 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sendguard_milter import service as milter_service
     from sendguard_policyd import service as policyd_service
 
+    from sendguard_policyd import release_service
+
     metrics_http.serve(settings.policyd.metrics_listen)
     handle = policyd_service.start(settings.config, settings.policyd)
-    freeze_start_up_heap()
+    releaser = None
     try:
+        if release_service.wanted_in_run(settings.policyd):
+            releaser = _start_releaser(settings)
+        freeze_start_up_heap()
         milter_service.run(settings.config, settings.milter)
     finally:
+        if releaser is not None:
+            releaser.stop()
         handle.stop()
+    return 0
+
+
+def _start_releaser(settings: Settings):  # type: ignore[no-untyped-def]
+    from sendguard_policyd import release_service
+    from sendguard_policyd.store import StoreError
+
+    try:
+        return release_service.start(settings.config, settings.policyd)
+    except StoreError as exc:
+        raise ConfigError(settings.file, "policyd.database", str(exc)) from None
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    """Release over-cap held mail as the streams' windows free: one pass (--once) or a loop."""
+    settings = _load(args.config)
+    if args.once:
+        from sendguard_policyd import release_service
+        from sendguard_policyd.store import StoreError
+
+        try:
+            result = release_service.run_once(settings.config, settings.policyd)
+        except StoreError as exc:
+            raise ConfigError(settings.file, "policyd.database", str(exc)) from None
+        for stream in sorted(set(result.released) | set(result.waiting) | set(result.gone)):
+            print(f"stream {stream}: released {result.released.get(stream, 0)}, still held "
+                  f"{result.waiting.get(stream, 0)}, gone {result.gone.get(stream, 0)}")  # fmt: skip
+        return 1 if result.errors else 0
+    from sendguard import metrics_http
+
+    stop = _stop_on_signal()
+    metrics_http.serve(settings.policyd.release.metrics_listen)
+    releaser = _start_releaser(settings)
+    try:
+        _wait_for_signal(stop)
+    finally:
+        releaser.stop()
     return 0
 
 
@@ -100,8 +144,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     settings = load(args.file)
     open_keys(settings.milter.keys, settings.file)  # as start-up does: every key file must serve
-    sections = (("policyd", settings.policyd), ("milter", settings.milter))
-    sys.stdout.write(effective.render(settings.config, sections, [settings.milter.stream_rules]))
+    sections = (("policyd", settings.policyd), ("release", settings.policyd.release), ("milter", settings.milter))
+    stream_keys = [settings.policyd.stream_policies, settings.milter.stream_rules]
+    sys.stdout.write(effective.render(settings.config, sections, stream_keys))
     print(f"# {args.file}: OK", file=sys.stderr)
     return 0
 
@@ -153,7 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_config(sub.add_parser("policyd", help="run the policy daemon")).set_defaults(func=cmd_policyd)
     with_config(sub.add_parser("milter", help="run the milter")).set_defaults(func=cmd_milter)
-    with_config(sub.add_parser("run", help="run both services in one process")).set_defaults(func=cmd_run)
+    with_config(sub.add_parser("run", help="run both services in one process (and the releaser on a Postfix host)")
+                ).set_defaults(func=cmd_run)  # fmt: skip
+    release = with_config(sub.add_parser("release", help="release over-cap held mail as the windows free"))
+    release.add_argument("--once", action="store_true", help="one pass, then exit (status 1 if it hit an error)")
+    release.set_defaults(func=cmd_release)
     check = sub.add_parser("check-config", help="validate a config and print the effective configuration")
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=cmd_check_config)

@@ -10,12 +10,13 @@ from sendguard_policyd.decide import Decider
 from sendguard_policyd.store.sqlite import SQLiteCounterStore
 from sendguard_testing.policy_client import postfix_message, postfix_request
 
-def trucking(cap: int = 3, daily: int = 4000) -> dict:
+def trucking(cap: int = 3, daily: int = 4000, over_cap: str = "defer") -> dict:
     return {
         "match": {"server_port": [25], "client_address": ["172.18.0.5/32"]},
         "ramp": [[0, cap]],
         "daily_cap": daily,
         "start_date": dt.date(2026, 1, 1),
+        "over_cap": over_cap,
     }
 
 
@@ -129,10 +130,11 @@ def test_unmatched_mail_is_not_capped_by_default_and_can_be_deferred(decider):
 
 def test_stream_chosen_by_port_context_sender_and_sasl(decider):
     streams = {
-        "healthcare": {"match": {"server_port": [2526]}, "ramp": [[0, 1]], "start_date": dt.date(2026, 1, 1)},
-        "bulk": {"match": {"policy_context": ["bulk"], "server_port": [10025]}, "hourly_ceiling": 1},
-        "app": {"match": {"sender": ["app.example.net"], "server_port": [587]}, "hourly_ceiling": 1},
-        "sasl": {"match": {"sasl_username": ["cron"], "server_port": [465]}, "hourly_ceiling": 1},
+        "healthcare": {"match": {"server_port": [2526]}, "ramp": [[0, 1]], "start_date": dt.date(2026, 1, 1),
+                       "over_cap": "defer"},
+        "bulk": {"match": {"policy_context": ["bulk"], "server_port": [10025]}, "hourly_ceiling": 1, "over_cap": "defer"},
+        "app": {"match": {"sender": ["app.example.net"], "server_port": [587]}, "hourly_ceiling": 1, "over_cap": "defer"},
+        "sasl": {"match": {"sasl_username": ["cron"], "server_port": [465]}, "hourly_ceiling": 1, "over_cap": "defer"},
     }
     d = decider(streams)
     cases = [

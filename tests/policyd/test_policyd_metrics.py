@@ -44,6 +44,7 @@ def test_metrics_answer_the_operators_questions(make_config, endpoint):
                 "ramp": [[0, 50], [2, 3]],
                 "daily_cap": 4000,
                 "start_date": dt.datetime.fromtimestamp(start, dt.timezone.utc),
+                "over_cap": "defer",
             },
             "healthcare": {"match": {"server_port": [2526]}, "hourly_ceiling": 1000, "daily_cap": 10000},
         }

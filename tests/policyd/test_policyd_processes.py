@@ -36,6 +36,7 @@ database = "{db}"
 ramp = [[0, {CAP}], [2, 150]]
 daily_cap = 4000
 start_file = "{stamp}"
+over_cap = "defer"
 
 [streams.trucking.match]
 server_port = [25]

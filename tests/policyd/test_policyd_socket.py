@@ -20,6 +20,7 @@ def trucking(cap: int = 3) -> dict:
         "ramp": [[0, cap]],
         "daily_cap": 4000,
         "start_date": dt.date(2026, 1, 1),
+        "over_cap": "defer",  # these tests read the deferral; holds: test_policyd_release.py
     }
 
 

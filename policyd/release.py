@@ -1,0 +1,229 @@
+"""The releaser: over-cap mail held in Postfix goes out exactly as fast as its stream's windows allow.
+
+One pass (``sendguard release --once``; a loop every ``[release] interval``
+otherwise, and inside ``sendguard run`` on the Postfix host):
+
+1. read Postfix's hold queue (``postqueue -j``);
+2. per stream, oldest first, for every message the policy daemon held itself:
+   a *claim* in the counter store — the same atomic check-and-add as at
+   END-OF-MESSAGE, so the message is counted *before* it leaves — then
+   ``postsuper -H`` and ``postqueue -i``, then the record is closed;
+3. the first message that does not fit stops its stream: later ones wait
+   behind it, so a stream's mail leaves in the order it came.
+
+A crash between the claim and Postfix's release leaves the message counted
+and still held; the next pass finds it claimed and releases it without
+counting it again. Messages the daemon did not hold (a Yahoo-family hold,
+anything an operator held) are never touched; a held message that left the
+hold queue by other hands (deleted, released by hand) is closed uncounted.
+A message larger than the cap can never fit: it is skipped and logged (it
+stays held for the operator), so it does not block the stream.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from sendguard import logs
+from sendguard.streams import Stream
+from sendguard_policyd import metrics
+from sendguard_policyd.postfix_queue import PostfixError, PostfixQueue, QueuedMessage
+from sendguard_policyd.store import (
+    ALREADY_COUNTED,
+    COUNTED,
+    NOT_HELD,
+    STATE_GONE,
+    STATE_RELEASED,
+    STATE_RELEASING,
+    TOO_LARGE,
+    CounterStore,
+    HeldMessage,
+    StoreError,
+)
+from sendguard_policyd.warmup import Warmup, cap_text
+
+log = logs.get("release")
+
+#: ``maximal_queue_lifetime`` is read again after this many seconds (an operator may change it).
+LIFETIME_REFRESH = 600.0
+
+
+@dataclass
+class PassResult:
+    """What one pass did, per stream (for the log, the tests and ``--once``'s exit status)."""
+
+    released: dict[str, int] = field(default_factory=dict)
+    gone: dict[str, int] = field(default_factory=dict)
+    waiting: dict[str, int] = field(default_factory=dict)
+    errors: int = 0
+
+
+class Releaser:
+    """Releases one configuration's held mail through one Postfix."""
+
+    def __init__(
+        self,
+        streams: Sequence[Stream],
+        store: CounterStore,
+        queue: PostfixQueue,
+        lifetime_warn_share: float = 0.5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.streams = streams
+        self.store = store
+        self.queue = queue
+        self.warn_share = lifetime_warn_share
+        self.clock = clock
+        self.warmups = {s.name: Warmup(s) for s in streams}
+        self._lifetime: float | None = None
+        self._lifetime_read = float("-inf")
+        # Queue ids already logged as too large / near the end of their lifetime: one line each.
+        self._logged_too_large: set[str] = set()
+        self._logged_old: set[str] = set()
+        self._last_error = ""
+
+    def run_pass(self) -> PassResult:
+        """One pass over the hold queue; never raises for Postfix or store trouble (logged, counted)."""
+        result = PassResult()
+        now = self.clock()
+        try:
+            held = self.queue.held()
+        except PostfixError as exc:
+            self._error("postqueue", str(exc))
+            result.errors += 1
+            return result
+        lifetime = self._maximal_queue_lifetime(now)
+        for stream in self.streams:
+            try:
+                self._release_stream(stream, held, now, lifetime, result)
+            except StoreError as exc:
+                self._error("store", f"stream {stream.name}: {exc}")
+                result.errors += 1
+        if not result.errors:
+            self._last_error = ""
+        return result
+
+    def _release_stream(
+        self,
+        stream: Stream,
+        held: dict[str, QueuedMessage],
+        now: float,
+        lifetime: float | None,
+        result: PassResult,
+    ) -> None:
+        name = stream.name
+        caps = self.warmups[name].caps(now)
+        blocked = False
+        near_end = 0
+        # Claimed ones first: they are counted already, and must not wait behind one that does not fit.
+        waiting = sorted(self.store.held_messages(name), key=lambda m: m.state != STATE_RELEASING)
+        for message in waiting:
+            queued = held.get(message.queue_id)
+            if queued is None:
+                self._left_by_other_hands(message, now, result)
+                continue
+            if lifetime is not None and now - queued.arrival_time > self.warn_share * lifetime:
+                near_end += 1
+                self._warn_old(message, queued, now, lifetime)
+            if blocked:
+                result.waiting[name] = result.waiting.get(name, 0) + 1
+                continue
+            adm = self.store.claim_release(message.queue_id, now, caps.hourly, caps.daily)
+            if adm.outcome in (COUNTED, ALREADY_COUNTED):
+                if not self._release(message, adm.outcome == ALREADY_COUNTED, now, result):
+                    blocked = True  # Postfix refused: keep the order, try again next pass
+                    result.waiting[name] = result.waiting.get(name, 0) + 1
+                    continue
+                log.info(
+                    "%s: release: stream %s: %d recipient(s), hour %d/%s, day %d/%s%s",
+                    message.queue_id, name, message.recipients, adm.hour_count, cap_text(caps.hourly),
+                    adm.day_count, cap_text(caps.daily),
+                    " (counted by an earlier pass)" if adm.outcome == ALREADY_COUNTED else "",
+                )  # fmt: skip
+            elif adm.outcome == NOT_HELD:
+                continue  # closed meanwhile (another releaser, an operator's tool)
+            elif adm.outcome == TOO_LARGE:
+                if message.queue_id not in self._logged_too_large:
+                    self._logged_too_large.add(message.queue_id)
+                    log.warning(
+                        "%s: stream %s: %d recipients can never fit the cap in force (%s/hour, %s/day);"
+                        " left on hold for the operator (postsuper -H to send it anyway, -d to delete it)",
+                        message.queue_id, name, message.recipients, cap_text(caps.hourly), cap_text(caps.daily),
+                    )  # fmt: skip
+                result.waiting[name] = result.waiting.get(name, 0) + 1
+            else:  # over a cap: this one and every later one wait for room
+                blocked = True
+                result.waiting[name] = result.waiting.get(name, 0) + 1
+        metrics.HELD_NEAR_LIFETIME.labels(name).set(near_end)
+
+    def _release(self, message: HeldMessage, counted_before: bool, now: float, result: PassResult) -> bool:
+        try:
+            self.queue.release(message.queue_id)
+        except PostfixError as exc:
+            # Counted and still held: the next pass finds it claimed and only releases it.
+            self._error("postsuper", f"{message.queue_id}: {exc}")
+            result.errors += 1
+            return False
+        self.store.finish_release(message.queue_id, STATE_RELEASED, now)
+        metrics.RELEASES.labels(message.stream).inc()
+        metrics.RELEASED_RECIPIENTS.labels(message.stream).inc(message.recipients)
+        result.released[message.stream] = result.released.get(message.stream, 0) + 1
+        return True
+
+    def _left_by_other_hands(self, message: HeldMessage, now: float, result: PassResult) -> None:
+        if message.state == STATE_RELEASING:
+            # Claimed, and Postfix let it go, but the pass that did it stopped before closing the record.
+            self.store.finish_release(message.queue_id, STATE_RELEASED, now)
+            log.info("%s: release: stream %s: left the hold queue after its claim; closed", message.queue_id,
+                     message.stream)  # fmt: skip
+            return
+        self.store.finish_release(message.queue_id, STATE_GONE, now)
+        metrics.HELD_GONE.labels(message.stream).inc()
+        result.gone[message.stream] = result.gone.get(message.stream, 0) + 1
+        log.info(
+            "%s: stream %s: no longer in the hold queue (deleted or released by hand); not counted",
+            message.queue_id, message.stream,
+        )  # fmt: skip
+
+    def _warn_old(self, message: HeldMessage, queued: QueuedMessage, now: float, lifetime: float) -> None:
+        if message.queue_id in self._logged_old:
+            return
+        self._logged_old.add(message.queue_id)
+        log.warning(
+            "%s: stream %s: held %.1f h, over %.0f%% of maximal_queue_lifetime (%.1f h): once released,"
+            " a first failed delivery can bounce it (see docs/policyd.md, long holds)",
+            message.queue_id, message.stream, (now - queued.arrival_time) / 3600, self.warn_share * 100,
+            lifetime / 3600,
+        )  # fmt: skip
+
+    def _maximal_queue_lifetime(self, now: float) -> float | None:
+        if now - self._lifetime_read >= LIFETIME_REFRESH:
+            self._lifetime_read = now
+            try:
+                self._lifetime = self.queue.lifetime()
+            except PostfixError as exc:
+                log.warning("cannot read maximal_queue_lifetime (%s): long holds are not flagged", exc)
+                self._lifetime = None
+        return self._lifetime
+
+    def _error(self, step: str, text: str) -> None:
+        metrics.RELEASE_ERRORS.labels(step).inc()
+        # One line per new failure, not one per pass while Postfix is down.
+        if text != self._last_error:
+            log.error("release pass: %s", text)
+            self._last_error = text
+
+    def serve(self, interval: float, stop: threading.Event) -> None:
+        """Run passes every ``interval`` seconds until ``stop`` is set."""
+        log.info("releaser started: a pass every %g s over streams %s", interval,
+                 ", ".join(s.name for s in self.streams) or "(none)")  # fmt: skip
+        while not stop.is_set():
+            try:
+                self.run_pass()
+            except Exception:  # a bug must not end the releaser: held mail would stay held
+                log.exception("release pass failed")
+            stop.wait(interval)
+        log.info("releaser stopped")
