@@ -88,3 +88,20 @@ def test_metrics_answer_the_operators_questions(make_config, endpoint):
     assert delta("sendguard_policyd_request_duration_seconds_count") == 8 + 2 + 1 + 1 + 1 - 1
     # Once stopped, this process no longer exports the per-stream gauges.
     assert ("sendguard_policyd_store_up", ()) not in scrape(endpoint)
+
+
+def test_the_held_backlog_is_exported_per_stream(make_config, endpoint):
+    config = make_config({"trucking": {"match": {"server_port": [25]}, "hourly_ceiling": 1}})
+    handle = service.start(config.config, config.policyd)
+    try:
+        with PolicyClient((handle.host, handle.port)) as client:
+            answers = [[client.ask(r) for r in postfix_message(f"h{i}", f"QH{i}", ["a@example.com"])][-1]
+                       for i in range(3)]  # fmt: skip
+        after = scrape(endpoint)
+    finally:
+        handle.stop()
+    assert answers[0] == "DUNNO" and all(a.startswith("HOLD sendguard: stream trucking:") for a in answers[1:])
+    assert value(after, "sendguard_policyd_held_backlog_messages", stream="trucking") == 2
+    assert value(after, "sendguard_policyd_held_backlog_recipients", stream="trucking") == 2
+    assert 0 <= value(after, "sendguard_policyd_held_oldest_age_seconds", stream="trucking") < 60
+    assert value(after, "sendguard_policyd_rolling_hour_recipients", stream="trucking") == 1  # holds spend nothing

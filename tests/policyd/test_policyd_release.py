@@ -1,0 +1,198 @@
+"""The releaser: held mail leaves in arrival order, exactly as fast as the windows allow, nothing lost.
+
+Postfix's commands are stand-ins here (``sendguard_testing.fake_postfix``), run
+as real processes; the container suite proves the same against a real Postfix.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+
+import pytest
+
+from sendguard_policyd import metrics
+from sendguard_policyd.postfix_queue import PostfixError, PostfixQueue, parse_json_line, parse_postfix_time
+from sendguard_policyd.release import Releaser
+from sendguard_policyd.store import STATE_RELEASING, Windows
+from sendguard_policyd.store.sqlite import SQLiteCounterStore
+from sendguard_testing.command import sendguard_command
+from sendguard_testing.fake_postfix import FakePostfix
+
+T0 = dt.datetime(2026, 3, 2, 10, 0, 0, tzinfo=dt.timezone.utc).timestamp()
+CAP = 2
+WINDOW = 10  # seconds: the "hour" of these tests, the day 240 s
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def postfix(tmp_path, monkeypatch) -> FakePostfix:
+    fake = FakePostfix(tmp_path / "postfix")
+    for key, value in fake.env().items():
+        monkeypatch.setenv(key, value)
+    return fake
+
+
+@pytest.fixture
+def world(make_config, tmp_path, postfix):
+    config = make_config(
+        {"trucking": {"match": {"server_port": [25]}, "ramp": [[0, CAP]], "start_date": dt.date(2026, 1, 1)}},
+        test_window_seconds=WINDOW,
+    )
+    store = SQLiteCounterStore(config.policyd.database, windows=Windows.scaled(WINDOW))
+    clock = Clock()
+    releaser = Releaser(config.streams, store, PostfixQueue(), 0.5, clock)
+    yield releaser, store, clock, postfix
+    store.close()
+
+
+def hold(store: SQLiteCounterStore, postfix: FakePostfix, qid: str, at: float, recipients: int = 1) -> None:
+    """What END-OF-MESSAGE over the cap leaves behind: a record, and the message in the hold queue."""
+    assert store.record_hold(f"i-{qid}", "trucking", recipients, at, qid)
+    postfix.hold(qid, at)
+
+
+def test_held_mail_leaves_in_order_at_the_cap_rate_and_never_over_it(world):
+    releaser, store, clock, postfix = world
+    store.admit("trucking", "sent-1", 1, T0, CAP, None)
+    store.admit("trucking", "sent-2", 1, T0, CAP, None)
+    for n in range(5):
+        hold(store, postfix, f"H{n}", T0 + n * 0.1)
+    passes = []
+    for step in range(10):
+        clock.now = T0 + 1 + step * 5
+        passes.append(releaser.run_pass().released.get("trucking", 0))
+        assert store.windows("trucking", clock.now).hour <= CAP  # never over, at any pass
+    assert postfix.released() == ["H0", "H1", "H2", "H3", "H4"]  # arrival order, each once
+    assert passes[0] == 0  # the window was full: nothing left early
+    assert sum(passes) == 5 and max(passes) <= CAP
+    assert all(postfix.queue_of(f"H{n}") == "deferred" for n in range(5))
+    assert ["postqueue", "-i", "H0"] in postfix.calls()  # scheduled at once, not at the next queue scan
+    assert store.held_backlog() == {}
+
+
+def test_a_crash_between_claim_and_release_counts_once(world):
+    releaser, store, clock, postfix = world
+    hold(store, postfix, "HC", T0)
+    clock.now = T0 + 1
+    # A pass that claimed (counted) the message and died before postsuper ran.
+    assert store.claim_release("HC", clock.now, CAP, None).outcome == "counted"
+    assert store.windows("trucking", clock.now).hour == 1
+    assert releaser.run_pass().released == {"trucking": 1}
+    assert postfix.released() == ["HC"]
+    assert store.windows("trucking", clock.now).hour == 1  # not counted again
+
+
+def test_postsuper_failing_leaves_the_message_counted_and_held_until_it_works(world):
+    releaser, store, clock, postfix = world
+    hold(store, postfix, "HF", T0)
+    hold(store, postfix, "HG", T0 + 0.1)
+    clock.now = T0 + 1
+    before = metrics.RELEASE_ERRORS.labels("postsuper")._value.get()
+    postfix.fail("postsuper")
+    result = releaser.run_pass()
+    assert result.errors == 1 and result.released == {}
+    assert metrics.RELEASE_ERRORS.labels("postsuper")._value.get() == before + 1
+    assert {m.queue_id: m.state for m in store.held_messages("trucking")} == {"HF": STATE_RELEASING, "HG": "held"}
+    assert postfix.queue_of("HF") == "hold"
+    postfix.fail()
+    assert releaser.run_pass().released == {"trucking": 2}
+    assert postfix.released() == ["HF", "HG"]
+    assert store.windows("trucking", clock.now).hour == 2  # HF counted once
+
+
+def test_postfix_stopped_is_an_error_not_a_loss(world):
+    releaser, store, clock, postfix = world
+    hold(store, postfix, "HS", T0)
+    clock.now = T0 + 1
+    postfix.fail("postqueue")
+    assert releaser.run_pass().errors == 1
+    assert store.windows("trucking", clock.now).hour == 0 and len(store.held_messages("trucking")) == 1
+    postfix.fail()
+    assert releaser.run_pass().released == {"trucking": 1}
+
+
+def test_only_its_own_holds_are_touched_and_vanished_ones_are_closed_uncounted(world):
+    releaser, store, clock, postfix = world
+    postfix.hold("FAMILY1", T0)  # a Yahoo-family hold: no over-cap record
+    postfix.hold("OPERATOR", T0)  # held by hand
+    hold(store, postfix, "MINE", T0)
+    hold(store, postfix, "DELETED", T0)
+    postfix.remove("DELETED")  # postsuper -d by an operator
+    clock.now = T0 + 1
+    result = releaser.run_pass()
+    assert postfix.released() == ["MINE"]
+    assert result.gone == {"trucking": 1}
+    assert postfix.queue_of("FAMILY1") == "hold" and postfix.queue_of("OPERATOR") == "hold"
+    assert store.windows("trucking", clock.now).hour == 1
+    assert store.held_backlog() == {}
+
+
+def test_a_message_that_can_never_fit_does_not_block_the_stream(world, caplog):
+    releaser, store, clock, postfix = world
+    hold(store, postfix, "HUGE", T0, recipients=CAP + 1)
+    hold(store, postfix, "SMALL", T0 + 1)
+    clock.now = T0 + 2
+    result = releaser.run_pass()
+    assert postfix.released() == ["SMALL"]
+    assert result.waiting == {"trucking": 1}
+    assert "HUGE: stream trucking: 3 recipients can never fit" in caplog.text
+
+
+def test_long_holds_are_flagged_in_a_metric_and_one_log_line(world, caplog):
+    releaser, store, clock, postfix = world
+    store.admit("trucking", "full-1", CAP, T0 + 3600 * 30, CAP, None)  # the window is full: nothing leaves
+    postfix.set_lifetime("2d")
+    hold(store, postfix, "OLD", T0)
+    hold(store, postfix, "NEW", T0 + 3600 * 30)
+    clock.now = T0 + 3600 * 30 + 1  # OLD held 30 h: over half of 2 days
+    releaser.run_pass()
+    releaser.run_pass()
+    assert metrics.HELD_NEAR_LIFETIME.labels("trucking")._value.get() == 1
+    assert caplog.text.count("OLD: stream trucking: held 30.0 h, over 50% of maximal_queue_lifetime (48.0 h)") == 1
+
+
+def test_release_once_on_the_command_line(make_config, postfix, tmp_path):
+    config_file = tmp_path / "sendguard.toml"
+    db = tmp_path / "state" / "policyd.sqlite"
+    config_file.write_text(
+        f'[general]\nstate_dir = "{tmp_path}/state"\n[policyd]\ndatabase = "{db}"\ntest_window_seconds = {WINDOW}\n'
+        '[streams.trucking]\nramp = [[0, 2]]\nstart_date = 2026-01-01\n[streams.trucking.match]\nserver_port = [25]\n'
+    )
+    store = SQLiteCounterStore(str(db), windows=Windows.scaled(WINDOW))
+    import time
+
+    now = time.time()
+    for qid in ("A1", "A2", "A3"):
+        hold(store, postfix, qid, now)
+    store.close()
+    run = subprocess.run(
+        [sendguard_command(), "release", "--once", "--config", str(config_file)],
+        capture_output=True, text=True, timeout=60, env={**postfix.env(), "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "stream trucking: released 2, still held 1, gone 0"
+    assert postfix.released() == ["A1", "A2"]
+    status = subprocess.run([sendguard_command(), "status", "--config", str(config_file)], capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert "held backlog    1 message(s), 1 recipient(s)" in status.stdout, status.stdout
+
+
+def test_postfix_time_values_and_queue_lines():
+    assert parse_postfix_time("5d") == 5 * 86400
+    assert parse_postfix_time("3600s") == 3600
+    assert parse_postfix_time("10", default_unit="d") == 10 * 86400
+    with pytest.raises(PostfixError):
+        parse_postfix_time("soon")
+    line = '{"queue_name": "hold", "queue_id": "4XyZ", "arrival_time": 1700000000, "recipients": []}'
+    assert parse_json_line(line).queue_id == "4XyZ"
+    assert parse_json_line("   ") is None
+    with pytest.raises(PostfixError, match="not a queue entry"):
+        parse_json_line("postqueue: fatal: Queue report unavailable")
