@@ -77,20 +77,25 @@ def stack() -> Iterator[Stack]:
     lock = open(Path(tempfile.gettempdir()) / f"{PROJECT}.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
     work = Path(tempfile.mkdtemp(prefix="sendguard-e2e-"))
-    keys, spool = work / "keys", work / "spool"
+    keys, spool, state = work / "keys", work / "spool", work / "state"
     keys.mkdir()
     spool.mkdir()
     spool.chmod(0o777)
+    state.mkdir()
     dns = generate_keys(keys)
     env = dict(os.environ)
     env["SENDGUARD_E2E_KEYS"] = str(keys)
     env["SENDGUARD_E2E_SPOOL"] = str(spool)
+    env["SENDGUARD_E2E_STATE"] = str(state)
     env["SENDGUARD_BUILD_CA_CERTS"] = _local_ca_certs()
     if os.geteuid() == 0:
         # The keys are 0600, as the milter demands; give them to the image's user.
         for p in (keys, *keys.iterdir()):
             os.chown(p, SENDGUARD_UID, SENDGUARD_UID)
         keys.chmod(0o700)
+        # The store belongs to the policy daemon's user; the releaser (root) joins it.
+        os.chown(state, SENDGUARD_UID, SENDGUARD_UID)
+        state.chmod(0o750)
     else:
         # Docker as a member of the docker group: the daemon maps no uids, so
         # sendguard runs as the invoking user, who owns the keys.
@@ -101,8 +106,10 @@ def stack() -> Iterator[Stack]:
     ).stdout.split()
     if leftovers:  # an aborted run left its stack behind
         _compose(engine, env, "down", "-t", "2")
-    _STACK = Stack(engine=engine, spool=spool, dns=dns)
+    _STACK = Stack(engine=engine, spool=spool, dns=dns, state=state)
     try:
+        # The postfix image copies the releaser's install from the sendguard image: that one first.
+        _compose(engine, env, "build", "sendguard")
         _compose(engine, env, "build")
         _compose(engine, env, "up", "-d")
         started = time.monotonic()

@@ -6,6 +6,7 @@ Used by conftest.py (which builds and starts the stack) and by the tests.
 from __future__ import annotations
 
 import base64
+import calendar
 import email
 import email.policy
 import email.utils
@@ -45,6 +46,8 @@ ADDR = {
     "outsider": "172.30.25.66",
 }
 METRICS_URL = f"http://{ADDR['postfix']}:9466/metrics"
+#: `sendguard release` in the postfix container ([release] metrics_listen of the test config).
+RELEASER_METRICS_URL = f"http://{ADDR['postfix']}:9468/metrics"
 
 TIMINGS: dict[str, float] = {}
 
@@ -141,6 +144,16 @@ class SinkMessage:
         return email.message_from_bytes(self.raw, policy=email.policy.compat32)
 
 
+@dataclass(frozen=True)
+class Counted:
+    """Recipients the suite had counted against a stream, at a moment known to lie in [lo, hi] (epoch s)."""
+
+    stream: str
+    recipients: int
+    lo: float
+    hi: float
+
+
 @dataclass
 class Stack:
     """Helpers over the running compose stack."""
@@ -148,8 +161,10 @@ class Stack:
     engine: Engine
     spool: Path
     dns: dict[str, bytes]
-    #: Accepted messages per stream, counted by the tests themselves (the stack is fresh per run).
-    ledger: dict[str, int] = field(default_factory=dict)
+    #: The host folder mounted at /var/lib/sendguard in the sendguard and postfix containers.
+    state: Path
+    #: What the tests had counted against the streams' windows, and when (the stack is fresh per run).
+    ledger: list[Counted] = field(default_factory=list)
 
     # -- running things
     def run(self, *args: str, input: bytes | None = None, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
@@ -247,11 +262,59 @@ class Stack:
         text = self.exec("app", "python3", "/usr/local/bin/scrape.py", METRICS_URL)
         return parse_metrics(text)
 
+    def scrape_releaser(self) -> dict[str, float]:
+        """Scrape the releaser's metrics endpoint (in the postfix container) from the ``app`` container."""
+        text = self.exec("app", "python3", "/usr/local/bin/scrape.py", RELEASER_METRICS_URL)
+        return parse_metrics(text)
+
+    # -- the ledger of counted mail
+    def counted(self, stream: str) -> int:
+        """Recipients the suite has counted against ``stream`` in this run."""
+        return sum(c.recipients for c in self.ledger if c.stream == stream)
+
+    def in_window(self, stream: str, start: float, end: float, window: float) -> tuple[int, int]:
+        """For a window count read between ``start`` and ``end``: the recipients surely in it and
+        those that may be in it (counted near the window's edge, or at a moment known only roughly)."""
+        surely = sum(c.recipients for c in self.ledger if c.stream == stream and c.lo > end - window)
+        maybe = sum(c.recipients for c in self.ledger if c.stream == stream and c.hi > start - window - 1)
+        return surely, maybe
+
     # -- the sendguard container
     def restart_sendguard(self) -> None:
         """Stop and start the sendguard container (its state survives, as with a real restart)."""
         self.run("restart", container("sendguard"))
         wait_for_sendguard(self)
+
+
+_POSTFIX_LINE = re.compile(r"^(\w{3} [ \d]\d \d\d:\d\d:\d\d) \S+ (postfix/[\w/.-]+)\[\d+\]: (.*)$")
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line of Postfix's log: when (epoch seconds, whole seconds), which program, what."""
+
+    at: float
+    program: str
+    text: str
+
+
+def postfix_log(text: str) -> list[LogLine]:
+    """Postfix's lines in a container log (maillog_file = /dev/stdout), in order; other lines skipped."""
+    year = time.gmtime().tm_year  # Postfix's stamp has no year; the stack lives minutes, in UTC
+    out = []
+    for line in text.splitlines():
+        m = _POSTFIX_LINE.match(line)
+        if m:
+            at = calendar.timegm(time.strptime(f"{year} {m[1]}", "%Y %b %d %H:%M:%S"))
+            out.append(LogLine(float(at), m[2], m[3]))
+    return out
+
+
+def queue_id(submission: Submission) -> str:
+    """The queue id in Postfix's 250 answer ("2.0.0 Ok: queued as 4F1A22C3B1")."""
+    m = re.search(r"queued as ([0-9A-Za-z]+)", submission.message)
+    assert m, f"no queue id in Postfix's answer: {submission}"
+    return m[1]
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -315,6 +378,24 @@ def wait_for_stack(stack: Stack, timeout: float = 90) -> None:
             raise AssertionError(f"the sink does not listen:\n{stack.logs('sink')[-4000:]}")
         time.sleep(0.5)
     wait_for_sendguard(stack, timeout=max(5, deadline - time.monotonic()))
+    wait_for_releaser(stack, timeout=max(5, deadline - time.monotonic()))
+
+
+def releaser_running(stack: Stack) -> bool:
+    """Whether `sendguard release` runs in the postfix container."""
+    ps = "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f 2>/dev/null; echo; done"
+    out = stack.run("exec", container("postfix"), "bash", "-c", ps, check=False, timeout=30).stdout.decode()
+    return any("sendguard release" in line for line in out.splitlines())
+
+
+def wait_for_releaser(stack: Stack, timeout: float = 30) -> None:
+    """Wait until the releaser runs beside Postfix (it starts once the policy daemon made the store)."""
+    deadline = time.monotonic() + timeout
+    while not releaser_running(stack):
+        log = stack.logs("postfix")
+        if time.monotonic() > deadline or "sendguard release exited" in log:
+            raise AssertionError(f"the releaser does not run in the postfix container:\n{log[-4000:]}")
+        time.sleep(0.5)
 
 
 # -- messages -----------------------------------------------------------------------------------------------

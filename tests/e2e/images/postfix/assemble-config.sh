@@ -1,9 +1,10 @@
 #!/bin/sh
 # Build main.cf and master.cf from Debian's defaults, the test-only lines and
-# the snippets a user pastes (postfix-snippets/, mounted at /snippets), then
-# run Postfix in the foreground.
-#   *master.cf snippets are master.cf lines, appended to Debian's master.cf;
-#   every other *.cf snippet holds main.cf lines, appended after test-main.cf.
+# the snippets a user pastes (postfix-snippets/, mounted at /snippets), start
+# sendguard's releaser in the background, then run Postfix in the foreground.
+#   *master.cf snippets are master.cf lines, appended to Debian's master.cf,
+#   then test-master.cf; every other *.cf snippet holds main.cf lines,
+#   appended after test-main.cf.
 set -eu
 SNIPPETS=${SNIPPETS:-/snippets}
 
@@ -25,6 +26,7 @@ for f in "$SNIPPETS"/*master.cf; do
   [ -e "$f" ] || continue
   { echo; echo "# --- snippet $(basename "$f")"; cat "$f"; } >> /etc/postfix/master.cf
 done
+{ echo; echo "# --- test-master.cf"; cat /etc/postfix/test-master.cf; } >> /etc/postfix/master.cf
 
 # A setting given twice means a snippet fights another snippet or the test
 # file: the last one would silently win, so refuse to start instead.
@@ -44,4 +46,8 @@ postfix set-permissions >/dev/null 2>&1 || true
 postfix check
 echo "assemble-config: postconf -n:"; postconf -n
 echo "assemble-config: services:"; postconf -M
+# The releaser shares this container's stdout (the container log). Started
+# before Postfix and in the background: it waits for the store by itself, and
+# it must not hold Postfix back nor outlive it (the container ends with Postfix).
+/usr/local/sbin/start-releaser &
 exec postfix "$@"
