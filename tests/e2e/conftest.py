@@ -34,6 +34,7 @@ from e2e_stack import (  # noqa: E402
     PROJECT,
     REPO,
     SENDGUARD_UID,
+    TEST_CONFIG,
     TIMINGS,
     Engine,
     Stack,
@@ -82,11 +83,16 @@ def stack() -> Iterator[Stack]:
     spool.mkdir()
     spool.chmod(0o777)
     state.mkdir()
+    # A copy, so that switching the store (Stack.use_store) never touches the repository's file.
+    config = work / "sendguard.toml"
+    shutil.copyfile(TEST_CONFIG, config)
+    config.chmod(0o644)
     dns = generate_keys(keys)
     env = dict(os.environ)
     env["SENDGUARD_E2E_KEYS"] = str(keys)
     env["SENDGUARD_E2E_SPOOL"] = str(spool)
     env["SENDGUARD_E2E_STATE"] = str(state)
+    env["SENDGUARD_E2E_CONFIG"] = str(config)
     env["SENDGUARD_BUILD_CA_CERTS"] = _local_ca_certs()
     if os.geteuid() == 0:
         # The keys are 0600, as the milter demands; give them to the image's user.
@@ -106,7 +112,7 @@ def stack() -> Iterator[Stack]:
     ).stdout.split()
     if leftovers:  # an aborted run left its stack behind
         _compose(engine, env, "down", "-t", "2")
-    _STACK = Stack(engine=engine, spool=spool, dns=dns, state=state)
+    _STACK = Stack(engine=engine, spool=spool, dns=dns, state=state, config=config)
     try:
         # The postfix image copies the releaser's install from the sendguard image: that one first.
         _compose(engine, env, "build", "sendguard")

@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.test.yml"
+#: The suite's sendguard config; each run mounts a copy of it (Stack.config) in both containers.
+TEST_CONFIG = Path(__file__).resolve().parent / "sendguard.test.toml"
 PROJECT = "sendguard-e2e"
 #: Container names, fixed in docker-compose.test.yml (container_name).
 CONTAINERS = ("postfix", "sendguard", "sink", "redis", "listmonk", "listmonk-hc", "app", "outsider")
@@ -48,6 +50,8 @@ ADDR = {
 METRICS_URL = f"http://{ADDR['postfix']}:9466/metrics"
 #: `sendguard release` in the postfix container ([release] metrics_listen of the test config).
 RELEASER_METRICS_URL = f"http://{ADDR['postfix']}:9468/metrics"
+#: A file in the postfix container that tells start-releaser to start the stopped releaser again.
+RELEASER_RESTART = "/run/sendguard-release.restart"
 
 TIMINGS: dict[str, float] = {}
 
@@ -163,6 +167,8 @@ class Stack:
     dns: dict[str, bytes]
     #: The host folder mounted at /var/lib/sendguard in the sendguard and postfix containers.
     state: Path
+    #: The run's copy of TEST_CONFIG, mounted at /etc/sendguard/sendguard.toml in both containers.
+    config: Path
     #: What the tests had counted against the streams' windows, and when (the stack is fresh per run).
     ledger: list[Counted] = field(default_factory=list)
 
@@ -285,6 +291,34 @@ class Stack:
         self.run("restart", container("sendguard"))
         wait_for_sendguard(self)
 
+    # -- the releaser in the postfix container
+    def restart_releaser(self, timeout: float = 30) -> None:
+        """Stop `sendguard release` and wait until start-releaser has started it again, listening."""
+        old = releaser_pids(self)
+        assert old, f"no releaser runs in the postfix container:\n{self.logs('postfix')[-4000:]}"
+        self.exec("postfix", "sh", "-c", f"touch {RELEASER_RESTART} && kill -TERM {' '.join(old)}")
+        deadline = time.monotonic() + timeout
+        while True:
+            now = releaser_pids(self)
+            if now and not set(now) & set(old) and _port_open(self, "postfix", 9468):
+                return
+            log = self.logs("postfix")
+            if time.monotonic() > deadline or "sendguard release exited" in log:
+                raise AssertionError(f"the releaser did not start again:\n{log[-4000:]}")
+            time.sleep(0.3)
+
+    # -- the counter store
+    def use_store(self, store: str) -> None:
+        """Run the policy daemon and the releaser on ``store`` ("sqlite" or "redis"); wait until both answer."""
+        text = TEST_CONFIG.read_text()
+        line = 'store = "sqlite"'
+        assert text.count(line) == 1, f"{TEST_CONFIG} must set {line} exactly once"
+        # In place, not a new file: a bind-mounted file is its inode, so a replaced file
+        # would stay unseen by the containers.
+        self.config.write_text(text.replace(line, f'store = "{store}"'))
+        self.restart_sendguard()
+        self.restart_releaser()
+
 
 _POSTFIX_LINE = re.compile(r"^(\w{3} [ \d]\d \d\d:\d\d:\d\d) \S+ (postfix/[\w/.-]+)\[\d+\]: (.*)$")
 
@@ -381,11 +415,16 @@ def wait_for_stack(stack: Stack, timeout: float = 90) -> None:
     wait_for_releaser(stack, timeout=max(5, deadline - time.monotonic()))
 
 
+def releaser_pids(stack: Stack) -> list[str]:
+    """The process ids of `sendguard release` in the postfix container."""
+    ps = "for f in /proc/[0-9]*/cmdline; do echo \"${f#/proc/} $(tr '\\0' ' ' < $f 2>/dev/null)\"; done"
+    out = stack.run("exec", container("postfix"), "bash", "-c", ps, check=False, timeout=30).stdout.decode()
+    return [line.split("/")[0] for line in out.splitlines() if "sendguard release" in line]
+
+
 def releaser_running(stack: Stack) -> bool:
     """Whether `sendguard release` runs in the postfix container."""
-    ps = "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f 2>/dev/null; echo; done"
-    out = stack.run("exec", container("postfix"), "bash", "-c", ps, check=False, timeout=30).stdout.decode()
-    return any("sendguard release" in line for line in out.splitlines())
+    return bool(releaser_pids(stack))
 
 
 def wait_for_releaser(stack: Stack, timeout: float = 30) -> None:

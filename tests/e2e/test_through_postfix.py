@@ -20,6 +20,7 @@ import email.policy
 import re
 import time
 import tomllib
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -303,6 +304,12 @@ def _spacing(times: list[float], cap: int) -> list[float]:
 def test_over_cap_mail_is_held_and_released_at_the_cap_rate_in_order(stack: Stack, token: str) -> None:
     """3 x cap messages at once on each hold stream: every client gets 250, all arrive, none twice,
     never more than the cap inside any window, in submission order; a family hold stays held."""
+    _hold_and_release(stack, token)
+
+
+def _hold_and_release(stack: Stack, token: str, while_held: Callable[[dict[str, list[str]]], None] | None = None) -> None:
+    """The hold-and-release proof on whichever store the stack runs; ``while_held`` is given the
+    queue ids held per stream, right after the bursts, while all of them still wait."""
     bursts = {stream: 3 * CAPS[stream] for stream in HOLD_STREAMS}
     family_tag = f"{token}-family"
     releases_before = stack.scrape_releaser()
@@ -343,6 +350,8 @@ def test_over_cap_mail_is_held_and_released_at_the_cap_rate_in_order(stack: Stac
     for stream in HOLD_STREAMS:
         waiting = metric(backlog, "sendguard_policyd_held_backlog_messages", stream=stream)
         assert waiting == 2 * CAPS[stream], f"{stream}: backlog {waiting} right after the burst"
+    if while_held is not None:
+        while_held({stream: ids[stream][CAPS[stream]:] for stream in HOLD_STREAMS})
 
     # Two windows after the burst the last wave is out; allow each window a few seconds of slack.
     got = {stream: stack.wait_for_sink(f"{token}-{stream}-", count=bursts[stream], timeout=2 * WINDOW + 30)
@@ -533,3 +542,41 @@ def test_signature_survives_a_7bit_next_hop_and_long_lines_are_refused(stack: St
     r = stack.submit("app", long_line, "bounces@send.example.net", ["carrier@example.com"])
     assert r.stage == "data" and r.code == 550 and "998" in r.message, r
     stack.assert_not_in_sink(token + "-long", wait=2)
+
+
+# 10 -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_store(stack: Stack) -> Iterator[Stack]:
+    """The stack with the policy daemon and the releaser on the Redis service; SQLite again afterwards."""
+    # The ledger mirrors the SQLite windows (test 8 compares them); what this phase counts is in Redis.
+    counted, stack.ledger = stack.ledger, []
+    try:
+        stack.use_store("redis")
+        yield stack
+    finally:
+        stack.use_store("sqlite")
+        stack.ledger = counted
+
+
+def test_hold_and_release_on_the_redis_store(redis_store: Stack, token: str) -> None:
+    """Test 6 again with the counters and the hold records in Redis: the policy daemon records each
+    hold under the Postfix host's name, and the releaser, another process on that host, finds
+    them there and lets them go at the cap rate; holds it did not make stay held."""
+    stack = redis_store
+    host = _CONFIG["policyd"]["redis_host_name"]
+    others = {m["queue_id"] for m in stack.queue() if m["queue_name"] == "hold"}
+    assert others, "the earlier tests left family holds in the hold queue; without them this proves less"
+
+    def recorded_in_redis(held: dict[str, list[str]]) -> None:
+        # Were either process still on SQLite, the holds would not be here (and nothing released).
+        for stream, qids in held.items():
+            out = stack.exec("redis", "redis-cli", "--raw", "HKEYS", f"{{sendguard:{stream}}}:heldq")
+            missing = [qid for qid in qids if f"{qid}@{host}" not in out.split()]
+            assert not missing, f"{stream}: no hold record in Redis for {missing} under {host}: {out.split()}"
+
+    _hold_and_release(stack, token, while_held=recorded_in_redis)
+    # The SQLite phase's holds (Yahoo family, made by the policy daemon there) are still held.
+    queued = {m["queue_id"]: m["queue_name"] for m in stack.queue()}
+    assert all(queued.get(qid) == "hold" for qid in others), f"held before: {others}, queue now: {queued}"
