@@ -315,9 +315,11 @@ class Stack:
         assert text.count(line) == 1, f"{TEST_CONFIG} must set {line} exactly once"
         # In place, not a new file: a bind-mounted file is its inode, so a replaced file
         # would stay unseen by the containers.
+        started = time.monotonic()
         self.config.write_text(text.replace(line, f'store = "{store}"'))
         self.restart_sendguard()
         self.restart_releaser()
+        TIMINGS[f"switch to the {store} store"] = time.monotonic() - started
 
 
 _POSTFIX_LINE = re.compile(r"^(\w{3} [ \d]\d \d\d:\d\d:\d\d) \S+ (postfix/[\w/.-]+)\[\d+\]: (.*)$")
