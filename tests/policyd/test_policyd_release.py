@@ -241,3 +241,37 @@ def test_the_release_loop_runs_until_sigterm(postfix, tmp_path):
     log = proc.stderr.read()
     assert rc == 0, log
     assert "LOOP1: release: stream trucking: 1 recipient(s)" in log and "releaser stopped" in log
+
+
+def test_release_through_the_redis_store_keeps_order_and_the_cap(make_config, postfix, redis_url):
+    # The same releaser on the shared store: its windows run on the Redis server's clock, so this
+    # runs in real time with two-second windows.
+    import time
+
+    from sendguard_policyd.backend import open_store
+
+    settings = make_config(
+        {"trucking": {"match": {"server_port": [25]}, "hourly_ceiling": 1, "over_cap": "hold"}},
+        store="redis", redis_url=redis_url, redis_host_name="mx1", test_window_seconds=2,
+    )  # fmt: skip
+    store = open_store(settings.policyd)
+    try:
+        now = time.time()
+        assert store.admit("trucking", "sent", 1, now, 1, None).outcome == "counted"
+        for n in range(3):
+            hold(store, postfix, f"R{n}", now + n * 0.01)
+        releaser = Releaser(settings.streams, store, PostfixQueue())
+        released_at: dict[str, float] = {}
+        deadline = time.monotonic() + 20
+        while len(released_at) < 3 and time.monotonic() < deadline:
+            releaser.run_pass()
+            for qid in postfix.released():
+                released_at.setdefault(qid, time.monotonic())
+            time.sleep(0.1)
+        assert postfix.released() == ["R0", "R1", "R2"]  # every one, once, in order
+        times = [released_at[q] for q in ("R0", "R1", "R2")]
+        # At most one per two-second window (its one-second sliver included).
+        assert all(b - a >= 1.9 for a, b in zip(times, times[1:])), times
+        assert store.held_backlog() == {}
+    finally:
+        store.close()
