@@ -69,7 +69,7 @@ class RuntimeSwitch:
 
 
 def _describe_error(exc: ConfigError) -> str:
-    errors: list[ConfigError] = list(getattr(exc, "errors", None) or [exc])
+    errors = exc.all()
     more = f" (and {len(errors) - 1} more: run sendguard check-config {exc.file})" if len(errors) > 1 else ""
     return f"{errors[0]}{more}"
 

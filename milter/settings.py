@@ -16,7 +16,7 @@ from typing import Mapping
 
 from sendguard.addresses import check_hostport, check_network, parse_network
 from sendguard.config import Config, ConfigDocument
-from sendguard.config_reader import Section, check_one_of, check_parses
+from sendguard.config_reader import REQUIRED, Section, check_one_of, check_parses
 from sendguard.public_space import public_addresses, total_public_addresses
 from sendguard.senders import SenderSet, check_sender
 from sendguard.streams import Stream
@@ -201,7 +201,8 @@ def _parse_keys(signing: Section, config: Config) -> tuple[KeySpec, ...]:
         selector = section.get("selector", str)
         if not _SELECTOR_RE.match(selector):
             raise section.error("selector", f"{selector!r} is not a DKIM selector (letters, digits, '-', '.')")
-        key_file = config.resolve(section.get("key_file", str))
+        key_file = section.get_path("key_file", config.base_dir, REQUIRED)
+        assert key_file is not None  # required: absent raised
         algorithm = section.get("algorithm", str, "rsa-sha256")
         if algorithm != "rsa-sha256":
             raise section.error("algorithm", f"{algorithm!r} is not supported (only rsa-sha256)")

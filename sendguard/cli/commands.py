@@ -64,7 +64,7 @@ def _milter_loader(path: str | None, policyd_too: bool = False) -> Callable[[], 
     def reload() -> tuple[Config, MilterSettings]:
         if policyd_too:
             logs.get("policyd").warning(POLICYD_NO_RELOAD)
-        settings = load(path)
+        settings = load(path, check_keys=True)  # every bad key file named, not only the first
         return settings.config, settings.milter
 
     return reload
@@ -170,15 +170,12 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate a config file as start-up would, and print the effective configuration."""
+    """Validate a config file as start-up would, report every problem, and print the effective configuration."""
     from sendguard import effective
-    from sendguard_milter.keys import open_keys
 
-    settings = load(args.file)
-    open_keys(settings.milter.keys, settings.file)  # as start-up does: every key file must serve
-    sections = (("policyd", settings.policyd), ("release", settings.policyd.release), ("milter", settings.milter))
-    stream_keys = [settings.policyd.stream_policies, settings.milter.stream_rules]
-    sys.stdout.write(effective.render(settings.config, sections, stream_keys))
+    settings = load(args.file, check_keys=True)  # as start-up does, every key file must serve
+    notes = {("streams", s.name, "match"): f"match: {s.rule.describe()}" for s in settings.streams}
+    sys.stdout.write(effective.render(settings.source, notes))
     print(f"# {args.file}: OK", file=sys.stderr)
     return 0
 
@@ -260,7 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as exc:
-        print(f"sendguard: config error: {exc}", file=sys.stderr)
+        for problem in exc.all():  # every problem found in the file, one line each
+            print(f"sendguard: config error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     except ListenError as exc:
         print(f"sendguard: {exc}", file=sys.stderr)
