@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import socket
 import time
+from typing import Callable
 
 import Milter
 
@@ -59,10 +60,16 @@ def header_block(headers: list[tuple[str, bytes]]) -> bytes:
 
 
 class SendguardMilter(Milter.Base):
-    """One SMTP connection (libmilter calls it from its own thread per connection)."""
+    """One SMTP connection (libmilter calls it from its own thread per connection).
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    ``runtime`` is a :class:`Runtime`, or a callable giving the one in service:
+    each message takes it once, at MAIL FROM, so a reload (SIGHUP) applies from
+    the next message and a message in flight finishes with the runtime it started with.
+    """
+
+    def __init__(self, runtime: Runtime | Callable[[], Runtime]) -> None:
+        self._current: Callable[[], Runtime] = runtime if callable(runtime) else (lambda: runtime)
+        self.runtime = self._current()
         self.hostname: str | None = None
         self.client_addr: str | None = None
         self.client_port: int | None = None
@@ -96,6 +103,7 @@ class SendguardMilter(Milter.Base):
     def envfrom(self, mailfrom: bytes, *params: bytes) -> int:
         """A new message starts: reset, and note the envelope sender and SASL login."""
         self._new_message()
+        self.runtime = self._current()
         self.envelope_sender = mailfrom.decode("utf-8", "surrogateescape").strip().strip("<>")
         self.sasl_user = self.getsymval("{auth_authen}") or None
         if self.daemon_port is None:

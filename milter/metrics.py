@@ -33,6 +33,11 @@ KEY_RELOADS = Counter(
     "Key file reloads (SIGHUP or a changed file), by key name and result (ok, failed).",
     ["key", "result"],
 )
+CONFIG_RELOADS = Counter(
+    "sendguard_milter_config_reloads_total",
+    "Whole-configuration reloads on SIGHUP, by result (ok; failed: the running configuration kept).",
+    ["result"],
+)
 INTERNAL_ERRORS = Counter(
     "sendguard_milter_internal_errors_total",
     "End-of-message failures inside the milter (answered with a temporary failure).",

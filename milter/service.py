@@ -1,12 +1,18 @@
 """Running the milter for real: keys, libmilter's listener, reloads and shutdown.
 
 libmilter's own signal thread treats SIGHUP like SIGTERM (it stops the
-milter). To give SIGHUP its conventional meaning — reload the keys, keep every
-connection — libmilter's loop runs in a worker thread; it blocks SIGHUP,
-SIGTERM and SIGINT only in its own threads, so the kernel delivers a ``kill``
-to the main thread, where Python handlers reload the keys (SIGHUP) or stop
+milter). To give SIGHUP its conventional meaning — reload the configuration,
+keep every connection — libmilter's loop runs in a worker thread; it blocks
+SIGHUP, SIGTERM and SIGINT only in its own threads, so the kernel delivers a
+``kill`` to the main thread, where Python handlers reload (SIGHUP) or stop
 libmilter cleanly (SIGTERM, SIGINT). Key files are also watched for changes
 every ``key_check_interval`` seconds.
+
+A SIGHUP reads and validates the whole file again, as start-up does, and opens
+its key files; only when all of that succeeds does the milter switch to the new
+settings, streams and keys, in one step (each message takes the runtime in
+service at MAIL FROM and keeps it to its end). On any error the running
+configuration stays. Either way one line is logged.
 """
 
 from __future__ import annotations
@@ -14,12 +20,14 @@ from __future__ import annotations
 import signal
 import threading
 from types import FrameType
+from typing import Callable
 
 import Milter
 import milter as libmilter  # pymilter's C extension
 
 from sendguard import logs
 from sendguard.config import Config
+from sendguard.config_reader import ConfigError
 
 from . import metrics
 from .app import Runtime, SendguardMilter
@@ -31,6 +39,12 @@ log = logs.get("milter")
 #: The name the milter registers under (Postfix does not use it; sendmail would).
 MILTER_NAME = "sendguard"
 
+#: Reads and validates the config file again: what SIGHUP switches to (raises ConfigError).
+Loader = Callable[[], tuple[Config, MilterSettings]]
+
+#: Settings libmilter (or the metrics endpoint) takes once, at start: a change waits for a restart.
+RESTART_ONLY = ("listen", "metrics_listen", "timeout")
+
 
 def build_runtime(config: Config, settings: MilterSettings) -> Runtime:
     """Open the keys (a failure is a config error) and bundle them with the settings and streams."""
@@ -38,10 +52,60 @@ def build_runtime(config: Config, settings: MilterSettings) -> Runtime:
     return Runtime(settings, config.streams, keys)
 
 
-def run(config: Config, settings: MilterSettings) -> None:
-    """Serve Postfix until SIGTERM or SIGINT (blocking). SIGHUP reloads the keys."""
-    runtime = build_runtime(config, settings)
-    Milter.factory = lambda: SendguardMilter(runtime)
+class RuntimeSwitch:
+    """The runtime in service, switched whole by a reload (one reference assignment: atomic)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def current(self) -> Runtime:
+        """The runtime a new message starts with."""
+        return self._runtime
+
+    def switch(self, runtime: Runtime) -> Runtime:
+        """Put ``runtime`` in service; return the one it replaces."""
+        old, self._runtime = self._runtime, runtime
+        return old
+
+
+def _describe_error(exc: ConfigError) -> str:
+    errors = exc.all()
+    more = f" (and {len(errors) - 1} more: run sendguard check-config {exc.file})" if len(errors) > 1 else ""
+    return f"{errors[0]}{more}"
+
+
+def reload(switch: RuntimeSwitch, loader: Loader) -> bool:
+    """Reload the whole configuration into ``switch``; keep the running one on any error. Logs one line."""
+    running = switch.current()
+    try:
+        config, settings = loader()
+        new = build_runtime(config, settings)
+    except ConfigError as exc:
+        metrics.CONFIG_RELOADS.labels(result="failed").inc()
+        log.error("SIGHUP: %s; keeping the running configuration", _describe_error(exc))
+        return False
+    old = switch.switch(new)
+    old.keys.stop()
+    new.keys.watch(settings.key_check_interval)
+    logs.set_level(config.general.log_level)
+    metrics.CONFIG_RELOADS.labels(result="ok").inc()
+    pending = [
+        f"{name} {getattr(running.settings, name)} -> {getattr(settings, name)}"
+        for name in RESTART_ONLY
+        if getattr(running.settings, name) != getattr(settings, name)
+    ]
+    later = f"; restart needed for: {', '.join(pending)} (still the old value)" if pending else ""
+    log.info("SIGHUP: configuration reloaded from %s%s", config.file, later)
+    return True
+
+
+def run(config: Config, settings: MilterSettings, loader: Loader | None = None) -> None:
+    """Serve Postfix until SIGTERM or SIGINT (blocking). SIGHUP reloads the configuration through ``loader``.
+
+    Without a ``loader`` SIGHUP reloads the key files only.
+    """
+    switch = RuntimeSwitch(build_runtime(config, settings))
+    Milter.factory = lambda: SendguardMilter(switch.current)
     # Only what the milter does: add the signature header, replace a repaired body.
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGBODY)
 
@@ -53,23 +117,36 @@ def run(config: Config, settings: MilterSettings) -> None:
         except BaseException as exc:  # reported by the main thread
             failure.append(exc)
 
-    def reload(signum: int, frame: FrameType | None) -> None:
-        log.info("SIGHUP: reloading keys")
-        runtime.keys.reload()
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        if loader is None:
+            log.info("SIGHUP: reloading keys")
+            switch.current().keys.reload()
+            return
+        try:
+            reload(switch, loader)
+        except Exception:  # a reload must never stop the milter
+            log.exception("SIGHUP: unexpected error; keeping the running configuration")
 
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("%s: stopping", signal.Signals(signum).name)
         libmilter.stop()
 
-    signal.signal(signal.SIGHUP, reload)
+    signal.signal(signal.SIGHUP, on_hup)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    runtime.keys.watch(settings.key_check_interval)
+    switch.current().keys.watch(settings.key_check_interval)
+    scope = settings.scope
     names = ", ".join(f"{s.name} (d={s.domain} s={s.selector})" for s in settings.keys) or "none"
     log.info(
-        "milter starting on %s; trusted_hosts %s; keys %s",
-        settings.listen, ", ".join(str(n) for n in settings.scope.networks), names,
+        "milter starting on %s; trusted_hosts %s; trusted_public_hosts %s; keys %s",
+        settings.listen, ", ".join(str(n) for n in scope.networks),
+        ", ".join(str(n) for n in scope.public_networks) or "none", names,
     )  # fmt: skip
+    if not settings.keys:
+        log.warning(
+            "no signing keys configured ([signing.keys]): every bulk message will be refused"
+            " and other mail passes unsigned"
+        )
 
     worker = threading.Thread(target=serve, name="libmilter")
     worker.start()
@@ -77,7 +154,7 @@ def run(config: Config, settings: MilterSettings) -> None:
         while worker.is_alive():
             worker.join(0.5)  # wakes for signal handlers
     finally:
-        runtime.keys.stop()
+        switch.current().keys.stop()
     if failure:
         log.error("milter stopped: %s", failure[0])
         raise SystemExit(f"sendguard milter: cannot serve on {settings.listen}: {failure[0]}")

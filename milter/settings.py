@@ -2,8 +2,8 @@
 (parsed by links.settings) and the milter's keys in each ``[streams.NAME]`` table.
 
 Everything that can be checked without opening a file is checked here, so a
-config that starts is a config that signs: listen syntax, networks (an open
-scope needs an explicit override), every signing-table row (its key exists and
+config that starts is a config that signs: listen syntax, networks (public
+addresses in the scope need an explicit, bounded acknowledgement), every signing-table row (its key exists and
 its d= aligns with the From domains it serves) and the signed-header lists.
 The key files themselves are opened once, by :func:`sendguard_milter.keys.open_keys`.
 """
@@ -16,7 +16,8 @@ from typing import Mapping
 
 from sendguard.addresses import check_hostport, check_network, parse_network
 from sendguard.config import Config, ConfigDocument
-from sendguard.config_reader import Section, check_one_of, check_parses
+from sendguard.config_reader import REQUIRED, Section, check_one_of, check_parses
+from sendguard.public_space import public_addresses, total_public_addresses
 from sendguard.senders import SenderSet, check_sender
 from sendguard.streams import Stream
 
@@ -135,19 +136,45 @@ def _check_header_name(value: str) -> str | None:
     return None if _HEADER_RE.match(value) else f"{value!r} is not a header field name"
 
 
+#: The default of ``max_public_addresses``: a few egress hosts, never a provider's range.
+DEFAULT_MAX_PUBLIC = 256
+
+
 def _parse_scope(section: Section) -> TrustedScope:
-    nets = section.get_list("trusted_hosts", str, list(LOOPBACK), check_network)
-    allow_open = section.get("allow_open_trusted_hosts", bool, False)
-    networks = tuple(parse_network(n) for n in nets)
-    for i, net in enumerate(networks):
-        if net.prefixlen == 0 and not allow_open:
+    """``trusted_hosts`` (private ranges), ``trusted_public_hosts`` (acknowledged public ones) and their bound.
+
+    A scope is judged by the addresses it covers, so splitting ``0.0.0.0/0``
+    into halves, or writing ``2000::/3``, is refused like ``/0`` itself.
+    """
+    if section.has("allow_open_trusted_hosts"):
+        raise section.error(
+            "allow_open_trusted_hosts",
+            "is no longer read: list public clients in trusted_public_hosts (at most max_public_addresses"
+            f" public addresses, default {DEFAULT_MAX_PUBLIC}) and delete this key",
+        )
+    private = [parse_network(n) for n in section.get_list("trusted_hosts", str, list(LOOPBACK), check_network)]
+    public = [parse_network(n) for n in section.get_list("trusted_public_hosts", str, [], check_network)]
+    limit = section.get("max_public_addresses", int, DEFAULT_MAX_PUBLIC, lambda v: None if v >= 0 else "cannot be negative")
+    for i, net in enumerate(private):
+        count = public_addresses(net)
+        if count:
             raise section.error(
                 f"trusted_hosts[{i}]",
-                f"{net} trusts every client on the Internet to have its mail signed;"
-                " set allow_open_trusted_hosts = true if that is really meant",
+                f"{net} covers {count} publicly routable address{'es' if count > 1 else ''}; trusted_hosts is for"
+                " private, loopback and link-local ranges: if these are your own sending hosts, move the entry to"
+                " trusted_public_hosts (e.g. trusted_public_hosts = [\"203.0.113.94/32\"])",
             )
+    total = total_public_addresses(public)
+    if total > limit:
+        raise section.error(
+            "trusted_public_hosts",
+            f"covers {total} publicly routable addresses, more than max_public_addresses = {limit}: every client"
+            " there could have its mail signed as yours; list only your own egress hosts (/32, /128)"
+            " or have the clients authenticate with SASL",
+        )
     return TrustedScope(
-        networks=networks,
+        networks=tuple(private),
+        public_networks=tuple(public),
         trust_sasl=section.get("trust_sasl", bool, True),
         trust_local_submission=section.get("trust_local_submission", bool, True),
     )
@@ -174,7 +201,8 @@ def _parse_keys(signing: Section, config: Config) -> tuple[KeySpec, ...]:
         selector = section.get("selector", str)
         if not _SELECTOR_RE.match(selector):
             raise section.error("selector", f"{selector!r} is not a DKIM selector (letters, digits, '-', '.')")
-        key_file = config.resolve(section.get("key_file", str))
+        key_file = section.get_path("key_file", config.base_dir, REQUIRED)
+        assert key_file is not None  # required: absent raised
         algorithm = section.get("algorithm", str, "rsa-sha256")
         if algorithm != "rsa-sha256":
             raise section.error("algorithm", f"{algorithm!r} is not supported (only rsa-sha256)")

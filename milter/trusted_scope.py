@@ -2,8 +2,10 @@
 
 Stated in one place, the way OpenDKIM's InternalHosts works: a message is in
 scope when its client address is inside ``trusted_hosts`` (default loopback
-only), or the client authenticated with SASL, or it was submitted locally with
-sendmail(1). Everything else is inbound mail and is never signed.
+only; private ranges) or ``trusted_public_hosts`` (public addresses, each
+acknowledged by being listed there), or the client authenticated with SASL, or
+it was submitted locally with sendmail(1). Everything else is inbound mail and
+is never signed.
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ class ScopeResult:
 
 @dataclass(frozen=True)
 class TrustedScope:
-    """``[milter] trusted_hosts``, ``trust_sasl`` and ``trust_local_submission`` together."""
+    """``[milter] trusted_hosts``, ``trusted_public_hosts``, ``trust_sasl`` and ``trust_local_submission``."""
 
     networks: tuple[IPNetwork, ...]
+    #: ``trusted_public_hosts``: public networks the operator acknowledged one by one.
+    public_networks: tuple[IPNetwork, ...] = ()
     trust_sasl: bool = True
     trust_local_submission: bool = True
 
@@ -49,9 +53,10 @@ class TrustedScope:
             return ScopeResult(True, f"SASL authenticated as {sasl_user}")
         addr = parse_client_address(client_addr or "")
         if addr is not None:
-            for net in self.networks:
-                if addr.version == net.version and addr in net:
-                    return ScopeResult(True, f"client {addr} in trusted_hosts {net}")
+            for key, nets in (("trusted_hosts", self.networks), ("trusted_public_hosts", self.public_networks)):
+                for net in nets:
+                    if addr.version == net.version and addr in net:
+                        return ScopeResult(True, f"client {addr} in {key} {net}")
         if addr is None:
             return ScopeResult(False, f"client address {client_addr!r} unknown")
         return ScopeResult(False, "client not in trusted_hosts")

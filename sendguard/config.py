@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sendguard.config_reader import ConfigError, Section, check_one_of, resolve_path
+from sendguard.config_reader import ConfigError, ErrorCollector, Section, check_one_of, resolve_path
 from sendguard.streams import Stream, parse_streams
 
 #: Where the embedded defaults keep state when no config names a directory.
@@ -58,12 +58,20 @@ class ConfigDocument:
     top: Section
     #: Each ``[streams.NAME]`` table, for the services' per-stream keys.
     stream_tables: dict[str, Section]
+    #: The problems found so far; every part goes on reading past another's error.
+    errors: ErrorCollector = field(default_factory=ErrorCollector)
 
     def finish(self) -> None:
-        """Refuse every key no parser read (call once every service has parsed its part)."""
-        for table in self.stream_tables.values():
-            table.finish()
-        self.top.finish()
+        """Refuse every key no parser read, and raise every problem found (once every service has parsed).
+
+        After a part failed, keys it had not come to yet would look unknown, so
+        unknown keys are only looked for when every part read its sections.
+        """
+        if not self.errors.errors:
+            for table in self.stream_tables.values():
+                self.errors.attempt(table.finish)
+            self.errors.attempt(self.top.finish)
+        self.errors.raise_if_any()
 
 
 def _parse_general(section: Section) -> General:
@@ -74,12 +82,18 @@ def _parse_general(section: Section) -> General:
 
 
 def parse(data: dict[str, Any], file: str = EMBEDDED) -> ConfigDocument:
-    """Validate the shared part of a decoded TOML document; the services' sections stay open."""
+    """Validate the shared part of a decoded TOML document; the services' sections stay open.
+
+    Problems are collected in the document's ``errors``, not raised:
+    :meth:`ConfigDocument.finish` raises them all.
+    """
+    errors = ErrorCollector()
     top = Section(data, "", file)
-    general = _parse_general(top.sub("general"))
+    general = errors.attempt(lambda: _parse_general(top.sub("general"))) or General()
     base = Path(file).resolve().parent if file != EMBEDDED else Path.cwd()
-    streams, tables = parse_streams(top, base)
-    return ConfigDocument(Config(file=file, base_dir=base, general=general, streams=streams), top, tables)
+    streams, tables = parse_streams(top, base, errors)
+    config = Config(file=file, base_dir=base, general=general, streams=streams)
+    return ConfigDocument(config, top, tables, errors)
 
 
 def read(path: str | os.PathLike[str] | None) -> ConfigDocument:

@@ -1,103 +1,70 @@
-"""The effective configuration, as ``sendguard check-config`` prints it.
+"""The effective configuration, as ``sendguard check-config`` prints it: TOML in the config's own layout.
 
-Defaults filled in, relative paths resolved, rules normalised: what the
-services will actually run with, in TOML-like form an operator can read and
-diff against the file they wrote.
+Every key the services read is printed with the value they run with —
+defaults filled in, relative paths made absolute — from what the
+:class:`~sendguard.config_reader.Section` readers remembered while parsing.
+Being the same layout as the file, the output reads back: ``sendguard
+check-config <(sendguard check-config FILE)`` passes and prints the same text.
+A key with no value (unset, no default) is a comment.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import enum
-import ipaddress
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+import re
+from typing import Mapping
 
-from sendguard.config import Config
+from sendguard.config_reader import Section
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+#: What a TOML basic string must escape (control characters other than tab, DEL, quote, backslash).
+_ESCAPE = re.compile(r'[\x00-\x08\x0a-\x1f\x7f"\\]')
+_SHORT = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\b": "\\b", "\f": "\\f"}
+
+HEADER = "# effective configuration: every key sendguard reads, defaults filled in, paths absolute"
 
 
-def _value(v: Any) -> str:
+def _string(text: str) -> str:
+    return '"' + _ESCAPE.sub(lambda m: _SHORT.get(m.group(), f"\\u{ord(m.group()):04x}"), text) + '"'
+
+
+def _key(name: str) -> str:
+    return name if _BARE_KEY.match(name) else _string(name)
+
+
+def _value(v: object) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v)
-    if v is None:
-        return '""  # unset'
-    if isinstance(v, enum.Enum):
-        return _value(v.value)
-    if isinstance(v, (list, tuple, set, frozenset)):
-        items = sorted(v, key=str) if isinstance(v, (set, frozenset)) else list(v)
-        return "[" + ", ".join(_value(i) for i in items) + "]"
-    if isinstance(v, (Path, ipaddress.IPv4Network, ipaddress.IPv6Network)):
-        return _value(str(v))
-    if isinstance(v, (dt.date, dt.datetime)):
+    if isinstance(v, (dt.date, dt.datetime, dt.time)):
         return v.isoformat()
-    text = str(v).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_value(i) for i in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_key(str(k))} = {_value(i)}" for k, i in v.items()) + "}"
+    return _string(str(v))
 
 
-def _is_table(v: Any) -> bool:
-    return dataclasses.is_dataclass(v) and not isinstance(v, type) or isinstance(v, dict)
+def _table(path: tuple[str, ...], section: Section, lines: list[str], notes: Mapping[tuple[str, ...], str]) -> None:
+    values = [(k, v) for k, v in section.values.items() if k not in section.children]
+    note = notes.get(path)
+    if path and (values or note or not section.children):
+        lines.append("")
+        lines.append("[" + ".".join(_key(p) for p in path) + "]")
+    if note:
+        lines.append(f"# {note}")
+    for key, value in values:
+        lines.append(f"# {key}: unset" if value is None else f"{_key(key)} = {_value(value)}")
+    for name, child in section.children.items():
+        _table((*path, name), child, lines, notes)
 
 
-def _fields(obj: Any) -> list[tuple[str, Any]]:
-    if isinstance(obj, dict):
-        return [(str(k), v) for k, v in obj.items()]
-    out = []
-    for f in dataclasses.fields(obj):
-        if f.name.startswith("_") or f.metadata.get("effective") is False:
-            continue
-        out.append((f.name, getattr(obj, f.name)))
-    return out
+def render(top: Section, notes: Mapping[tuple[str, ...], str] | None = None) -> str:
+    """The effective configuration as TOML, from the top-level Section after every part has parsed it.
 
-
-def _table(name: str, obj: Any, lines: list[str], array: bool = False) -> None:
-    scalars = [(k, v) for k, v in _fields(obj) if not _is_table(v) and not _is_table_list(v)]
-    tables = [(k, v) for k, v in _fields(obj) if _is_table(v) or _is_table_list(v)]
-    lines.append(f"\n[[{name}]]" if array else f"\n[{name}]")
-    for key, value in scalars:
-        if value is None:
-            lines.append(f"# {key} = (unset)")
-        elif key.endswith("_mode") and isinstance(value, int) and not isinstance(value, bool):
-            lines.append(f'{key} = "{value:04o}"')
-        else:
-            lines.append(f"{key} = {_value(value)}")
-    for key, value in tables:
-        if _is_table_list(value):
-            for item in value:
-                _table(f"{name}.{key}", item, lines, array=True)
-        else:
-            _table(f"{name}.{key}", value, lines)
-
-
-def _is_table_list(v: Any) -> bool:
-    return isinstance(v, (list, tuple)) and bool(v) and all(_is_table(i) for i in v)
-
-
-def render(
-    config: Config,
-    sections: Sequence[tuple[str, object]],
-    stream_keys: Sequence[Mapping[str, object]] = (),
-) -> str:
-    """The effective configuration as TOML-like text, one table per section and stream.
-
-    ``sections`` are the services' settings (dataclasses) by table name;
-    ``stream_keys`` maps stream names to what a service reads of each stream's
-    table (a dataclass of its own), shown in that stream's table.
+    ``notes`` adds a comment under a table, by its key path (e.g. a stream's match rule in words).
     """
-    lines = [f"# effective configuration of {config.file}"]
-    _table("general", config.general, lines)
-    for name, settings in sections:
-        _table(name, settings, lines)
-    for stream in config.streams:
-        fields = dict(_fields(stream))
-        rule = fields.pop("rule")
-        fields["ramp"] = [list(step) for step in stream.ramp]
-        for keys in stream_keys:
-            extra = keys.get(stream.name)
-            if extra is not None:
-                fields.update(_fields(extra))
-        _table(f"streams.{stream.name}", fields, lines)
-        lines.append(f"# match: {rule.describe()}")
-    return "\n".join(lines).lstrip("\n") + "\n"
+    lines = [HEADER]
+    _table((), top, lines, notes or {})
+    return "\n".join(lines) + "\n"

@@ -25,3 +25,8 @@ def setup(level: str = "info", stream=None) -> None:
 def get(name: str) -> logging.Logger:
     """The logger for one part, named ``sendguard.<name>``."""
     return logging.getLogger(f"sendguard.{name}")
+
+
+def set_level(level: str) -> None:
+    """Change the level of every sendguard logger (a reloaded ``log_level``)."""
+    logging.getLogger("sendguard").setLevel(level.upper())

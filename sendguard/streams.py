@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from sendguard.addresses import IPNetwork, check_network, parse_client_address, parse_network
-from sendguard.config_reader import ConfigError, Section, resolve_path
+from sendguard.config_reader import ConfigError, ErrorCollector, Section
 from sendguard.senders import SenderSet, check_sender
 
 #: The request attributes a stream may match on (names as in SMTPD_POLICY_README).
@@ -198,12 +198,11 @@ def _parse_ramp(section: Section) -> tuple[tuple[int, int], ...]:
 
 
 def _parse_start(section: Section, base: Path) -> tuple[Path | None, float | None]:
-    start_file = section.get("start_file", str, None)
+    path = section.get_path("start_file", base)
     start_date = section.get("start_date", (dt.date, dt.datetime), None)
-    if start_file is not None and start_date is not None:
+    if path is not None and start_date is not None:
         raise section.error("start_date", "give start_file or start_date, not both")
-    if start_file is not None:
-        path = resolve_path(base, start_file)
+    if path is not None:
         try:
             read_stamp(path)
         except ValueError as exc:
@@ -239,26 +238,38 @@ def parse_stream(name: str, section: Section, base: Path) -> Stream:
     )
 
 
-def parse_streams(top: Section, base: Path) -> tuple[tuple[Stream, ...], dict[str, Section]]:
+def parse_streams(
+    top: Section, base: Path, errors: ErrorCollector | None = None
+) -> tuple[tuple[Stream, ...], dict[str, Section]]:
     """Parse every ``[streams.NAME]`` table and refuse overlapping rules.
 
     Returns the streams in file order and each stream's table, still open for
-    the services' own per-stream keys.
+    the services' own per-stream keys. With ``errors``, a stream that fails is
+    left out and its error kept, so the next streams are still checked.
     """
+    collector = errors if errors is not None else ErrorCollector()
     streams: list[Stream] = []
     tables: dict[str, Section] = {}
     for name, section in top.tables("streams"):
-        if not name.replace("-", "").replace("_", "").isalnum():
-            raise section.error("", "stream names may hold letters, digits, '-' and '_' only")
-        stream = parse_stream(name, section, base)
-        for earlier in streams:
-            if earlier.rule.may_overlap(stream.rule):
-                raise ConfigError(
-                    top.file,
-                    f"streams.{name}.match",
-                    f"overlaps stream {earlier.name!r} ({earlier.rule.describe()} vs {stream.rule.describe()}):"
-                    " a request could match both",
-                )
-        streams.append(stream)
-        tables[name] = section
+
+        def read(name: str = name, section: Section = section) -> Stream:
+            if not name.replace("-", "").replace("_", "").isalnum():
+                raise section.error("", "stream names may hold letters, digits, '-' and '_' only")
+            stream = parse_stream(name, section, base)
+            for earlier in streams:
+                if earlier.rule.may_overlap(stream.rule):
+                    raise ConfigError(
+                        top.file,
+                        f"streams.{name}.match",
+                        f"overlaps stream {earlier.name!r} ({earlier.rule.describe()} vs {stream.rule.describe()}):"
+                        " a request could match both",
+                    )
+            return stream
+
+        stream = collector.attempt(read)
+        if stream is not None:
+            streams.append(stream)
+            tables[name] = section
+    if errors is None:
+        collector.raise_if_any()
     return tuple(streams), tables

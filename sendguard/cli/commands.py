@@ -10,13 +10,17 @@ import argparse
 import signal
 import sys
 import threading
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from sendguard import __version__, logs
 from sendguard.cli.settings import Settings, load
 from sendguard.config_reader import ConfigError
 from sendguard.gc_freeze import freeze_start_up_heap
 from sendguard.metrics_http import ListenError
+
+if TYPE_CHECKING:
+    from sendguard.config import Config
+    from sendguard_milter.settings import MilterSettings
 
 EXIT_USAGE = 64  # EX_USAGE from sysexits.h
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h, as Postfix's own tools use it
@@ -41,6 +45,31 @@ def _stop_on_signal() -> threading.Event:
     return stop
 
 
+#: What SIGHUP logs where the policy daemon runs: its settings are read once, at start.
+POLICYD_NO_RELOAD = (
+    "SIGHUP: the policy daemon does not reload its configuration ([policyd], [release], the streams' caps"
+    " and ramps); restart it to apply changes"
+)
+
+
+def _policyd_ignores_hup() -> None:
+    """SIGHUP's default action would kill the daemon: log instead that a restart is needed."""
+    log = logs.get("policyd")
+    signal.signal(signal.SIGHUP, lambda *_: log.warning(POLICYD_NO_RELOAD))
+
+
+def _milter_loader(path: str | None, policyd_too: bool = False) -> Callable[[], tuple[Config, MilterSettings]]:
+    """What the milter's SIGHUP reloads: the whole file, validated as start-up does."""
+
+    def reload() -> tuple[Config, MilterSettings]:
+        if policyd_too:
+            logs.get("policyd").warning(POLICYD_NO_RELOAD)
+        settings = load(path, check_keys=True)  # every bad key file named, not only the first
+        return settings.config, settings.milter
+
+    return reload
+
+
 def _wait_for_signal(stop: threading.Event) -> None:
     """Block the main thread until ``stop`` is set."""
     while not stop.wait(3600):
@@ -54,7 +83,8 @@ def cmd_policyd(args: argparse.Namespace) -> int:
     from sendguard_policyd import service
 
     stop = _stop_on_signal()
-    metrics_http.serve(settings.policyd.metrics_listen)
+    _policyd_ignores_hup()
+    metrics_http.serve(settings.policyd.metrics_listen, "the policy daemon")
     handle = service.start(settings.config, settings.policyd)
     freeze_start_up_heap()
     try:
@@ -70,9 +100,10 @@ def cmd_milter(args: argparse.Namespace) -> int:
     from sendguard import metrics_http
     from sendguard_milter import service
 
-    metrics_http.serve(settings.milter.metrics_listen)
+    metrics_http.serve(settings.milter.metrics_listen, "the milter")
     freeze_start_up_heap()  # what the milter builds next (keys) is small beside its imports
-    service.run(settings.config, settings.milter)  # blocks in libmilter's main loop until SIGTERM/SIGINT
+    # Blocks in libmilter's main loop until SIGTERM/SIGINT; SIGHUP reloads the whole file.
+    service.run(settings.config, settings.milter, _milter_loader(args.config))
     return 0
 
 
@@ -85,14 +116,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from sendguard_policyd import release_service
 
-    metrics_http.serve(settings.policyd.metrics_listen)
+    metrics_http.serve(settings.policyd.metrics_listen, "the policy daemon and the milter")
     handle = policyd_service.start(settings.config, settings.policyd)
     releaser = None
     try:
         if release_service.wanted_in_run(settings.policyd):
             releaser = _start_releaser(settings)
         freeze_start_up_heap()
-        milter_service.run(settings.config, settings.milter)
+        # The milter's SIGHUP reloads the milter's part only, and says so for the policy daemon's.
+        milter_service.run(settings.config, settings.milter, _milter_loader(args.config, policyd_too=True))
     finally:
         if releaser is not None:
             releaser.stop()
@@ -128,7 +160,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     from sendguard import metrics_http
 
     stop = _stop_on_signal()
-    metrics_http.serve(settings.policyd.release.metrics_listen)
+    metrics_http.serve(settings.policyd.release.metrics_listen, "the releaser")
     releaser = _start_releaser(settings)
     try:
         _wait_for_signal(stop)
@@ -138,15 +170,12 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate a config file as start-up would, and print the effective configuration."""
+    """Validate a config file as start-up would, report every problem, and print the effective configuration."""
     from sendguard import effective
-    from sendguard_milter.keys import open_keys
 
-    settings = load(args.file)
-    open_keys(settings.milter.keys, settings.file)  # as start-up does: every key file must serve
-    sections = (("policyd", settings.policyd), ("release", settings.policyd.release), ("milter", settings.milter))
-    stream_keys = [settings.policyd.stream_policies, settings.milter.stream_rules]
-    sys.stdout.write(effective.render(settings.config, sections, stream_keys))
+    settings = load(args.file, check_keys=True)  # as start-up does, every key file must serve
+    notes = {("streams", s.name, "match"): f"match: {s.rule.describe()}" for s in settings.streams}
+    sys.stdout.write(effective.render(settings.source, notes))
     print(f"# {args.file}: OK", file=sys.stderr)
     return 0
 
@@ -228,7 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as exc:
-        print(f"sendguard: config error: {exc}", file=sys.stderr)
+        for problem in exc.all():  # every problem found in the file, one line each
+            print(f"sendguard: config error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     except ListenError as exc:
         print(f"sendguard: {exc}", file=sys.stderr)

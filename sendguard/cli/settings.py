@@ -3,17 +3,21 @@
 Each service parses its own sections (``sendguard_policyd.settings``,
 ``sendguard_milter.settings``) from one :class:`~sendguard.config.ConfigDocument`;
 this module is where they are put together, in a fixed order, so a key that
-no part reads stops start-up with ``FILE: KEY: unknown key``.
+no part reads stops start-up with ``FILE: KEY: unknown key``. A problem in
+one part (a stream, a service's sections) does not stop the others from being
+read: :class:`~sendguard.config_reader.ConfigErrors` carries every problem found.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sendguard import config as core
+from sendguard.config_reader import ConfigError, Section
 from sendguard.streams import Stream
+from sendguard_milter.keys import KeyLoadError, load_key
 from sendguard_milter.settings import MilterSettings, parse_milter
 from sendguard_policyd.settings import PolicydSettings, parse_policyd
 
@@ -25,6 +29,8 @@ class Settings:
     config: core.Config
     policyd: PolicydSettings
     milter: MilterSettings
+    #: The file as every part read it (values and defaults): what ``check-config`` prints.
+    source: Section = field(default_factory=lambda: Section({}, "", core.EMBEDDED), compare=False, repr=False)
 
     @property
     def file(self) -> str:
@@ -37,11 +43,25 @@ class Settings:
         return self.config.streams
 
 
-def _compose(doc: core.ConfigDocument) -> Settings:
-    policyd = parse_policyd(doc)
-    milter = parse_milter(doc)
-    doc.finish()
-    return Settings(config=doc.config, policyd=policyd, milter=milter)
+def _check_key_files(file: str, milter: MilterSettings) -> list[ConfigError]:
+    problems = []
+    for spec in milter.keys:
+        try:
+            load_key(spec)
+        except KeyLoadError as exc:
+            problems.append(ConfigError(file, f"signing.keys.{spec.name}.key_file", str(exc)))
+    return problems
+
+
+def _compose(doc: core.ConfigDocument, check_keys: bool = False) -> Settings:
+    # Each service reads on past the other's error, so one run reports every problem.
+    policyd = doc.errors.attempt(lambda: parse_policyd(doc))
+    milter = doc.errors.attempt(lambda: parse_milter(doc))
+    if check_keys and milter is not None:
+        doc.errors.errors.extend(_check_key_files(doc.config.file, milter))
+    doc.finish()  # raises every problem collected
+    assert policyd is not None and milter is not None
+    return Settings(config=doc.config, policyd=policyd, milter=milter, source=doc.top)
 
 
 def parse(data: dict[str, Any], file: str = core.EMBEDDED) -> Settings:
@@ -49,6 +69,10 @@ def parse(data: dict[str, Any], file: str = core.EMBEDDED) -> Settings:
     return _compose(core.parse(data, file))
 
 
-def load(path: str | os.PathLike[str] | None) -> Settings:
-    """Read and validate the config file at ``path``; ``None`` gives the embedded defaults."""
-    return _compose(core.read(path))
+def load(path: str | os.PathLike[str] | None, check_keys: bool = False) -> Settings:
+    """Read and validate the config file at ``path``; ``None`` gives the embedded defaults.
+
+    With ``check_keys`` every key file is also read and checked as the milter's
+    start does (and its problems reported with the rest); the keys are not kept.
+    """
+    return _compose(core.read(path), check_keys)

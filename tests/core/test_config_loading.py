@@ -56,3 +56,30 @@ def test_missing_file_and_bad_toml(tmp_path):
     path = write(tmp_path, "[general\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(path)
+
+
+def test_every_problem_is_reported_at_once_one_line_each():
+    """A stream, the policy daemon and the milter each read on past the others' errors."""
+    with pytest.raises(ConfigError) as err:
+        parse({
+            "streams": {"a": {"match": {"server_port": [0]}}, "b": {"daily_cap": 0, "match": {"server_port": [26]}}},
+            "policyd": {"listen": "nowhere"},
+            "milter": {"trusted_hosts": ["2000::/3"]},
+        })  # fmt: skip
+    assert [f"{e.key}: {e.reason}" for e in err.value.all()] == [
+        "streams.a.match.server_port[0]: 0 is not a port",
+        "streams.b.daily_cap: must be positive",
+        "policyd.listen: 'nowhere' is not HOST:PORT",
+        "milter.trusted_hosts[0]: " + err.value.all()[3].reason,
+    ]
+    assert str(err.value).count("\n") == 3 and str(err.value).startswith("<embedded defaults>: streams.a.match")
+
+
+def test_every_unknown_key_of_a_table_is_named():
+    with pytest.raises(ConfigError) as err:
+        parse({"milter": {"trusted_host": [], "refusal": 550}, "polcyd": {}})
+    # The top level is looked at once every part has read its tables (a part that failed may not have).
+    assert [e.key for e in err.value.all()] == ["milter.refusal", "milter.trusted_host"]
+    with pytest.raises(ConfigError) as err:
+        parse({"polcyd": {}, "milter_": {}})
+    assert [e.key for e in err.value.all()] == ["milter_", "polcyd"]

@@ -57,3 +57,43 @@ def test_example_passes_check_config(tmp_path):
     result = subprocess.run([sendguard_command(), "check-config", str(cfg)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "[streams.healthcare]" in result.stdout
+
+
+def test_every_problem_of_the_example_is_reported_in_one_run(tmp_path):
+    """The example once needed three runs: one stamp file, the other, then the keys."""
+    cfg = installed_example(tmp_path)
+    for stream in ("trucking", "healthcare"):
+        (tmp_path / "state" / f"{stream}.start").unlink()
+    os.chmod(tmp_path / "etc" / "keys" / "example.net.mail.pem", 0o644)
+    (tmp_path / "etc" / "keys" / "send.example.net.send.pem").unlink()
+    result = subprocess.run([sendguard_command(), "check-config", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 78
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines == [
+        f"sendguard: config error: {cfg}: streams.trucking.start_file: stamp file {tmp_path}/state/trucking.start does not exist",
+        f"sendguard: config error: {cfg}: streams.healthcare.start_file: stamp file {tmp_path}/state/healthcare.start does not exist",
+        f"sendguard: config error: {cfg}: signing.keys.send.key_file: key file {tmp_path}/etc/keys/send.example.net.send.pem does not exist",
+        f"sendguard: config error: {cfg}: signing.keys.mail.key_file: key file {tmp_path}/etc/keys/example.net.mail.pem"
+        " is world-readable (mode 0644); chmod o-rwx it",
+    ]
+
+
+def test_the_effective_configuration_reads_back_as_the_same_configuration(tmp_path):
+    """`sendguard check-config <(sendguard check-config FILE)` passes and prints the same text."""
+    cfg = installed_example(tmp_path)
+    command = sendguard_command()
+    first = subprocess.run([command, "check-config", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run(
+        ["bash", "-c", f'"{command}" check-config <("{command}" check-config "{cfg}")'],
+        capture_output=True, text=True, timeout=60, cwd="/",
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == first.stdout
+    # What it reads back is the same configuration, keys and stamps found by their absolute paths.
+    reread = tmp_path / "effective.toml"
+    reread.write_text(first.stdout)
+    assert load(reread).streams == load(cfg).streams
+    assert load(reread).milter == load(cfg).milter
+    assert f'key_file = "{tmp_path}/etc/keys/send.example.net.send.pem"' in first.stdout

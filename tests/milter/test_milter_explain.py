@@ -45,3 +45,21 @@ def test_cli_explain(write_config, capsys):
     rc = main(["explain", "--config", str(path), "--from", "ops@example.net", "--client", "127.0.0.1"])
     assert rc == 0
     assert "decision:  SIGN d=example.net s=mail" in capsys.readouterr().out
+
+
+def test_a_split_open_scope_never_reaches_a_sign_decision(write_config, capsys):
+    """`explain --client 8.8.8.8` said SIGN for trusted_hosts = ["0.0.0.0/1", "128.0.0.0/1"]."""
+    cfg = write_config()
+    old = 'trusted_hosts = ["127.0.0.1/8", "::1/128", "172.18.0.5/32", "172.18.0.25/32"]'
+    cfg.write_text(cfg.read_text().replace(old, 'trusted_hosts = ["0.0.0.0/1", "128.0.0.0/1"]'))
+    assert main(["explain", "--config", str(cfg), "--from", "noreply@send.example.net", "--client", "8.8.8.8"]) == 78
+    err = capsys.readouterr().err
+    assert f"{cfg}: milter.trusted_hosts[0]: 0.0.0.0/1 covers " in err
+    assert "SIGN" not in capsys.readouterr().out
+
+
+def test_an_acknowledged_public_host_is_explained_by_its_list(write_config):
+    cfg = write_config(milter_extra='trusted_public_hosts = ["93.184.215.14/32"]')
+    out = explain(load(cfg), from_addr="noreply@send.example.net", client="93.184.215.14", headers=["Precedence: bulk"])
+    assert "in scope: client 93.184.215.14 in trusted_public_hosts 93.184.215.14/32" in out
+    assert "decision:  SIGN d=send.example.net s=send" in out

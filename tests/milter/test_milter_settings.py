@@ -54,13 +54,44 @@ def test_the_brief_deployment_loads(write_config):
     assert s.table.lookup("example.org") is None
 
 
-@pytest.mark.parametrize("net", ["0.0.0.0/0", "::/0"])
-def test_open_scope_is_refused_unless_overridden(net):
+@pytest.mark.parametrize(
+    "nets",
+    [["0.0.0.0/0"], ["::/0"], ["0.0.0.0/1", "128.0.0.0/1"], ["2000::/3"], ["10.0.0.0/8", "8.8.8.0/24"]],
+)
+def test_a_scope_with_public_addresses_in_trusted_hosts_is_refused_however_it_is_spelt(nets):
     with pytest.raises(ConfigError) as err:
-        parse({"milter": {"trusted_hosts": [net]}})
-    assert "milter.trusted_hosts[0]" in str(err.value) and "allow_open_trusted_hosts" in str(err.value)
-    s = parse({"milter": {"trusted_hosts": [net], "allow_open_trusted_hosts": True}}).milter
-    assert str(s.scope.networks[0]) == net
+        parse({"milter": {"trusted_hosts": nets}})
+    index = next(i for i, n in enumerate(nets) if not n.startswith("10."))
+    assert f"<embedded defaults>: milter.trusted_hosts[{index}]: {nets[index]} covers " in str(err.value)
+    assert "publicly routable" in str(err.value) and "trusted_public_hosts" in str(err.value)
+
+
+@pytest.mark.parametrize("nets", [["0.0.0.0/1", "128.0.0.0/1"], ["2000::/3"], ["8.8.8.0/24", "8.8.9.0/31"]])
+def test_acknowledged_public_hosts_beyond_the_bound_are_refused(nets):
+    with pytest.raises(ConfigError) as err:
+        parse({"milter": {"trusted_public_hosts": nets}})
+    assert "milter.trusted_public_hosts: covers " in str(err.value)
+    assert "more than max_public_addresses = 256" in str(err.value)
+
+
+def test_a_public_egress_host_acknowledged_is_trusted_and_private_ranges_need_nothing():
+    s = parse({"milter": {
+        "trusted_hosts": ["127.0.0.1", "::1", "172.16.0.0/12", "10.0.0.0/8", "192.168.0.0/16", "100.64.0.0/10", "fd00::/8", "fe80::/10", "2001:db8::/32"],
+        "trusted_public_hosts": ["93.184.215.14/32", "2a00:1450:4001:80b::200e/128"],
+    }}).milter  # fmt: skip
+    assert s.scope.check("93.184.215.14").why == "client 93.184.215.14 in trusted_public_hosts 93.184.215.14/32"
+    assert s.scope.check("172.18.0.5").trusted
+    assert not s.scope.check("93.184.215.15").trusted
+    assert not s.scope.check("2001:4860::1").trusted
+    # A wider acknowledged range needs the bound raised, on purpose.
+    wide = {"trusted_public_hosts": ["93.184.215.0/23"], "max_public_addresses": 512}
+    assert parse({"milter": wide}).milter.scope.check("93.184.214.1").trusted
+
+
+def test_the_old_override_key_names_its_replacement():
+    with pytest.raises(ConfigError) as err:
+        parse({"milter": {"trusted_hosts": ["0.0.0.0/0"], "allow_open_trusted_hosts": True}})
+    assert "milter.allow_open_trusted_hosts: is no longer read: list public clients in trusted_public_hosts" in str(err.value)
 
 
 def test_unknown_keys_are_refused():
