@@ -88,6 +88,8 @@ def decode_part(raw: bytes, transfer_encoding: str, charset: str | None, max_byt
         text = data.decode(codec)
     except UnicodeDecodeError as exc:
         raise BrokenMime("bad_charset_data", f"part is not valid {declared}: {exc.reason}") from None
+    except LookupError:  # a codec that is not a charset (charset=base64, zlib ...): bytes to bytes
+        raise BrokenMime("unknown_charset", f"charset {declared!r} is not a text charset") from None
     if text.encode(codec) != data:
         raise BrokenMime("charset_not_reversible", f"{declared} text does not encode back to the same bytes")
     return PartText(text, codec, declared, transfer_encoding, raw)

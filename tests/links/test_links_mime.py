@@ -303,3 +303,12 @@ def test_listmonk_bug_shapes_in_a_real_campaign(lm, signer, cta_html, cta_text, 
     expect_decoded(lm, msg, result.body, [[(text_before, fixed[1])], [(cta_html, fixed[0])]])
     assert lm.REDIRECT.encode() in lm.decoded_leaves(msg, result.body)[1][1]
     assert signer.sign_and_verify(msg.raw(result.body))
+
+
+def test_a_charset_that_names_a_bytes_codec_is_an_unknown_charset(lm) -> None:
+    # charset=base64 (found by the fuzzer) names a Python codec that is no text charset: it must
+    # pass unchanged with its reason, not end as an internal error.
+    for charset in ("base64", "zlib", "hex"):
+        headers = lm.top_headers(f"text/plain; charset={charset}", "7bit")
+        result = rewrite_message(headers, b"https://example.net/o?dot=1@TrackLink\r\n", STRIP)
+        assert (result.body, result.reason) == (None, "unknown_charset"), charset
