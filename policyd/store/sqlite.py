@@ -18,6 +18,7 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Callable
 
 from sendguard_policyd.store import (
     ALREADY_COUNTED,
@@ -315,6 +316,24 @@ class SQLiteCounterStore:
     def prune(self, now: float) -> int:
         """Delete what has expired at ``now`` now (the background thread does it on its own); rows deleted."""
         return self.maintenance.prune(now, self._reader())
+
+    # -- the event loop never waits for the writers' lock (sqlite_lock.py) -------------------------
+
+    def never_wait_in_this_thread(self) -> None:
+        """Writes from the calling thread raise StoreBusy rather than wait for another writer."""
+        self._writers.never_wait_in_this_thread()
+
+    def wait_off_loop(self, deadline: float, done: Callable[[bool], None]) -> None:
+        """Wait for the writers' lock on another thread until ``deadline``; then ``done(got_it)``."""
+        self._writers.wait_off_loop(deadline, done)
+
+    def loop_holds(self, held: bool) -> None:
+        """The loop's writes go ahead on the handed-over lock (``held``) or fail at once."""
+        self._writers.loop_holds(held)
+
+    def loop_releases(self) -> None:
+        """Release the handed-over lock."""
+        self._writers.loop_releases()
 
     def close(self) -> None:
         """Stop the background thread, close the write connection and the lock file."""
