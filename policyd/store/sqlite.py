@@ -40,6 +40,7 @@ from sendguard_policyd.store import (
     WindowCounts,
     Windows,
 )
+from sendguard_policyd.store.sqlite_identity import FileWatch
 from sendguard_policyd.store.sqlite_lock import WritersLock
 from sendguard_policyd.store.sqlite_maintenance import Maintenance
 from sendguard_policyd.store.sqlite_reader import (
@@ -116,7 +117,8 @@ class SQLiteCounterStore:
         # One cursor for the write path: a new one per statement (``conn.execute``) costs an object,
         # its registration with the connection and, in time, the garbage collector's attention.
         self._cur = self._conn.cursor()
-        self.maintenance = Maintenance(path, synchronous, self._writers)
+        self._watch = FileWatch(path, self._writers.fileno())
+        self.maintenance = Maintenance(path, synchronous, self._writers, self.check_file)
         self._seq = 0
         self._readers = threading.local()
         # Streams whose last check was over a cap: their next check reads before it tries to write.
@@ -276,6 +278,8 @@ class SQLiteCounterStore:
         """The recorded state of a message, read on the write connection (the event loop's thread)."""
         if not instance:
             return None
+        if self._writers.refuse is not None:
+            raise StoreError(self._writers.refuse)
         try:
             row = self._cur.execute("SELECT state FROM messages WHERE instance = ?", (instance,)).fetchone()
         except sqlite3.Error as exc:
@@ -284,8 +288,16 @@ class SQLiteCounterStore:
 
     # -- reads from any thread ------------------------------------------------------------------
 
+    def check_file(self) -> bool:
+        """Refuse every read and write while the file at the path is not the one opened (sqlite_identity.py);
+        the background thread calls it once a second. True: the file is the one opened."""
+        self._writers.refuse = self._watch.check()
+        return self._writers.refuse is None
+
     def _reader(self) -> sqlite3.Connection:
         """The calling thread's own connection (scrapes and status run beside the event loop)."""
+        if self._writers.refuse is not None:
+            raise StoreError(self._writers.refuse)
         conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
         if conn is None:
             conn = connect(self.path, self.synchronous, create=False)

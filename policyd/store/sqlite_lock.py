@@ -52,7 +52,7 @@ class WritersLock:
     between such a statement and the next. SQLite errors inside leave as :class:`StoreError`.
     """
 
-    __slots__ = ("path", "_fd", "_threads", "_loop", "_mode", "_waiting")
+    __slots__ = ("path", "_fd", "_threads", "_loop", "_mode", "_waiting", "refuse")
 
     def __init__(self, path: str) -> None:
         """``path``: the store file (the lock is ``path + ".lock"``, created if needed)."""
@@ -64,10 +64,18 @@ class WritersLock:
         self._mode = _TRY
         #: A thread waits for the lock on the loop's behalf (see wait_off_loop).
         self._waiting = False
+        #: Set while every write must fail with this text (the store's file was lost: sqlite_identity.py).
+        self.refuse: str | None = None
+
+    def fileno(self) -> int:
+        """The lock file's descriptor."""
+        return self._fd
 
     # -- every write --------------------------------------------------------------------------------
 
     def __enter__(self) -> None:
+        if self.refuse is not None:
+            raise StoreError(self.refuse)
         if self._loop is not None and threading.get_ident() == self._loop:
             mode = self._mode
             if mode == _HELD:
