@@ -55,6 +55,7 @@ from sendguard_policyd.store.sqlite_reader import (
 )
 from sendguard_policyd.store.sqlite_room import room_at
 from sendguard_policyd.store.sqlite_schema import connect
+from sendguard_policyd.store.sqlite_text import from_sql, to_sql
 
 # Everything a check-and-add needs in one round trip (each statement run from Python costs
 # microseconds of its own): the message's state (a retry?) and the window counts' parts
@@ -142,10 +143,11 @@ class SQLiteCounterStore:
             # Without an instance there is nothing to deduplicate on; the row is still needed for the count.
             self._seq += 1
             instance = f"no-instance:{os.getpid()}:{now}:{self._seq}"
+        key = to_sql(instance)
         self.maintenance.saw(now)
         with self._writers:
             cur = self._cur
-            read = (stream, hour_floor(now, self.windows_length), day_floor(now, self.windows_length), instance)
+            read = (stream, hour_floor(now, self.windows_length), day_floor(now, self.windows_length), key)
             if stream in self._over_cap:
                 # The stream was over a cap a moment ago (a campaign push): read first, so that a
                 # refusal, the likely answer, never opens a write transaction.
@@ -162,7 +164,7 @@ class SQLiteCounterStore:
                 if counted:
                     hour += recipients
                     day += recipients
-                    cur.execute(_ADMIT_INSERT, (instance, stream, recipients, now, queue_id, hour, day))
+                    cur.execute(_ADMIT_INSERT, (key, stream, recipients, now, to_sql(queue_id), hour, day))
                 cur.execute("COMMIT")
             except BaseException:
                 if self._conn.in_transaction:
@@ -211,7 +213,8 @@ class SQLiteCounterStore:
             return True
         self.maintenance.saw(now)
         with self._writers:
-            return self._cur.execute(_FAMILY_INSERT, (instance, stream, now, queue_id, rule)).rowcount == 1
+            row = (to_sql(instance), stream, now, to_sql(queue_id), rule)
+            return self._cur.execute(_FAMILY_INSERT, row).rowcount == 1
 
     # -- over-cap holds and their release ----------------------------------------------------------
 
@@ -223,7 +226,8 @@ class SQLiteCounterStore:
             instance = f"no-instance:{os.getpid()}:{now}:{self._seq}"
         self.maintenance.saw(now)
         with self._writers:
-            return self._cur.execute(_HOLD_INSERT, (instance, stream, recipients, now, queue_id)).rowcount == 1
+            row = (to_sql(instance), stream, recipients, now, to_sql(queue_id))
+            return self._cur.execute(_HOLD_INSERT, row).rowcount == 1
 
     def held_messages(self, stream: str) -> list[HeldMessage]:
         """The stream's messages waiting for release, oldest first (on the calling thread's reader)."""
@@ -231,7 +235,7 @@ class SQLiteCounterStore:
             rows = self._reader().execute(_WAITING, (stream,)).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"counter store {self.path}: {exc}") from exc
-        return [HeldMessage(q, i, s, int(r), float(a), st) for q, i, s, r, a, st in rows]
+        return [HeldMessage(from_sql(q), from_sql(i), s, int(r), float(a), st) for q, i, s, r, a, st in rows]
 
     def claim_release(self, queue_id: str, now: float, hourly_cap: int | None, daily_cap: int | None) -> Admission:
         """Count a held message if it fits now (``held`` → ``releasing``), as one transaction."""
@@ -241,7 +245,7 @@ class SQLiteCounterStore:
             cur = self._cur
             cur.execute("BEGIN IMMEDIATE")
             try:
-                row = cur.execute(_WAITING_BY_QID, (queue_id,)).fetchone()
+                row = cur.execute(_WAITING_BY_QID, (to_sql(queue_id),)).fetchone()
                 if row is None:
                     cur.execute("COMMIT")
                     return Admission(NOT_HELD, 0, 0)
@@ -272,7 +276,7 @@ class SQLiteCounterStore:
             raise ValueError(f"a release finishes as {STATE_RELEASED} or {STATE_GONE}, not {state!r}")
         self.maintenance.saw(now)
         with self._writers:
-            self._cur.execute(_FINISH, (state, queue_id))
+            self._cur.execute(_FINISH, (state, to_sql(queue_id)))
 
     def message_state(self, instance: str) -> str | None:
         """The recorded state of a message, read on the write connection (the event loop's thread)."""
@@ -281,7 +285,7 @@ class SQLiteCounterStore:
         if self._writers.refuse is not None:
             raise StoreError(self._writers.refuse)
         try:
-            row = self._cur.execute("SELECT state FROM messages WHERE instance = ?", (instance,)).fetchone()
+            row = self._cur.execute("SELECT state FROM messages WHERE instance = ?", (to_sql(instance),)).fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"counter store {self.path}: {exc}") from exc
         return row[0] if row else None
