@@ -83,6 +83,9 @@ REPLY_CACHE_SIZE = 512
 #: failure: the SQLite store's LOCK_TIMEOUT, and well under smtpd_policy_service_timeout (100 s).
 PARK_TIMEOUT = 10.0
 
+#: Bad requests after which the connection is closed (see the module docstring).
+_FRAMING_LOST = frozenset({"line_too_long", "request_too_large"})
+
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 _clock = time.perf_counter
@@ -496,9 +499,16 @@ class PolicyServer:
     def _answer(self, conn: Connection, block: bytes) -> None:
         started = _clock()
         try:
+            if len(block) > MAX_REQUEST_BYTES:
+                raise BadRequest("request_too_large", f"request larger than {MAX_REQUEST_BYTES} bytes")
             attrs = parse_request(block)
         except BadRequest as exc:
             self._bad(conn, exc)
+            if exc.reason in _FRAMING_LOST:
+                # The same bytes split differently would have hit _check_partial: the answer must not
+                # depend on how they arrived, and nothing after such a request can be trusted.
+                conn.buf.clear()
+                self._close_after_reply(conn)
             return
         try:
             action = self.decider.decide(attrs, self.now()).action
