@@ -122,7 +122,10 @@ class Decider:
         self._over_cap_holds = metrics.HOLDS.labels("over_cap")
 
     def decide(self, attrs: Mapping[str, str], now: float) -> Decision:
-        """The answer to one parsed request at ``now`` (counted in the decisions metric)."""
+        """The answer to one parsed request at ``now`` (counted in the decisions metric).
+
+        Raises :class:`StoreBusy` when a write would wait for another writer (the event loop's
+        thread never waits): nothing was written, and deciding the request again later is safe."""
         self.summary.tick(now)  # before this request: the summary covers the interval that ended
         state = attrs["protocol_state"]
         if state not in self.expected:

@@ -19,7 +19,7 @@ import datetime as dt
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar
 
 from sendguard.config import Config
 from sendguard.config_reader import ConfigError, resolve_path
@@ -29,8 +29,14 @@ from sendguard_policyd.backend import open_reader, store_label, store_windows
 from sendguard_policyd.store import DAY, Backlog, StoreError, StoreReader, Windows
 from sendguard_policyd.warmup import Warmup, cap_text
 
-if TYPE_CHECKING:
-    from sendguard.cli.settings import Settings
+
+class _Settings(Protocol):
+    """What status needs of the CLI's settings (a dataclass): the shared config."""
+
+    config: Config
+
+
+SettingsT = TypeVar("SettingsT", bound=_Settings)
 
 #: Everything was read.
 EXIT_OK = 0
@@ -197,8 +203,8 @@ def _stamp_problem(stream: Stream) -> str | None:
 
 
 def load_tolerating_stamps(
-    path: str, parse: Callable[[dict[str, Any], str], Settings], error: ConfigError
-) -> Settings:
+    path: str, parse: Callable[[dict[str, Any], str], SettingsT], error: ConfigError
+) -> SettingsT:
     """The settings of the config at ``path`` that failed to load with ``error`` because of a start stamp
     file, read as the running daemon does: a stamp it cannot read is a warning, not a stop.
 
@@ -228,7 +234,7 @@ def load_tolerating_stamps(
         dataclasses.replace(s, start_file=resolve_path(base, bad[s.name]), start_epoch=None) if s.name in bad else s
         for s in settings.config.streams
     )
-    return dataclasses.replace(settings, config=dataclasses.replace(settings.config, streams=streams))
+    return dataclasses.replace(settings, config=dataclasses.replace(settings.config, streams=streams))  # type: ignore[type-var]
 
 
 def _stamp_stream(error: ConfigError, data: dict[str, Any]) -> str | None:

@@ -9,8 +9,9 @@ can therefore never push a window over its cap together.
 
 This module is the interface only: ``decide.py`` and ``status.py`` import
 nothing else of the store. The SQLite implementation lives beside it
-(``sqlite.py`` and its ``sqlite_*.py`` parts); ``policyd/backend.py`` is the
-one place that picks it, for the daemon and for ``sendguard status``.
+(``sqlite.py`` and its ``sqlite_*.py`` parts), and the Redis one (``redis.py``
+and its ``redis_*.py`` parts); ``policyd/backend.py`` is the one place that
+picks one, for the daemon and for ``sendguard status``.
 
 Message records carry a ``state``. ``counted`` and ``family_hold`` are final.
 An over-cap message of a stream with ``over_cap = "hold"`` is recorded

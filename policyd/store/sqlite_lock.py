@@ -154,7 +154,7 @@ class WritersLock:
             if ok:
                 try:
                     self._lock_file(deadline)
-                except StoreError:
+                except (StoreError, OSError):  # OSError: the store was closed meanwhile (shutdown)
                     self._threads.release()
                     ok = False
             self._waiting = False
