@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from sendguard_policyd import service
 from sendguard_testing.policy_client import PolicyClient
 
 INSTANCE = b"1c2f.\xff\xfe.0"
@@ -33,21 +32,15 @@ def ask(client: PolicyClient, data: bytes) -> str:
 
 
 @pytest.fixture(params=["sqlite", "redis"])
-def daemon(request, make_config):
+def daemon(request, start_daemon):
     store = {"store": "redis", "redis_url": request.getfixturevalue("redis_url")} if request.param == "redis" else {}
 
     def run(over_cap: str):
         streams = {"trucking": {"match": {"server_port": [25]}, "ramp": [[0, 1]], "start_date": dt.date(2026, 1, 1),
                                 "over_cap": over_cap}}  # fmt: skip
-        config = make_config(streams, **store)
-        handle = service.start(config.config, config.policyd)
-        handles.append(handle)
-        return handle
+        return start_daemon(streams, **store)[1]
 
-    handles: list[service.Handle] = []
-    yield run
-    for h in handles:
-        h.stop()
+    return run
 
 
 def test_non_utf8_instance_and_queue_id_are_counted_held_and_deduplicated(daemon, policyd_log):

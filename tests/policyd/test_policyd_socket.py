@@ -26,18 +26,8 @@ def trucking(cap: int = 3) -> dict:
 
 
 @pytest.fixture
-def daemon(make_config):
-    handles = []
-
-    def run(streams=None, **policyd):
-        config = make_config(streams if streams is not None else {"trucking": trucking()}, **policyd)
-        handle = service.start(config.config, config.policyd)
-        handles.append(handle)
-        return config, handle
-
-    yield run
-    for h in handles:
-        h.stop()
+def daemon(start_daemon):
+    return lambda streams=None, **policyd: start_daemon(streams if streams is not None else {"trucking": trucking()}, **policyd)
 
 
 def send_message(client: PolicyClient, instance: str, recipients: list[str], **values: str) -> list[str]:

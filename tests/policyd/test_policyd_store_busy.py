@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from sendguard_policyd import server, service
+from sendguard_policyd import server
 from sendguard_testing.policy_client import PolicyClient, postfix_message, postfix_request
 
 
@@ -25,19 +25,9 @@ def trucking(over_cap: str) -> dict:
 
 
 @pytest.fixture
-def busy_daemon(make_config, monkeypatch):
+def busy_daemon(start_daemon, monkeypatch):
     monkeypatch.setattr(server, "PARK_TIMEOUT", 1.5)
-    handles = []
-
-    def run(over_cap: str = "defer"):
-        config = make_config({"trucking": trucking(over_cap)})
-        handle = service.start(config.config, config.policyd)
-        handles.append(handle)
-        return config, handle
-
-    yield run
-    for h in handles:
-        h.stop()
+    return lambda over_cap="defer": start_daemon({"trucking": trucking(over_cap)})
 
 
 def hold_lock(path: str, seconds: float) -> subprocess.Popen[bytes]:

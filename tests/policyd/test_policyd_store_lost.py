@@ -12,7 +12,6 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-from sendguard_policyd import service
 from sendguard_testing.policy_client import PolicyClient, postfix_message
 from sendguard_testing.policyd_processes import policyd_processes, write_policyd_config
 
@@ -71,24 +70,19 @@ server_port = [25]
         assert "checkpoint failed" not in log
 
 
-def test_the_same_file_moved_back_resumes_counting(make_config, policyd_log):
-    config = make_config(
-        {"trucking": {"match": {"server_port": [25]}, "ramp": [[0, CAP]], "start_date": dt.date(2026, 1, 1),
-                      "over_cap": "defer"}}  # fmt: skip
-    )
-    handle = service.start(config.config, config.policyd)
-    try:
-        db = Path(config.policyd.database)
-        with PolicyClient((handle.host, handle.port)) as client:
-            assert end_of_message(client, "m0") == "DUNNO"
-            db.rename(db.with_name("moved.sqlite"))
-            wait_for(lambda: REGISTRY.get_sample_value("sendguard_policyd_store_file_lost") == 1)
-            assert end_of_message(client, "m1") == STORE_FAILED
-            db.with_name("moved.sqlite").rename(db)
-            wait_for(lambda: REGISTRY.get_sample_value("sendguard_policyd_store_file_lost") == 0)
-            assert end_of_message(client, "m2") == "DUNNO"
-        assert handle.store.windows("trucking", time.time()).hour == 2
-    finally:
-        handle.stop()
+def test_the_same_file_moved_back_resumes_counting(start_daemon, policyd_log):
+    streams = {"trucking": {"match": {"server_port": [25]}, "ramp": [[0, CAP]], "start_date": dt.date(2026, 1, 1),
+                            "over_cap": "defer"}}  # fmt: skip
+    config, handle = start_daemon(streams)
+    db = Path(config.policyd.database)
+    with PolicyClient((handle.host, handle.port)) as client:
+        assert end_of_message(client, "m0") == "DUNNO"
+        db.rename(db.with_name("moved.sqlite"))
+        wait_for(lambda: REGISTRY.get_sample_value("sendguard_policyd_store_file_lost") == 1)
+        assert end_of_message(client, "m1") == STORE_FAILED
+        db.with_name("moved.sqlite").rename(db)
+        wait_for(lambda: REGISTRY.get_sample_value("sendguard_policyd_store_file_lost") == 0)
+        assert end_of_message(client, "m2") == "DUNNO"
+    assert handle.store.windows("trucking", time.time()).hour == 2
     assert policyd_log.matching("was deleted while the daemon had it open")
     assert policyd_log.matching("is back at its path: counting again")
