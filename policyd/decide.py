@@ -47,6 +47,7 @@ from sendguard_policyd.store import (
     STATE_RELEASING,
     TOO_LARGE,
     CounterStore,
+    StoreBusy,
     StoreError,
 )
 from sendguard_policyd.summary import Summary
@@ -121,7 +122,10 @@ class Decider:
         self._over_cap_holds = metrics.HOLDS.labels("over_cap")
 
     def decide(self, attrs: Mapping[str, str], now: float) -> Decision:
-        """The answer to one parsed request at ``now`` (counted in the decisions metric)."""
+        """The answer to one parsed request at ``now`` (counted in the decisions metric).
+
+        Raises :class:`StoreBusy` when a write would wait for another writer (the event loop's
+        thread never waits): nothing was written, and deciding the request again later is safe."""
         self.summary.tick(now)  # before this request: the summary covers the interval that ended
         state = attrs["protocol_state"]
         if state not in self.expected:
@@ -131,6 +135,9 @@ class Decider:
             decision = self._rcpt(attrs, now, stream)
         elif state == "END-OF-MESSAGE":
             decision = self._end_of_message(attrs, now, stream)
+            # Forgotten only once decided: a decision parked on a busy store (StoreBusy) runs again.
+            if self._mx_unknown:
+                self._mx_unknown.pop(attrs.get("instance", ""), None)
         else:
             decision = _dunno(stream.name if stream else NO_STREAM)
         key = (decision.stream, decision.label)
@@ -154,8 +161,8 @@ class Decider:
             instance, stream, count, at, queue_id = self._unrecorded_holds[0]
             try:
                 self.store.record_hold(instance, stream, count, at, queue_id)
-            except StoreError:
-                return  # still down: the next tick tries again
+            except (StoreError, StoreBusy):
+                return  # still down, or another writer holds the store: the next tick tries again
             self._unrecorded_holds.pop(0)
             log.info("%s: hold recorded now that the counter store answers again (stream %s)", queue_id, stream)
 
@@ -218,7 +225,7 @@ class Decider:
             return recipient, rule
         if self.mx is None:
             return None
-        domains = self._mx_unknown.pop(attrs.get("instance", ""), set())
+        domains = set(self._mx_unknown.get(attrs.get("instance", ""), ()))
         if "@" in recipient:
             domains.add(recipient.rpartition("@")[2])
         for domain in sorted(domains):

@@ -67,6 +67,11 @@ BUSY_POLL_SECONDS = Counter(
     "Time the event loop spent polling for the next request instead of sleeping (policyd.busy_poll_usec):"
     " CPU spent to save wake-ups.",
 )
+STORE_FILE_LOST = Gauge(
+    "sendguard_policyd_store_file_lost",
+    "1 while the SQLite store's file (or its lock file) was deleted or replaced after the daemon opened it:"
+    " every message is then answered as a store failure.",
+)
 CONNECTIONS = Gauge("sendguard_policyd_connections", "Open Postfix connections.")
 REQUEST_SECONDS = Histogram(
     "sendguard_policyd_request_duration_seconds",

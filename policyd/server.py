@@ -17,6 +17,18 @@ it. When several sockets are ready at once their replies go out together
 after the batch (at least every ``HOLD_LIMIT``): one wake-up of a client
 process for all of its replies.
 
+The loop never waits for the counter store's writers' lock. A decision that
+needs to write while another writer holds it (another process's backup or
+shell, a stuck peer) gets :class:`StoreBusy`; the request is *parked*: its
+connection reads nothing more for now, while every other connection is
+served as usual, and a request that needs no write (a RCPT for gmail.com) is
+answered at once. The store waits for the lock on a thread of its own, at most
+until the oldest parked request has waited :data:`PARK_TIMEOUT`, and hands it
+to the loop, which decides the parked requests in arrival order (their
+connections then go on). When the wait runs out, those requests are decided
+with every write failing, so each gets its stream's ``on_store_error``
+answer. Only the loop decides, so the decision needs no locks of its own.
+
 About once a second the loop sweeps: idle connections are closed, paused
 listeners resume, and the decider's periodic work runs (its summary line).
 
@@ -38,11 +50,13 @@ import socket
 import stat
 import threading
 import time
+from collections import deque
 from typing import Callable
 
 from sendguard import logs
 from sendguard_policyd import metrics
 from sendguard_policyd.decide import Decider
+from sendguard_policyd.store import StoreBusy
 from sendguard_policyd.protocol import (
     MAX_LINE_BYTES,
     MAX_REQUEST_BYTES,
@@ -65,6 +79,12 @@ HOLD_LIMIT = 0.0002
 ACCEPT_FAILURE_LOG_INTERVAL = 60.0
 #: Distinct reply texts kept encoded (deferrals name times, so the set keeps changing).
 REPLY_CACHE_SIZE = 512
+#: The longest a parked request waits for a busy store (seconds) before it is answered as a store
+#: failure: the SQLite store's LOCK_TIMEOUT, and well under smtpd_policy_service_timeout (100 s).
+PARK_TIMEOUT = 10.0
+
+#: Bad requests after which the connection is closed (see the module docstring).
+_FRAMING_LOST = frozenset({"line_too_long", "request_too_large"})
 
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
@@ -76,7 +96,7 @@ _yield = os.sched_yield
 class Connection:
     """One Postfix connection: its socket, what it sent that is not answered yet, what waits to go out."""
 
-    __slots__ = ("sock", "fd", "peer", "buf", "out", "watching_out", "last", "closing")
+    __slots__ = ("sock", "fd", "peer", "buf", "out", "watching_out", "last", "closing", "parked", "mask")
 
     def __init__(self, sock: socket.socket, peer: str) -> None:
         self.sock = sock
@@ -90,6 +110,10 @@ class Connection:
         self.last = _monotonic()
         #: Close once ``out`` is sent (the framing was lost, or the peer half-closed).
         self.closing = False
+        #: A request of this connection waits for the store: nothing more is read or answered.
+        self.parked = False
+        #: The events epoll watches for (0: not registered).
+        self.mask = _IN
 
 
 class PolicyServer:
@@ -125,6 +149,13 @@ class PolicyServer:
         # While the loop works through several ready sockets, replies wait here and go out
         # together after the batch (see serve_forever); None: send at once.
         self._held: list[Connection] | None = None
+        # Requests waiting for a busy store, oldest first: (connection, request, deadline, started).
+        self._parked: deque[tuple[Connection, dict[str, str], float, float]] = deque()
+        self._waiting_store = False  # the store waits for its writers' lock for us
+        # Set by the store's waiting thread: True, the loop may write; False, the wait ran out.
+        self._handover: bool | None = None
+        self._handover_lock = threading.Lock()
+        self._handover_closed = False  # the loop is gone: a late handover is released at once
 
     # -- listening ---------------------------------------------------------------------------------
 
@@ -199,6 +230,7 @@ class PolicyServer:
         last_event = float("-inf")
         sweep_every = min(1.0, self.idle_timeout / 2)
         next_sweep = _monotonic() + sweep_every
+        self.decider.store.never_wait_in_this_thread()
         try:
             while not self._stopping:
                 events = poll(0)
@@ -246,6 +278,8 @@ class PolicyServer:
                         # so far goes out now rather than wait for the rest.
                         self._flush_held(keep=True)
                         held_since = _clock()
+                if self._handover is not None:
+                    self._run_parked()
                 if self._held is not None:
                     self._flush_held(keep=False)
                 if events:
@@ -291,6 +325,11 @@ class PolicyServer:
             log.exception("error in the policy daemon's periodic work")
 
     def _shutdown(self) -> None:
+        with self._handover_lock:
+            self._handover_closed = True
+            late = self._handover
+        if late:
+            self._give_back_store()
         for conn in list(self.connections.values()):
             self._close(conn)
         for sock in self._listeners.values():
@@ -331,7 +370,7 @@ class PolicyServer:
                 peer = f"{addr[0]}:{addr[1]}"
             conn = Connection(sock, peer)
             self.connections[conn.fd] = conn
-            self._epoll.register(conn.fd, _IN)
+            self._epoll.register(conn.fd, _IN)  # conn.mask
             metrics.CONNECTIONS.inc()
 
     def _pause_listener(self, listener: socket.socket, exc: OSError) -> None:
@@ -369,7 +408,7 @@ class PolicyServer:
     def _sweep_idle(self) -> None:
         timeout = self.idle_timeout
         now = _monotonic()
-        for conn in [c for c in self.connections.values() if now - c.last >= timeout]:
+        for conn in [c for c in self.connections.values() if now - c.last >= timeout and not c.parked]:
             idle = now - conn.last
             if conn.buf and not conn.buf.isspace():
                 self._bad(conn, BadRequest("unterminated", f"request not ended within the idle timeout of {timeout:g} s"))
@@ -382,6 +421,11 @@ class PolicyServer:
     # -- reading -----------------------------------------------------------------------------------
 
     def _readable(self, conn: Connection) -> None:
+        if conn.parked:
+            # Only a hang-up or an error gets here (reading is off while parked): look again
+            # once the parked request is answered.
+            self._unwatch(conn)
+            return
         try:
             data = conn.sock.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -402,6 +446,11 @@ class PolicyServer:
             self._answer(conn, data[:-2])
             return
         buf += data
+        self._drain(conn)
+
+    def _drain(self, conn: Connection) -> None:
+        """Answer the whole requests in ``conn.buf``, in order, until one is parked."""
+        buf = conn.buf
         while buf:
             if buf[0] == 10:  # an empty line with no request before it
                 del buf[:1]
@@ -414,7 +463,7 @@ class PolicyServer:
             block = bytes(buf[:end])
             del buf[: end + 2]
             self._answer(conn, block)
-            if conn.closing or conn.fd not in self.connections:
+            if conn.closing or conn.parked or conn.fd not in self.connections:
                 return
 
     def _eof(self, conn: Connection) -> None:
@@ -450,15 +499,28 @@ class PolicyServer:
     def _answer(self, conn: Connection, block: bytes) -> None:
         started = _clock()
         try:
+            if len(block) > MAX_REQUEST_BYTES:
+                raise BadRequest("request_too_large", f"request larger than {MAX_REQUEST_BYTES} bytes")
             attrs = parse_request(block)
         except BadRequest as exc:
             self._bad(conn, exc)
+            if exc.reason in _FRAMING_LOST:
+                # The same bytes split differently would have hit _check_partial: the answer must not
+                # depend on how they arrived, and nothing after such a request can be trusted.
+                conn.buf.clear()
+                self._close_after_reply(conn)
             return
         try:
             action = self.decider.decide(attrs, self.now()).action
+        except StoreBusy:
+            self._park(conn, attrs, started)
+            return
         except Exception:
             log.exception("%s: internal error deciding a request from %s", attrs.get("queue_id") or "NOQUEUE", conn.peer)
             action = INTERNAL_ERROR_ACTION
+        self._reply(conn, action, started)
+
+    def _reply(self, conn: Connection, action: str, started: float) -> None:
         reply = self._replies.get(action)
         if reply is None:
             if len(self._replies) >= REPLY_CACHE_SIZE:
@@ -466,6 +528,77 @@ class PolicyServer:
             reply = self._replies[action] = format_reply(action)
         self._send(conn, reply)
         metrics.REQUEST_SECONDS.observe(_clock() - started)
+
+    # -- requests parked on a busy store -----------------------------------------------------------
+
+    def _park(self, conn: Connection, attrs: dict[str, str], started: float) -> None:
+        conn.parked = True
+        self._rewatch(conn)
+        self._parked.append((conn, attrs, _monotonic() + PARK_TIMEOUT, started))
+        if len(self._parked) == 1:
+            log.warning("counter store busy (another writer holds it): parking requests that write, for at most"
+                        " %g s; the others are answered meanwhile", PARK_TIMEOUT)  # fmt: skip
+        if not self._waiting_store:
+            self._wait_for_store()
+
+    def _wait_for_store(self) -> None:
+        self._waiting_store = True
+        self.decider.store.wait_off_loop(self._parked[0][2], self._store_ready)
+
+    def _store_ready(self, held: bool) -> None:
+        """Called by the store's waiting thread: the store can be written (``held``) or the wait ran out."""
+        with self._handover_lock:
+            if not self._handover_closed:
+                self._handover = held
+                try:
+                    os.write(self._wake_w, b"s")
+                except OSError:
+                    pass
+                return
+        if held:  # the loop has stopped: nobody will decide under it
+            self._give_back_store()
+
+    def _give_back_store(self) -> None:
+        store = self.decider.store
+        store.loop_holds(True)
+        store.loop_releases()
+
+    def _run_parked(self) -> None:
+        """Decide the parked requests the store's answer covers: all of them when it can be written,
+        else those whose wait has run out (each gets its stream's on_store_error answer)."""
+        with self._handover_lock:
+            held, self._handover = bool(self._handover), None
+        self._waiting_store = False
+        now = _monotonic()
+        batch: list[tuple[Connection, dict[str, str], float, float]] = []
+        while self._parked and (held or self._parked[0][2] <= now + 0.001):
+            batch.append(self._parked.popleft())
+        store = self.decider.store
+        store.loop_holds(held)
+        try:
+            for conn, attrs, _, started in batch:
+                if not held:
+                    log.error("%s: counter store still busy after %g s: answered as a store failure",
+                              attrs.get("queue_id") or "NOQUEUE", PARK_TIMEOUT)  # fmt: skip
+                try:
+                    action = self.decider.decide(attrs, self.now()).action
+                except Exception:  # StoreBusy cannot happen here; anything else is a bug
+                    log.exception("%s: internal error deciding a parked request from %s",
+                                  attrs.get("queue_id") or "NOQUEUE", conn.peer)  # fmt: skip
+                    action = INTERNAL_ERROR_ACTION
+                conn.parked = False
+                if self.connections.get(conn.fd) is conn:
+                    self._reply(conn, action, started)
+        finally:
+            store.loop_releases()
+        if held and batch:
+            log.info("counter store writable again: %d parked request(s) answered", len(batch))
+        for conn, _, _, _ in batch:
+            if self.connections.get(conn.fd) is conn and not conn.parked:
+                self._rewatch(conn)
+                self._drain(conn)  # requests that came with the parked one
+        if self._parked and not self._waiting_store:
+            self._wait_for_store()
 
     def _bad(self, conn: Connection, exc: BadRequest) -> None:
         action = self.bad_action
@@ -501,12 +634,31 @@ class PolicyServer:
         if conn.out:
             if not conn.watching_out:
                 conn.watching_out = True
-                self._epoll.modify(conn.fd, _OUT if conn.closing else _IN | _OUT)
+                self._rewatch(conn)
         elif conn.closing:
             self._close(conn)
         elif conn.watching_out:
             conn.watching_out = False
-            self._epoll.modify(conn.fd, _IN)
+            self._rewatch(conn)
+
+    def _rewatch(self, conn: Connection) -> None:
+        """Watch for what ``conn`` waits for: input unless it is closing or parked, output while some waits."""
+        want = (0 if conn.closing or conn.parked else _IN) | (_OUT if conn.watching_out else 0)
+        if want == conn.mask:
+            return
+        if not want:
+            self._unwatch(conn)
+            return
+        if conn.mask:
+            self._epoll.modify(conn.fd, want)
+        else:
+            self._epoll.register(conn.fd, want)
+        conn.mask = want
+
+    def _unwatch(self, conn: Connection) -> None:
+        if conn.mask:
+            self._epoll.unregister(conn.fd)  # even a hang-up is not reported until it is watched again
+            conn.mask = 0
 
     def _close_after_reply(self, conn: Connection) -> None:
         """Close now, or once the replies still waiting have gone out."""
@@ -515,7 +667,7 @@ class PolicyServer:
             self._close(conn)
         elif conn.fd in self.connections:
             conn.watching_out = True
-            self._epoll.modify(conn.fd, _OUT)  # an EOF stays readable: stop listening for it
+            self._rewatch(conn)  # an EOF stays readable: stop listening for it
 
 
 def _sockname(sock: socket.socket) -> str:

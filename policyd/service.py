@@ -1,6 +1,6 @@
 """Start and stop the policy daemon: the store, the decider, the listening sockets, the live gauges.
 
-This is the one place that picks the counter store's implementation (SQLite);
+The counter store is opened through `backend.py`, the one place that picks its implementation;
 everything else uses the interface of :mod:`sendguard_policyd.store`.
 
 :func:`start` returns once every socket is bound (a bind failure stops start-up

@@ -3,22 +3,47 @@
 Read from the counter store file through the store's read-only interface, so
 it is right whether or not a daemon runs, and whichever daemon did the
 counting. The same snapshot feeds the live Prometheus gauges.
+
+Status says what it cannot know rather than guess: a store it cannot read
+gives counts of "unknown" and exit status :data:`EXIT_STORE_UNREADABLE`; a
+start stamp file it cannot read (the running daemon warns and keeps the start
+it read last, which status cannot see) is reported with what that means, and
+exit status :data:`EXIT_STAMP_UNREADABLE`. Neither is a config error (78):
+the daemon goes on running with them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import time
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar
 
 from sendguard.config import Config
-from sendguard.streams import Stream
+from sendguard.config_reader import ConfigError, resolve_path
+from sendguard.streams import Stream, read_stamp
 from sendguard_policyd.settings import PolicydSettings
 from sendguard_policyd.backend import open_reader, store_label, store_windows
 from sendguard_policyd.store import DAY, Backlog, StoreError, StoreReader, Windows
 from sendguard_policyd.warmup import Warmup, cap_text
+
+
+class _Settings(Protocol):
+    """What status needs of the CLI's settings (a dataclass): the shared config."""
+
+    config: Config
+
+
+SettingsT = TypeVar("SettingsT", bound=_Settings)
+
+#: Everything was read.
+EXIT_OK = 0
+#: A stream's start stamp file cannot be read: its warmup day and cap are not known here.
+EXIT_STAMP_UNREADABLE = 1
+#: The counter store cannot be read: the counts are not known (EX_UNAVAILABLE).
+EXIT_STORE_UNREADABLE = 69
 
 
 @dataclass(frozen=True)
@@ -105,7 +130,13 @@ def _backlog_line(row: StreamStatus, now: float) -> str:
 
 def render(config: Config, settings: PolicydSettings, now: float | None = None) -> str:
     """The status report for ``config``'s streams, as text."""
+    return report(config, settings, now)[0]
+
+
+def report(config: Config, settings: PolicydSettings, now: float | None = None) -> tuple[str, int]:
+    """The status report for ``config``'s streams, and the exit status it deserves (``EXIT_*``)."""
     now = time.time() if now is None else now
+    unreadable = False
     path = settings.database
     lines = [f"counter store: {store_label(settings)}"]
     windows = store_windows(settings)
@@ -117,12 +148,14 @@ def render(config: Config, settings: PolicydSettings, now: float | None = None) 
             store = open_reader(settings)
         except StoreError as exc:
             lines.append(f"  cannot read the store: {exc}")
+            unreadable = True
     warmups = {s.name: Warmup(s) for s in config.streams}
     try:
         rows = snapshot(config.streams, store, warmups, now, windows)
         family = store.family_holds(now - DAY) if store is not None else {}
     except StoreError as exc:
         lines.append(f"  cannot read the store: {exc}")
+        unreadable = True
         rows = snapshot(config.streams, None, warmups, now)
         family = {}
     finally:
@@ -130,6 +163,8 @@ def render(config: Config, settings: PolicydSettings, now: float | None = None) 
             store.close()
     if not rows:
         lines.append("no streams configured: nothing is capped")
+    stamps = {s.name: _stamp_problem(s) for s in config.streams}
+    count = "unknown" if unreadable else None
     for row in rows:
         start = (
             dt.datetime.fromtimestamp(row.start, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
@@ -137,12 +172,76 @@ def render(config: Config, settings: PolicydSettings, now: float | None = None) 
             else "none"
         )
         lines.append(f"stream {row.name}:")
-        lines.append(f"  warmup day      {row.warmup_day if row.warmup_day is not None else '-'} (start {start})")
-        lines.append(f"  cap in force    {cap_text(row.hourly_cap)}/rolling hour, {cap_text(row.daily_cap)}/rolling 24 h")
-        lines.append(f"  rolling hour    {row.hour} of {cap_text(row.hourly_cap)}")
-        lines.append(f"  rolling day     {row.day} of {cap_text(row.daily_cap)}")
-        lines.append(_backlog_line(row, now))
-        lines.append(f"  family holds    {family.get(row.name, 0)} message(s) in the last 24 h")
+        hourly = cap_text(row.hourly_cap)
+        problem = stamps[row.name]
+        if problem:
+            hourly = "unknown"
+            lines.append(f"  start stamp     {problem}")
+            lines.append("                  a running daemon warned and keeps the start it read last (its log says which);"
+                         " a daemon started now stops with this error; the warmup day and hourly cap are not known here")  # fmt: skip
+        else:
+            lines.append(f"  warmup day      {row.warmup_day if row.warmup_day is not None else '-'} (start {start})")
+        lines.append(f"  cap in force    {hourly}/rolling hour, {cap_text(row.daily_cap)}/rolling 24 h")
+        lines.append(f"  rolling hour    {count or row.hour} of {hourly}")
+        lines.append(f"  rolling day     {count or row.day} of {cap_text(row.daily_cap)}")
+        lines.append("  held backlog    unknown" if unreadable else _backlog_line(row, now))
+        lines.append(f"  family holds    {count or family.get(row.name, 0)} message(s) in the last 24 h")
     if family.get("none"):
         lines.append(f"mail in no stream: {family['none']} family hold(s) in the last 24 h")
-    return "\n".join(lines) + "\n"
+    code = EXIT_STORE_UNREADABLE if unreadable else EXIT_STAMP_UNREADABLE if any(stamps.values()) else EXIT_OK
+    return "\n".join(lines) + "\n", code
+
+
+def _stamp_problem(stream: Stream) -> str | None:
+    if stream.start_file is None:
+        return None
+    try:
+        read_stamp(stream.start_file)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def load_tolerating_stamps(
+    path: str, parse: Callable[[dict[str, Any], str], SettingsT], error: ConfigError
+) -> SettingsT:
+    """The settings of the config at ``path`` that failed to load with ``error`` because of a start stamp
+    file, read as the running daemon does: a stamp it cannot read is a warning, not a stop.
+
+    ``parse(data, file)`` validates a decoded TOML document (the CLI's). Each stream whose stamp
+    is at fault is validated with a placeholder start and then given back its ``start_file``, so
+    :func:`report` finds and reports the stamp problem. Any other error is raised.
+    """
+    import tomllib
+
+    with open(path, "rb") as fh:
+        data = tomllib.load(fh)
+    bad: dict[str, str] = {}
+    while True:
+        name = _stamp_stream(error, data)
+        if name is None or name in bad:
+            raise error
+        section = data["streams"][name]
+        bad[name] = str(section.pop("start_file"))
+        section["start_date"] = dt.date(1970, 1, 2)
+        try:
+            settings = parse(data, path)
+            break
+        except ConfigError as exc:
+            error = exc
+    base = settings.config.base_dir
+    streams = tuple(
+        dataclasses.replace(s, start_file=resolve_path(base, bad[s.name]), start_epoch=None) if s.name in bad else s
+        for s in settings.config.streams
+    )
+    return dataclasses.replace(settings, config=dataclasses.replace(settings.config, streams=streams))  # type: ignore[type-var]
+
+
+def _stamp_stream(error: ConfigError, data: dict[str, Any]) -> str | None:
+    """The stream whose start stamp file made ``error``, if that is what it is."""
+    prefix, _, name_key = error.key.partition(".")
+    name, _, key = name_key.rpartition(".")
+    if prefix != "streams" or key != "start_file" or not error.reason.startswith("stamp file "):
+        return None
+    streams = data.get("streams")
+    return name if isinstance(streams, dict) and isinstance(streams.get(name), dict) else None

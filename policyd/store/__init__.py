@@ -9,8 +9,9 @@ can therefore never push a window over its cap together.
 
 This module is the interface only: ``decide.py`` and ``status.py`` import
 nothing else of the store. The SQLite implementation lives beside it
-(``sqlite.py`` and its ``sqlite_*.py`` parts); ``policyd/backend.py`` is the
-one place that picks it, for the daemon and for ``sendguard status``.
+(``sqlite.py`` and its ``sqlite_*.py`` parts), and the Redis one (``redis.py``
+and its ``redis_*.py`` parts); ``policyd/backend.py`` is the one place that
+picks one, for the daemon and for ``sendguard status``.
 
 Message records carry a ``state``. ``counted`` and ``family_hold`` are final.
 An over-cap message of a stream with ``over_cap = "hold"`` is recorded
@@ -30,7 +31,7 @@ container suite only (``[policyd] test_window_seconds``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 #: Seconds in the rolling windows (and the one "day" of the policy daemon: warmup days, status).
 HOUR = 3600
@@ -71,6 +72,16 @@ class Windows:
 
 class StoreError(Exception):
     """The store cannot be opened, read or written (disk full, locked too long, corrupt or foreign file)."""
+
+
+class StoreBusy(Exception):
+    """A write from the event loop's thread would have to wait for another writer.
+
+    Not a :class:`StoreError`: nothing failed and nothing was written. The loop parks the
+    request, has the store wait off the loop (:meth:`CounterStore.wait_off_loop`) and decides
+    the request again once the store can be written, or answers it as a store failure when
+    the wait runs out.
+    """
 
 
 @dataclass(frozen=True)
@@ -188,6 +199,25 @@ class CounterStore(StoreReader, Protocol):
         (COUNTED). Already ``releasing``: ALREADY_COUNTED, nothing counted again. Does not fit:
         OVER_HOURLY / OVER_DAILY (with ``room_at``) or TOO_LARGE, nothing changes. No held or
         releasing record under ``queue_id``: NOT_HELD."""
+        ...
+
+    def never_wait_in_this_thread(self) -> None:
+        """Writes from the calling thread (the event loop) never wait for another writer: they
+        raise :class:`StoreBusy` instead (a store whose writes never wait for a lock ignores this)."""
+        ...
+
+    def wait_off_loop(self, deadline: float, done: Callable[[bool], None]) -> None:
+        """On another thread, wait until the store can be written or the monotonic ``deadline``;
+        then call ``done(True)`` (the loop's writes may go ahead) or ``done(False)`` (the wait ran out)."""
+        ...
+
+    def loop_holds(self, held: bool) -> None:
+        """The loop decides its parked requests now: writes go ahead (``held``) or fail at once
+        with :class:`StoreError` (the wait ran out), until :meth:`loop_releases`."""
+        ...
+
+    def loop_releases(self) -> None:
+        """The loop is done deciding its parked requests: other writers may go again."""
         ...
 
     def finish_release(self, queue_id: str, state: str, now: float) -> None:

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import socket
 import uuid
-from typing import cast
+from typing import Callable, cast
 import redis
 
 from sendguard_policyd.store import (
@@ -295,6 +295,21 @@ class RedisCounterStore:
             recipients = sum(int(r.split("\t")[2]) for r in records)
             out[stream] = Backlog(len(records), recipients, float(oldest[0][1]) if oldest else None)
         return out
+
+    # -- the event loop's side: a Redis write waits for no lock, only for redis_timeout -------------
+
+    def never_wait_in_this_thread(self) -> None:
+        """Nothing to do: a write never waits for another writer (each is one server-side script)."""
+
+    def wait_off_loop(self, deadline: float, done: Callable[[bool], None]) -> None:
+        """Never needed (writes never raise StoreBusy); answers at once."""
+        done(True)
+
+    def loop_holds(self, held: bool) -> None:
+        """Nothing to do (see never_wait_in_this_thread)."""
+
+    def loop_releases(self) -> None:
+        """Nothing to do (see never_wait_in_this_thread)."""
 
     def close(self) -> None:
         """Close the connections."""

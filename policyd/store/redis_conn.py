@@ -48,6 +48,9 @@ class RedisConnection:
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
             decode_responses=True,
+            # A queue id or instance that is not UTF-8 (kept as surrogate escapes by protocol.py) goes
+            # to Redis as the very bytes Postfix sent, and comes back as the same string.
+            encoding_errors="surrogateescape",
             client_name="sendguard-policyd",
         )
         self._scripts: dict[str, Script] = {name: self.client.register_script(src) for name, src in scripts.items()}

@@ -18,6 +18,7 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Callable
 
 from sendguard_policyd.store import (
     ALREADY_COUNTED,
@@ -39,6 +40,7 @@ from sendguard_policyd.store import (
     WindowCounts,
     Windows,
 )
+from sendguard_policyd.store.sqlite_identity import FileWatch
 from sendguard_policyd.store.sqlite_lock import WritersLock
 from sendguard_policyd.store.sqlite_maintenance import Maintenance
 from sendguard_policyd.store.sqlite_reader import (
@@ -53,6 +55,7 @@ from sendguard_policyd.store.sqlite_reader import (
 )
 from sendguard_policyd.store.sqlite_room import room_at
 from sendguard_policyd.store.sqlite_schema import connect
+from sendguard_policyd.store.sqlite_text import from_sql, to_sql
 
 # Everything a check-and-add needs in one round trip (each statement run from Python costs
 # microseconds of its own): the message's state (a retry?) and the window counts' parts
@@ -115,7 +118,8 @@ class SQLiteCounterStore:
         # One cursor for the write path: a new one per statement (``conn.execute``) costs an object,
         # its registration with the connection and, in time, the garbage collector's attention.
         self._cur = self._conn.cursor()
-        self.maintenance = Maintenance(path, synchronous, self._writers)
+        self._watch = FileWatch(path, self._writers.fileno())
+        self.maintenance = Maintenance(path, synchronous, self._writers, self.check_file)
         self._seq = 0
         self._readers = threading.local()
         # Streams whose last check was over a cap: their next check reads before it tries to write.
@@ -139,10 +143,11 @@ class SQLiteCounterStore:
             # Without an instance there is nothing to deduplicate on; the row is still needed for the count.
             self._seq += 1
             instance = f"no-instance:{os.getpid()}:{now}:{self._seq}"
+        key = to_sql(instance)
         self.maintenance.saw(now)
         with self._writers:
             cur = self._cur
-            read = (stream, hour_floor(now, self.windows_length), day_floor(now, self.windows_length), instance)
+            read = (stream, hour_floor(now, self.windows_length), day_floor(now, self.windows_length), key)
             if stream in self._over_cap:
                 # The stream was over a cap a moment ago (a campaign push): read first, so that a
                 # refusal, the likely answer, never opens a write transaction.
@@ -159,7 +164,7 @@ class SQLiteCounterStore:
                 if counted:
                     hour += recipients
                     day += recipients
-                    cur.execute(_ADMIT_INSERT, (instance, stream, recipients, now, queue_id, hour, day))
+                    cur.execute(_ADMIT_INSERT, (key, stream, recipients, now, to_sql(queue_id), hour, day))
                 cur.execute("COMMIT")
             except BaseException:
                 if self._conn.in_transaction:
@@ -208,7 +213,8 @@ class SQLiteCounterStore:
             return True
         self.maintenance.saw(now)
         with self._writers:
-            return self._cur.execute(_FAMILY_INSERT, (instance, stream, now, queue_id, rule)).rowcount == 1
+            row = (to_sql(instance), stream, now, to_sql(queue_id), rule)
+            return self._cur.execute(_FAMILY_INSERT, row).rowcount == 1
 
     # -- over-cap holds and their release ----------------------------------------------------------
 
@@ -220,7 +226,8 @@ class SQLiteCounterStore:
             instance = f"no-instance:{os.getpid()}:{now}:{self._seq}"
         self.maintenance.saw(now)
         with self._writers:
-            return self._cur.execute(_HOLD_INSERT, (instance, stream, recipients, now, queue_id)).rowcount == 1
+            row = (to_sql(instance), stream, recipients, now, to_sql(queue_id))
+            return self._cur.execute(_HOLD_INSERT, row).rowcount == 1
 
     def held_messages(self, stream: str) -> list[HeldMessage]:
         """The stream's messages waiting for release, oldest first (on the calling thread's reader)."""
@@ -228,7 +235,7 @@ class SQLiteCounterStore:
             rows = self._reader().execute(_WAITING, (stream,)).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"counter store {self.path}: {exc}") from exc
-        return [HeldMessage(q, i, s, int(r), float(a), st) for q, i, s, r, a, st in rows]
+        return [HeldMessage(from_sql(q), from_sql(i), s, int(r), float(a), st) for q, i, s, r, a, st in rows]
 
     def claim_release(self, queue_id: str, now: float, hourly_cap: int | None, daily_cap: int | None) -> Admission:
         """Count a held message if it fits now (``held`` → ``releasing``), as one transaction."""
@@ -238,7 +245,7 @@ class SQLiteCounterStore:
             cur = self._cur
             cur.execute("BEGIN IMMEDIATE")
             try:
-                row = cur.execute(_WAITING_BY_QID, (queue_id,)).fetchone()
+                row = cur.execute(_WAITING_BY_QID, (to_sql(queue_id),)).fetchone()
                 if row is None:
                     cur.execute("COMMIT")
                     return Admission(NOT_HELD, 0, 0)
@@ -269,22 +276,32 @@ class SQLiteCounterStore:
             raise ValueError(f"a release finishes as {STATE_RELEASED} or {STATE_GONE}, not {state!r}")
         self.maintenance.saw(now)
         with self._writers:
-            self._cur.execute(_FINISH, (state, queue_id))
+            self._cur.execute(_FINISH, (state, to_sql(queue_id)))
 
     def message_state(self, instance: str) -> str | None:
         """The recorded state of a message, read on the write connection (the event loop's thread)."""
         if not instance:
             return None
+        if self._writers.refuse is not None:
+            raise StoreError(self._writers.refuse)
         try:
-            row = self._cur.execute("SELECT state FROM messages WHERE instance = ?", (instance,)).fetchone()
+            row = self._cur.execute("SELECT state FROM messages WHERE instance = ?", (to_sql(instance),)).fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"counter store {self.path}: {exc}") from exc
         return row[0] if row else None
 
     # -- reads from any thread ------------------------------------------------------------------
 
+    def check_file(self) -> bool:
+        """Refuse every read and write while the file at the path is not the one opened (sqlite_identity.py);
+        the background thread calls it once a second. True: the file is the one opened."""
+        self._writers.refuse = self._watch.check()
+        return self._writers.refuse is None
+
     def _reader(self) -> sqlite3.Connection:
         """The calling thread's own connection (scrapes and status run beside the event loop)."""
+        if self._writers.refuse is not None:
+            raise StoreError(self._writers.refuse)
         conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
         if conn is None:
             conn = connect(self.path, self.synchronous, create=False)
@@ -315,6 +332,24 @@ class SQLiteCounterStore:
     def prune(self, now: float) -> int:
         """Delete what has expired at ``now`` now (the background thread does it on its own); rows deleted."""
         return self.maintenance.prune(now, self._reader())
+
+    # -- the event loop never waits for the writers' lock (sqlite_lock.py) -------------------------
+
+    def never_wait_in_this_thread(self) -> None:
+        """Writes from the calling thread raise StoreBusy rather than wait for another writer."""
+        self._writers.never_wait_in_this_thread()
+
+    def wait_off_loop(self, deadline: float, done: Callable[[bool], None]) -> None:
+        """Wait for the writers' lock on another thread until ``deadline``; then ``done(got_it)``."""
+        self._writers.wait_off_loop(deadline, done)
+
+    def loop_holds(self, held: bool) -> None:
+        """The loop's writes go ahead on the handed-over lock (``held``) or fail at once."""
+        self._writers.loop_holds(held)
+
+    def loop_releases(self) -> None:
+        """Release the handed-over lock."""
+        self._writers.loop_releases()
 
     def close(self) -> None:
         """Stop the background thread, close the write connection and the lock file."""

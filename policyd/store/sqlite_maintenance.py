@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from typing import Callable
 
 from sendguard import logs
 from sendguard_policyd.store import (
@@ -50,8 +51,13 @@ MESSAGE_RETENTION = DAY + HOUR
 class Maintenance:
     """The background thread of one store; :meth:`start` it once, :meth:`close` it once."""
 
-    def __init__(self, path: str, synchronous: str, writers: WritersLock) -> None:
+    def __init__(
+        self, path: str, synchronous: str, writers: WritersLock, check_file: Callable[[], bool] = lambda: True
+    ) -> None:
+        """``check_file``: called every round first (the store's check that its file is still at its path;
+        False: it is not, and the round does nothing else)."""
         self.path = path
+        self._check_file = check_file
         self.synchronous = synchronous
         self.wal_restart_frames = WAL_RESTART_FRAMES
         self._writers = writers
@@ -119,6 +125,11 @@ class Maintenance:
     def _run(self) -> None:
         conn = None
         while not self._stop.wait(CHECKPOINT_INTERVAL):
+            try:
+                if not self._check_file():
+                    continue  # logged once by the check; a checkpoint of a lost file helps nobody
+            except Exception:  # a bug here must not end checkpoints
+                log.exception("counter store %s: checking the file failed", self.path)
             try:
                 if conn is None:
                     conn = connect(self.path, self.synchronous, create=False)

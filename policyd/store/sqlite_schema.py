@@ -107,7 +107,7 @@ def connect(path: str, synchronous: str = "normal", create: bool = True) -> sqli
     try:
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
-        raise StoreError(f"counter store {path}: {exc}") from exc
+        raise StoreError(f"counter store {path}: {exc}{why_unopenable(path, exc)}") from exc
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         if create:
@@ -123,11 +123,30 @@ def connect(path: str, synchronous: str = "normal", create: bool = True) -> sqli
             _check_version(conn, path)
     except sqlite3.Error as exc:
         conn.close()
-        raise StoreError(f"counter store {path}: {exc}") from exc
+        raise StoreError(f"counter store {path}: {exc}{why_unopenable(path, exc)}") from exc
     except StoreError:
         conn.close()
         raise
     return conn
+
+
+def why_unopenable(path: str, exc: sqlite3.Error) -> str:
+    """The cause behind SQLite's "unable to open database file" (it says the same for each), as text to
+    append to it; empty for any other error or when no cause is found."""
+    if "unable to open" not in str(exc):
+        return ""
+    directory = os.path.dirname(os.path.abspath(path))
+    user = f"uid {os.geteuid()}"
+    if os.path.isdir(path):
+        return ": the path is a directory, not a file (policyd.database names the file itself)"
+    if not os.path.isdir(directory):
+        return f": its directory {directory} does not exist"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        # WAL mode creates FILE-wal and FILE-shm beside the file, even to read it.
+        return f": its directory {directory} is not writable by this user ({user}); SQLite creates the -wal and -shm files there"
+    if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+        return f": the file is not readable and writable by this user ({user})"
+    return ""
 
 
 def _found_version(conn: sqlite3.Connection) -> str | None:

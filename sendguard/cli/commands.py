@@ -182,11 +182,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Show, per stream, the warmup day, cap in force, window counts and family holds."""
+    from sendguard.cli.settings import parse
     from sendguard_policyd import status
 
-    settings = load(args.config)
-    sys.stdout.write(status.render(settings.config, settings.policyd))
-    return 0
+    try:
+        settings = load(args.config)
+    except ConfigError as exc:
+        # A start stamp the running daemon tolerates (it warns, keeps its start) is reported, not fatal.
+        if args.config is None:
+            raise
+        settings = status.load_tolerating_stamps(args.config, parse, exc)
+    text, code = status.report(settings.config, settings.policyd)
+    sys.stdout.write(text)
+    return code
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

@@ -56,6 +56,24 @@ def make_config(tmp_path: Path) -> Callable[..., Settings]:
     return build
 
 
+@pytest.fixture
+def start_daemon(make_config):
+    """Start in-process daemons (``service.start``) for ``streams`` and ``policyd`` keys; all stopped after the test."""
+    from sendguard_policyd import service
+
+    handles = []
+
+    def run(streams: dict[str, Any], **policyd: Any):
+        config = make_config(streams, **policyd)
+        handle = service.start(config.config, config.policyd)
+        handles.append(handle)
+        return config, handle
+
+    yield run
+    for h in handles:
+        h.stop()
+
+
 class LogLines(logging.Handler):
     """Collects the formatted lines the policy daemon logs."""
 

@@ -7,6 +7,7 @@ import socket
 import time
 
 import pytest
+from prometheus_client import REGISTRY
 
 from sendguard.config_reader import ConfigError
 from sendguard_policyd import service, status
@@ -25,18 +26,8 @@ def trucking(cap: int = 3) -> dict:
 
 
 @pytest.fixture
-def daemon(make_config):
-    handles = []
-
-    def run(streams=None, **policyd):
-        config = make_config(streams if streams is not None else {"trucking": trucking()}, **policyd)
-        handle = service.start(config.config, config.policyd)
-        handles.append(handle)
-        return config, handle
-
-    yield run
-    for h in handles:
-        h.stop()
+def daemon(start_daemon):
+    return lambda streams=None, **policyd: start_daemon(streams if streams is not None else {"trucking": trucking()}, **policyd)
 
 
 def send_message(client: PolicyClient, instance: str, recipients: list[str], **values: str) -> list[str]:
@@ -119,6 +110,21 @@ def test_oversized_line_is_answered_then_closed_and_others_are_served(daemon, po
             assert client.read_reply() == b""  # closed
         assert other.ask(postfix_request()) == "DUNNO"
     assert policyd_log.matching("request line longer than")
+
+
+@pytest.mark.parametrize(("request_bytes", "cause"), [
+    (b"request=smtpd_access_policy\nsender=" + b"x" * (MAX_LINE_BYTES + 100) + b"\n\n", "line_too_long"),
+    (b"request=smtpd_access_policy\n" + b"".join(b"a%d=%s\n" % (i, b"x" * 500) for i in range(150)) + b"\n",
+     "request_too_large"),
+])  # fmt: skip
+def test_an_oversized_request_that_arrives_whole_is_answered_then_closed(daemon, policyd_log, request_bytes, cause):
+    # As when the same bytes arrive in pieces: how a request was split must not change the answer.
+    _, handle = daemon()
+    with PolicyClient((handle.host, handle.port)) as client:
+        client.send_raw(request_bytes + format_request(postfix_request()))
+        assert client.read_reply() == b"action=DUNNO\n\n"
+        assert client.read_reply() == b""  # closed: the request behind it is not answered
+    assert REGISTRY.get_sample_value("sendguard_policyd_bad_requests_total", {"reason": cause})
 
 
 def test_request_without_terminator_is_answered_at_end_of_input(daemon, policyd_log):
