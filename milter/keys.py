@@ -1,7 +1,8 @@
 """DKIM private keys: loading, the checks that stop start-up, and live reloading.
 
 A key is checked the same way at start-up and on every reload: it must be
-readable, not world-readable, an RSA key of at least 1024 bits in PEM form
+readable, neither world-readable nor world-writable, in no directory that
+anyone may rename it out of (:func:`unsafe_directory`), an RSA key of at least 1024 bits in PEM form
 (PKCS#1 or PKCS#8, unencrypted). At start-up a failure is a config error; on a
 reload (SIGHUP or a changed file) a failure keeps the old key in service and is
 logged and counted, so a half-written key file can never stop signing.
@@ -86,7 +87,17 @@ def load_key(spec: KeySpec) -> LoadedKey:
         raise KeyLoadError(f"key file {path} is not a regular file")
     if st.st_mode & stat.S_IROTH:
         # A private key anyone on the host can read is a key anyone can sign with.
-        raise KeyLoadError(f"key file {path} is world-readable (mode {stat.S_IMODE(st.st_mode):04o}); chmod o-rwx it")
+        raise KeyLoadError(f"key file {path} is world-readable (mode {stat.S_IMODE(st.st_mode):04o}); chmod o-rwx {path}")
+    if st.st_mode & stat.S_IWOTH:
+        # Anyone could write their own key into it, and we would sign their mail with it.
+        raise KeyLoadError(f"key file {path} is world-writable (mode {stat.S_IMODE(st.st_mode):04o}); chmod o-rwx {path}")
+    unsafe = unsafe_directory(path)
+    if unsafe is not None:
+        directory, mode = unsafe
+        raise KeyLoadError(
+            f"key file {path} is inside the world-writable directory {directory} (mode {mode:04o}), "
+            f"where anyone can put another key in its place; chmod o-w {directory}"
+        )
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
@@ -98,6 +109,31 @@ def load_key(spec: KeySpec) -> LoadedKey:
     if key.key_size < MIN_KEY_BITS:
         raise KeyLoadError(f"key file {path} holds a {key.key_size}-bit RSA key; at least {MIN_KEY_BITS} bits are required")
     return LoadedKey(spec=spec, private_key=key, bits=key.key_size, file_id=_file_id(st))
+
+
+def unsafe_directory(path: Path) -> tuple[Path, int] | None:
+    """The first directory above ``path`` in which anyone may replace it, with its mode; None if none.
+
+    As OpenDKIM's ``RequireSafeKeys`` judges a key's path, every directory up
+    to ``/`` counts, along the path as written and along the path its symlinks
+    resolve to. A world-writable directory lets anyone rename the key away and
+    put their own in its place, unless it has the sticky bit (``/tmp``): there
+    only an entry's owner may rename or remove it.
+    """
+    absolute = Path(os.path.abspath(path))
+    seen: set[Path] = set()
+    for start in (absolute, Path(os.path.realpath(absolute))):
+        for directory in start.parents:
+            if directory in seen:
+                continue
+            seen.add(directory)
+            try:
+                mode = os.stat(directory).st_mode
+            except OSError:
+                continue  # the file was just read through it; a race is judged on the next load
+            if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+                return directory, stat.S_IMODE(mode)
+    return None
 
 
 ReloadObserver = Callable[[str, str], None]  # (key name, result: "ok" | "failed" | "unchanged")
