@@ -14,6 +14,7 @@ import base64
 import os
 import stat
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -23,6 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sendguard import logs
 from sendguard.config_reader import ConfigError
+
+#: While a key file keeps failing the periodic check, how often the fault is logged again.
+FAULT_REMINDER_SECONDS = 600.0
 
 #: The shortest RSA key accepted (RFC 8301 makes 1024 the floor for verifiers).
 MIN_KEY_BITS = 1024
@@ -139,6 +143,16 @@ def unsafe_directory(path: Path) -> tuple[Path, int] | None:
 ReloadObserver = Callable[[str, str], None]  # (key name, result: "ok" | "failed" | "unchanged")
 
 
+@dataclass
+class _Fault:
+    """A key file that keeps failing: what is wrong, since when, and when it was last logged."""
+
+    reason: str
+    since: float
+    logged: float
+    checks: int = 1
+
+
 class KeyStore:
     """The keys in service, by name; reloadable while the milter keeps running.
 
@@ -147,8 +161,17 @@ class KeyStore:
     key it started with and no connection is ever dropped.
     """
 
-    def __init__(self, specs: Iterable[KeySpec], observer: ReloadObserver | None = None) -> None:
+    def __init__(
+        self,
+        specs: Iterable[KeySpec],
+        observer: ReloadObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        reminder: float = FAULT_REMINDER_SECONDS,
+    ) -> None:
         self._lock = threading.Lock()
+        self._clock = clock
+        self._reminder = reminder
+        self._faults: dict[str, _Fault] = {}
         self._specs = {spec.name: spec for spec in specs}
         self._observer = observer
         keys: dict[str, LoadedKey] = {}
@@ -177,7 +200,7 @@ class KeyStore:
             keys = dict(self._keys)
             for name, spec in self._specs.items():
                 old = keys.get(name)
-                if only_changed and old is not None:
+                if only_changed and old is not None and name not in self._faults:  # a fault is rechecked until it clears
                     try:
                         if _file_id(os.stat(spec.key_file)) == old.file_id:
                             continue
@@ -187,19 +210,49 @@ class KeyStore:
                     new = load_key(spec)
                 except KeyLoadError as exc:
                     results[name] = "failed"
-                    if old is not None:
-                        log.error("key %s: reload failed, keeping the key loaded before: %s", name, exc)
-                    else:
-                        log.error("key %s: reload failed and no key is loaded: %s", name, exc)
+                    self._log_failure(name, str(exc), kept=old is not None, asked=not only_changed)
                     continue
                 keys[name] = new
                 results[name] = "ok"
+                fault = self._faults.pop(name, None)
+                if fault is not None:
+                    log.warning(
+                        "key %s: fault cleared after %.0f s (%d failed checks): %s",
+                        name, self._clock() - fault.since, fault.checks, fault.reason,
+                    )  # fmt: skip
                 log.info("key %s: reloaded %s (%d bits, d=%s s=%s)", name, spec.key_file, new.bits, spec.domain, spec.selector)
             self._keys = keys
         if self._observer is not None:
             for name, result in results.items():
                 self._observer(name, result)
         return results
+
+    def faults(self) -> dict[str, str]:
+        """The keys whose file failed its last check, with the reason (the old key, if any, still signs)."""
+        with self._lock:
+            return {name: fault.reason for name, fault in self._faults.items()}
+
+    def _log_failure(self, name: str, reason: str, kept: bool, asked: bool) -> None:
+        """Log a failed load once when the fault starts or changes, then as a reminder every few minutes.
+
+        The periodic check runs every few seconds; a key file that stays missing
+        must not fill the log with one ERROR per check. An explicit reload
+        (SIGHUP) always gets its line: the operator is waiting for it.
+        """
+        now = self._clock()
+        keeping = "keeping the key loaded before" if kept else "no key is loaded"
+        fault = self._faults.get(name)
+        if fault is None or fault.reason != reason:
+            self._faults[name] = _Fault(reason, since=now, logged=now)
+            log.error("key %s: reload failed, %s: %s", name, keeping, reason)
+            return
+        fault.checks += 1
+        if asked or now - fault.logged >= self._reminder:
+            fault.logged = now
+            log.error(
+                "key %s: still failing after %.0f s (%d checks), %s: %s",
+                name, now - fault.since, fault.checks, keeping, reason,
+            )  # fmt: skip
 
     def watch(self, interval: float) -> None:
         """Start a daemon thread that reloads keys whose files changed, every ``interval`` seconds."""

@@ -6,7 +6,7 @@ handful, from the config), key name. Never a queue id, address or URL.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES = Counter(
     "sendguard_milter_messages_total",
@@ -33,6 +33,11 @@ KEY_RELOADS = Counter(
     "Key file reloads (SIGHUP or a changed file), by key name and result (ok, failed).",
     ["key", "result"],
 )
+KEY_FAULTY = Gauge(
+    "sendguard_milter_key_faulty",
+    "1 while a key's file fails its checks (the key loaded before still signs), 0 once it loads again.",
+    ["key"],
+)
 INTERNAL_ERRORS = Counter(
     "sendguard_milter_internal_errors_total",
     "End-of-message failures inside the milter (answered with a temporary failure).",
@@ -45,5 +50,7 @@ EOM_SECONDS = Histogram(
 
 
 def count_reload(key: str, result: str) -> None:
-    """KeyStore observer: count one reload attempt."""
+    """KeyStore observer: count one reload attempt and track whether the key's file is at fault."""
     KEY_RELOADS.labels(key=key, result=result).inc()
+    if result in ("ok", "failed"):
+        KEY_FAULTY.labels(key=key).set(1 if result == "failed" else 0)

@@ -158,3 +158,73 @@ def test_a_key_the_service_user_cannot_read_stops_start_up_with_the_reason(write
         for path in keydir.iterdir():
             path.unlink()
         keydir.rmdir()
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_persistent_fault_is_logged_when_it_starts_as_a_reminder_and_when_it_ends(tmp_path, write_key, caplog):
+    clock = Clock()
+    write_key(tmp_path / "k")
+    store = KeyStore([spec(tmp_path / "k")], clock=clock, reminder=600)
+    (tmp_path / "k").unlink()  # the key keeps signing from memory; the file is gone
+    caplog.set_level("DEBUG", logger="sendguard.milter")
+
+    def lines() -> list[str]:
+        out = [r.getMessage() for r in caplog.records if r.name == "sendguard.milter"]
+        caplog.clear()
+        return out
+
+    results = []
+    for _ in range(59):  # ten minutes of checks every ten seconds, less one
+        results.append(store.reload(only_changed=True))
+        clock.now += 10
+    assert results == [{"send": "failed"}] * 59  # every check still looks (and counts)
+    assert lines() == [f"key send: reload failed, keeping the key loaded before: key file {tmp_path / 'k'} does not exist"]
+    assert store.faults() == {"send": f"key file {tmp_path / 'k'} does not exist"}
+
+    clock.now += 10  # 600 s after the fault started: one reminder, then quiet again
+    store.reload(only_changed=True)
+    store.reload(only_changed=True)
+    assert lines() == [f"key send: still failing after 600 s (60 checks), keeping the key loaded before: key file {tmp_path / 'k'} does not exist"]
+
+    store.reload()  # SIGHUP: the operator asked, so the answer is logged whatever the reminder says
+    assert lines() == [f"key send: still failing after 600 s (62 checks), keeping the key loaded before: key file {tmp_path / 'k'} does not exist"]
+
+    (tmp_path / "k").write_text("half-written")  # another fault: logged at once
+    os.chmod(tmp_path / "k", 0o600)
+    store.reload(only_changed=True)
+    assert lines() == [f"key send: reload failed, keeping the key loaded before: key file {tmp_path / 'k'} does not hold a PEM private key (ValueError)"]
+
+    clock.now += 30
+    write_key(tmp_path / "k")
+    assert store.reload(only_changed=True) == {"send": "ok"}
+    assert lines() == [
+        f"key send: fault cleared after 30 s (1 failed checks): key file {tmp_path / 'k'} does not hold a PEM private key (ValueError)",
+        f"key send: reloaded {tmp_path / 'k'} (2048 bits, d=send.example.net s=send)",
+    ]
+    assert store.faults() == {}
+    assert store.reload(only_changed=True) == {}  # healthy and unchanged: nothing to do, nothing logged
+    assert lines() == []
+
+
+def test_a_fault_is_exported_while_it_lasts(tmp_path, write_key):
+    from prometheus_client import REGISTRY
+
+    from sendguard_milter.metrics import count_reload
+
+    write_key(tmp_path / "k")
+    store = KeyStore([KeySpec("faulty", "send.example.net", "send", tmp_path / "k")], observer=count_reload)
+    (tmp_path / "k").unlink()
+    store.reload(only_changed=True)
+    assert REGISTRY.get_sample_value("sendguard_milter_key_faulty", {"key": "faulty"}) == 1
+    write_key(tmp_path / "k")
+    store.reload(only_changed=True)
+    assert REGISTRY.get_sample_value("sendguard_milter_key_faulty", {"key": "faulty"}) == 0
