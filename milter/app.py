@@ -24,6 +24,7 @@ from sendguard import logs
 from sendguard.streams import Stream
 
 from . import dkim_sign, metrics
+from .command_size import COMMAND_LIMIT
 from .links import log as link_log, metrics as link_metrics, rewrite as link_rewrite
 from .decision import Decision, Facts, after_signing_error, check_body, decide, find_long_line
 from .keys import KeyStore
@@ -70,6 +71,9 @@ class SendguardMilter(Milter.Base):
         self._new_message()
 
     def _new_message(self) -> None:
+        #: Set at MAIL, cleared when the message ends (eom or abort): a close while set is a dropped message.
+        self.in_message = False
+        self.queue_id: str | None = None
         self.envelope_sender: str | None = None
         self.sasl_user: str | None = None
         self.headers: list[tuple[str, bytes]] = []
@@ -96,10 +100,19 @@ class SendguardMilter(Milter.Base):
     def envfrom(self, mailfrom: bytes, *params: bytes) -> int:
         """A new message starts: reset, and note the envelope sender and SASL login."""
         self._new_message()
+        self.in_message = True
         self.envelope_sender = mailfrom.decode("utf-8", "surrogateescape").strip().strip("<>")
         self.sasl_user = self.getsymval("{auth_authen}") or None
+        self.queue_id = self.getsymval("i") or None
         if self.daemon_port is None:
             self.daemon_port = self.getsymval("{daemon_port}")
+        return Milter.CONTINUE
+
+    def envrcpt(self, recipient: str, *params: str) -> int:
+        """Note the queue id (Postfix sends ``i`` at RCPT when it opens the queue file there)."""
+        if self.queue_id is None:
+            # Kept for abort() and close(): a dropped connection has no end-of-message macros.
+            self.queue_id = self.getsymval("i") or None
         return Milter.CONTINUE
 
     @Milter.decode("bytes")
@@ -116,7 +129,8 @@ class SendguardMilter(Milter.Base):
     def eom(self) -> int:
         """Repair links, decide, sign or refuse. Never lets an exception pass bulk mail unsigned."""
         started = time.perf_counter()
-        queue_id = self.getsymval("i") or "NOQUEUE"
+        queue_id = self.getsymval("i") or self.queue_id or "NOQUEUE"
+        self.in_message = False
         try:
             return self._end_of_message(queue_id)
         except Exception:
@@ -129,9 +143,38 @@ class SendguardMilter(Milter.Base):
             metrics.EOM_SECONDS.observe(time.perf_counter() - started)
 
     def abort(self) -> int:
-        """The client went away mid-message: forget it."""
+        """The message ends without end-of-message: forget it, and say so if it was cut off in its headers."""
+        self._note_dropped()
         self._new_message()
         return Milter.CONTINUE
+
+    def close(self) -> int:
+        """The MTA connection ends."""
+        self._note_dropped()
+        self._new_message()
+        return Milter.CONTINUE
+
+    def _note_dropped(self) -> None:
+        """Log and count a message that ended after its first header field but before end-of-message.
+
+        Postfix hands a message to its milters only once cleanup holds all of
+        it, so nothing on Postfix's side stops one between its header fields and
+        end-of-message. libmilter does: a command over its size limit
+        (:mod:`.command_size`: a header field over 1 MiB) or a read timeout,
+        after which it calls abort and close and drops the connection, before
+        any callback sees the field. Postfix then applies the milter's
+        ``default_action`` (tempfail in the snippets) and the message is retried.
+        """
+        if not (self.in_message and self.headers):
+            return
+        size = sum(len(name) + len(value) for name, value in self.headers)
+        log.error(
+            "%s: dropped: the message ended after %d header fields (%d bytes) without end-of-message: libmilter "
+            "closes the connection on a header field over %d bytes (or a read timeout); Postfix applies the "
+            "milter's default_action; lower Postfix's header_size_limit below %d",
+            self.queue_id or "NOQUEUE", len(self.headers), size, COMMAND_LIMIT, COMMAND_LIMIT,
+        )  # fmt: skip
+        metrics.MESSAGES.labels(outcome="dropped").inc()
 
     # -- end of message ------------------------------------------------------------
 

@@ -10,7 +10,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES = Counter(
     "sendguard_milter_messages_total",
-    "Messages by what the milter did: signed, passed (unsigned), refused, tempfailed (internal error).",
+    "Messages by what the milter did: signed, passed (unsigned), refused, tempfailed (internal error), "
+    "dropped (libmilter closed the connection in the headers).",
     ["outcome"],
 )
 SIGNATURES = Counter(

@@ -23,6 +23,7 @@ from sendguard.config import Config
 
 from . import metrics
 from .app import Runtime, SendguardMilter
+from .command_size import COMMAND_LIMIT, raise_command_limit
 from .keys import open_keys
 from .settings import MilterSettings
 
@@ -44,6 +45,8 @@ def run(config: Config, settings: MilterSettings) -> None:
     Milter.factory = lambda: SendguardMilter(runtime)
     # Only what the milter does: add the signature header, replace a repaired body.
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGBODY)
+    # Postfix sends a header field whole; libmilter would drop the connection on one over 64 KiB.
+    raise_command_limit(COMMAND_LIMIT)
 
     failure: list[BaseException] = []
 
