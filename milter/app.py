@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import socket
+import tempfile
 import time
 
 import Milter
@@ -36,6 +37,9 @@ log = logs.get("milter")
 
 _NEWLINE = re.compile(rb"\r?\n")
 _SIG_PREFIX = b"DKIM-Signature: "
+
+#: A body larger than this is kept in a temporary file while it arrives, not in memory.
+BODY_SPILL_BYTES = 1 << 20
 
 
 class Runtime:
@@ -77,7 +81,11 @@ class SendguardMilter(Milter.Base):
         self.envelope_sender: str | None = None
         self.sasl_user: str | None = None
         self.headers: list[tuple[str, bytes]] = []
-        self.chunks: list[bytes] = []
+        body = getattr(self, "body_file", None)
+        if body is not None:
+            body.close()  # a spilled body's file is gone with it
+        #: The body as it arrives: in memory up to BODY_SPILL_BYTES, then in a temporary file.
+        self.body_file: tempfile.SpooledTemporaryFile[bytes] | None = None
 
     # -- callbacks -------------------------------------------------------------------
 
@@ -122,9 +130,21 @@ class SendguardMilter(Milter.Base):
         return Milter.CONTINUE
 
     def body(self, chunk: bytes) -> int:
-        """Collect the raw body."""
-        self.chunks.append(chunk)
+        """Collect the raw body (a large one in a temporary file, so connections receiving one stay small)."""
+        if self.body_file is None:
+            self.body_file = tempfile.SpooledTemporaryFile(max_size=BODY_SPILL_BYTES, prefix="sendguard-body-")
+        self.body_file.write(chunk)
         return Milter.CONTINUE
+
+    def _take_body(self) -> bytes:
+        """The whole body, read once at end of message; the buffer or file it came from is released."""
+        if self.body_file is None:
+            return b""
+        self.body_file.seek(0)
+        data = self.body_file.read()
+        self.body_file.close()
+        self.body_file = None
+        return data
 
     def eom(self) -> int:
         """Repair links, decide, sign or refuse. Never lets an exception pass bulk mail unsigned."""
@@ -140,6 +160,8 @@ class SendguardMilter(Milter.Base):
             self.setreply(*INTERNAL_ERROR)
             return Milter.TEMPFAIL
         finally:
+            # Nothing of this message outlives it: an idle connection holds no body.
+            self._new_message()
             metrics.EOM_SECONDS.observe(time.perf_counter() - started)
 
     def abort(self) -> int:
@@ -191,7 +213,7 @@ class SendguardMilter(Milter.Base):
 
     def _end_of_message(self, queue_id: str) -> int:
         settings = self.runtime.settings
-        body = b"".join(self.chunks)
+        body = self._take_body()
         # Scope, stream, bulk, From, row and key depend on the headers only, which
         # link repair leaves alone: decide once, check the final body afterwards.
         decision = decide(settings, self.runtime.streams, self.runtime.keys.get, self.facts())
@@ -213,20 +235,21 @@ class SendguardMilter(Milter.Base):
         signature: bytes | None = None
         if decision.action == "sign":
             try:
-                signature = self._sign(decision, block + b"\r\n" + body)
+                signature = self._sign(decision, block, body)
             except Exception as exc:  # a message we cannot sign is a decision, not a crash
                 log.error("%s: signing failed: %s: %s", queue_id, type(exc).__name__, exc)
                 decision = after_signing_error(decision, f"{type(exc).__name__}: {exc}", self.client_addr)
 
         return self._apply(queue_id, decision, new_body, signature)
 
-    def _sign(self, decision: Decision, message: bytes) -> bytes:
+    def _sign(self, decision: Decision, block: bytes, body: bytes) -> bytes:
         settings = self.runtime.settings
         key = decision.key
         assert key is not None  # a "sign" decision always carries its key
         include = dkim_sign.header_list([n for n, _ in self.headers], settings.signed_headers, settings.oversign_headers)
-        return dkim_sign.sign(
-            message,
+        return dkim_sign.sign_parts(
+            block,
+            body,
             domain=key.spec.domain,
             selector=key.spec.selector,
             private_key=key.private_key,
