@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import socket
+import tempfile
 import time
 from typing import Callable
 
@@ -25,6 +26,7 @@ from sendguard import logs
 from sendguard.streams import Stream
 
 from . import dkim_sign, metrics
+from .command_size import COMMAND_LIMIT
 from .links import log as link_log, metrics as link_metrics, rewrite as link_rewrite
 from .decision import Decision, Facts, after_signing_error, check_body, decide, find_long_line
 from .keys import KeyStore
@@ -36,6 +38,9 @@ log = logs.get("milter")
 
 _NEWLINE = re.compile(rb"\r?\n")
 _SIG_PREFIX = b"DKIM-Signature: "
+
+#: A body larger than this is kept in a temporary file while it arrives, not in memory.
+BODY_SPILL_BYTES = 1 << 20
 
 
 class Runtime:
@@ -77,10 +82,17 @@ class SendguardMilter(Milter.Base):
         self._new_message()
 
     def _new_message(self) -> None:
+        #: Set at MAIL, cleared when the message ends (eom or abort): a close while set is a dropped message.
+        self.in_message = False
+        self.queue_id: str | None = None
         self.envelope_sender: str | None = None
         self.sasl_user: str | None = None
         self.headers: list[tuple[str, bytes]] = []
-        self.chunks: list[bytes] = []
+        body = getattr(self, "body_file", None)
+        if body is not None:
+            body.close()  # a spilled body's file is gone with it
+        #: The body as it arrives: in memory up to BODY_SPILL_BYTES, then in a temporary file.
+        self.body_file: tempfile.SpooledTemporaryFile[bytes] | None = None
 
     # -- callbacks -------------------------------------------------------------------
 
@@ -104,10 +116,19 @@ class SendguardMilter(Milter.Base):
         """A new message starts: reset, and note the envelope sender and SASL login."""
         self._new_message()
         self.runtime = self._current()
+        self.in_message = True
         self.envelope_sender = mailfrom.decode("utf-8", "surrogateescape").strip().strip("<>")
         self.sasl_user = self.getsymval("{auth_authen}") or None
+        self.queue_id = self.getsymval("i") or None
         if self.daemon_port is None:
             self.daemon_port = self.getsymval("{daemon_port}")
+        return Milter.CONTINUE
+
+    def envrcpt(self, recipient: str, *params: str) -> int:
+        """Note the queue id (Postfix sends ``i`` at RCPT when it opens the queue file there)."""
+        if self.queue_id is None:
+            # Kept for abort() and close(): a dropped connection has no end-of-message macros.
+            self.queue_id = self.getsymval("i") or None
         return Milter.CONTINUE
 
     @Milter.decode("bytes")
@@ -117,14 +138,27 @@ class SendguardMilter(Milter.Base):
         return Milter.CONTINUE
 
     def body(self, chunk: bytes) -> int:
-        """Collect the raw body."""
-        self.chunks.append(chunk)
+        """Collect the raw body (a large one in a temporary file, so connections receiving one stay small)."""
+        if self.body_file is None:
+            self.body_file = tempfile.SpooledTemporaryFile(max_size=BODY_SPILL_BYTES, prefix="sendguard-body-")
+        self.body_file.write(chunk)
         return Milter.CONTINUE
+
+    def _take_body(self) -> bytes:
+        """The whole body, read once at end of message; the buffer or file it came from is released."""
+        if self.body_file is None:
+            return b""
+        self.body_file.seek(0)
+        data = self.body_file.read()
+        self.body_file.close()
+        self.body_file = None
+        return data
 
     def eom(self) -> int:
         """Repair links, decide, sign or refuse. Never lets an exception pass bulk mail unsigned."""
         started = time.perf_counter()
-        queue_id = self.getsymval("i") or "NOQUEUE"
+        queue_id = self.getsymval("i") or self.queue_id or "NOQUEUE"
+        self.in_message = False
         try:
             return self._end_of_message(queue_id)
         except Exception:
@@ -134,12 +168,43 @@ class SendguardMilter(Milter.Base):
             self.setreply(*INTERNAL_ERROR)
             return Milter.TEMPFAIL
         finally:
+            # Nothing of this message outlives it: an idle connection holds no body.
+            self._new_message()
             metrics.EOM_SECONDS.observe(time.perf_counter() - started)
 
     def abort(self) -> int:
-        """The client went away mid-message: forget it."""
+        """The message ends without end-of-message: forget it, and say so if it was cut off in its headers."""
+        self._note_dropped()
         self._new_message()
         return Milter.CONTINUE
+
+    def close(self) -> int:
+        """The MTA connection ends."""
+        self._note_dropped()
+        self._new_message()
+        return Milter.CONTINUE
+
+    def _note_dropped(self) -> None:
+        """Log and count a message that ended after its first header field but before end-of-message.
+
+        Postfix hands a message to its milters only once cleanup holds all of
+        it, so nothing on Postfix's side stops one between its header fields and
+        end-of-message. libmilter does: a command over its size limit
+        (:mod:`.command_size`: a header field over 1 MiB) or a read timeout,
+        after which it calls abort and close and drops the connection, before
+        any callback sees the field. Postfix then applies the milter's
+        ``default_action`` (tempfail in the snippets) and the message is retried.
+        """
+        if not (self.in_message and self.headers):
+            return
+        size = sum(len(name) + len(value) for name, value in self.headers)
+        log.error(
+            "%s: dropped: the message ended after %d header fields (%d bytes) without end-of-message: libmilter "
+            "closes the connection on a header field over %d bytes (or a read timeout); Postfix applies the "
+            "milter's default_action; lower Postfix's header_size_limit below %d",
+            self.queue_id or "NOQUEUE", len(self.headers), size, COMMAND_LIMIT, COMMAND_LIMIT,
+        )  # fmt: skip
+        metrics.MESSAGES.labels(outcome="dropped").inc()
 
     # -- end of message ------------------------------------------------------------
 
@@ -156,7 +221,7 @@ class SendguardMilter(Milter.Base):
 
     def _end_of_message(self, queue_id: str) -> int:
         settings = self.runtime.settings
-        body = b"".join(self.chunks)
+        body = self._take_body()
         # Scope, stream, bulk, From, row and key depend on the headers only, which
         # link repair leaves alone: decide once, check the final body afterwards.
         decision = decide(settings, self.runtime.streams, self.runtime.keys.get, self.facts())
@@ -178,20 +243,21 @@ class SendguardMilter(Milter.Base):
         signature: bytes | None = None
         if decision.action == "sign":
             try:
-                signature = self._sign(decision, block + b"\r\n" + body)
+                signature = self._sign(decision, block, body)
             except Exception as exc:  # a message we cannot sign is a decision, not a crash
                 log.error("%s: signing failed: %s: %s", queue_id, type(exc).__name__, exc)
                 decision = after_signing_error(decision, f"{type(exc).__name__}: {exc}", self.client_addr)
 
         return self._apply(queue_id, decision, new_body, signature)
 
-    def _sign(self, decision: Decision, message: bytes) -> bytes:
+    def _sign(self, decision: Decision, block: bytes, body: bytes) -> bytes:
         settings = self.runtime.settings
         key = decision.key
         assert key is not None  # a "sign" decision always carries its key
         include = dkim_sign.header_list([n for n, _ in self.headers], settings.signed_headers, settings.oversign_headers)
-        return dkim_sign.sign(
-            message,
+        return dkim_sign.sign_parts(
+            block,
+            body,
             domain=key.spec.domain,
             selector=key.spec.selector,
             private_key=key.private_key,

@@ -1,7 +1,8 @@
 """DKIM private keys: loading, the checks that stop start-up, and live reloading.
 
 A key is checked the same way at start-up and on every reload: it must be
-readable, not world-readable, an RSA key of at least 1024 bits in PEM form
+readable, neither world-readable nor world-writable, in no directory that
+anyone may rename it out of (:func:`unsafe_directory`), an RSA key of at least 1024 bits in PEM form
 (PKCS#1 or PKCS#8, unencrypted). At start-up a failure is a config error; on a
 reload (SIGHUP or a changed file) a failure keeps the old key in service and is
 logged and counted, so a half-written key file can never stop signing.
@@ -13,6 +14,7 @@ import base64
 import os
 import stat
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -22,6 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sendguard import logs
 from sendguard.config_reader import ConfigError
+
+#: While a key file keeps failing the periodic check, how often the fault is logged again.
+FAULT_REMINDER_SECONDS = 600.0
 
 #: The shortest RSA key accepted (RFC 8301 makes 1024 the floor for verifiers).
 MIN_KEY_BITS = 1024
@@ -86,7 +91,17 @@ def load_key(spec: KeySpec) -> LoadedKey:
         raise KeyLoadError(f"key file {path} is not a regular file")
     if st.st_mode & stat.S_IROTH:
         # A private key anyone on the host can read is a key anyone can sign with.
-        raise KeyLoadError(f"key file {path} is world-readable (mode {stat.S_IMODE(st.st_mode):04o}); chmod o-rwx it")
+        raise KeyLoadError(f"key file {path} is world-readable (mode {stat.S_IMODE(st.st_mode):04o}); chmod o-rwx {path}")
+    if st.st_mode & stat.S_IWOTH:
+        # Anyone could write their own key into it, and we would sign their mail with it.
+        raise KeyLoadError(f"key file {path} is world-writable (mode {stat.S_IMODE(st.st_mode):04o}); chmod o-rwx {path}")
+    unsafe = unsafe_directory(path)
+    if unsafe is not None:
+        directory, mode = unsafe
+        raise KeyLoadError(
+            f"key file {path} is inside the world-writable directory {directory} (mode {mode:04o}), "
+            f"where anyone can put another key in its place; chmod o-w {directory}"
+        )
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
@@ -100,7 +115,42 @@ def load_key(spec: KeySpec) -> LoadedKey:
     return LoadedKey(spec=spec, private_key=key, bits=key.key_size, file_id=_file_id(st))
 
 
+def unsafe_directory(path: Path) -> tuple[Path, int] | None:
+    """The first directory above ``path`` in which anyone may replace it, with its mode; None if none.
+
+    As OpenDKIM's ``RequireSafeKeys`` judges a key's path, every directory up
+    to ``/`` counts, along the path as written and along the path its symlinks
+    resolve to. A world-writable directory lets anyone rename the key away and
+    put their own in its place, unless it has the sticky bit (``/tmp``): there
+    only an entry's owner may rename or remove it.
+    """
+    absolute = Path(os.path.abspath(path))
+    seen: set[Path] = set()
+    for start in (absolute, Path(os.path.realpath(absolute))):
+        for directory in start.parents:
+            if directory in seen:
+                continue
+            seen.add(directory)
+            try:
+                mode = os.stat(directory).st_mode
+            except OSError:
+                continue  # the file was just read through it; a race is judged on the next load
+            if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+                return directory, stat.S_IMODE(mode)
+    return None
+
+
 ReloadObserver = Callable[[str, str], None]  # (key name, result: "ok" | "failed" | "unchanged")
+
+
+@dataclass
+class _Fault:
+    """A key file that keeps failing: what is wrong, since when, and when it was last logged."""
+
+    reason: str
+    since: float
+    logged: float
+    checks: int = 1
 
 
 class KeyStore:
@@ -111,8 +161,17 @@ class KeyStore:
     key it started with and no connection is ever dropped.
     """
 
-    def __init__(self, specs: Iterable[KeySpec], observer: ReloadObserver | None = None) -> None:
+    def __init__(
+        self,
+        specs: Iterable[KeySpec],
+        observer: ReloadObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        reminder: float = FAULT_REMINDER_SECONDS,
+    ) -> None:
         self._lock = threading.Lock()
+        self._clock = clock
+        self._reminder = reminder
+        self._faults: dict[str, _Fault] = {}
         self._specs = {spec.name: spec for spec in specs}
         self._observer = observer
         keys: dict[str, LoadedKey] = {}
@@ -141,7 +200,7 @@ class KeyStore:
             keys = dict(self._keys)
             for name, spec in self._specs.items():
                 old = keys.get(name)
-                if only_changed and old is not None:
+                if only_changed and old is not None and name not in self._faults:  # a fault is rechecked until it clears
                     try:
                         if _file_id(os.stat(spec.key_file)) == old.file_id:
                             continue
@@ -151,19 +210,49 @@ class KeyStore:
                     new = load_key(spec)
                 except KeyLoadError as exc:
                     results[name] = "failed"
-                    if old is not None:
-                        log.error("key %s: reload failed, keeping the key loaded before: %s", name, exc)
-                    else:
-                        log.error("key %s: reload failed and no key is loaded: %s", name, exc)
+                    self._log_failure(name, str(exc), kept=old is not None, asked=not only_changed)
                     continue
                 keys[name] = new
                 results[name] = "ok"
+                fault = self._faults.pop(name, None)
+                if fault is not None:
+                    log.warning(
+                        "key %s: fault cleared after %.0f s (%d failed checks): %s",
+                        name, self._clock() - fault.since, fault.checks, fault.reason,
+                    )  # fmt: skip
                 log.info("key %s: reloaded %s (%d bits, d=%s s=%s)", name, spec.key_file, new.bits, spec.domain, spec.selector)
             self._keys = keys
         if self._observer is not None:
             for name, result in results.items():
                 self._observer(name, result)
         return results
+
+    def faults(self) -> dict[str, str]:
+        """The keys whose file failed its last check, with the reason (the old key, if any, still signs)."""
+        with self._lock:
+            return {name: fault.reason for name, fault in self._faults.items()}
+
+    def _log_failure(self, name: str, reason: str, kept: bool, asked: bool) -> None:
+        """Log a failed load once when the fault starts or changes, then as a reminder every few minutes.
+
+        The periodic check runs every few seconds; a key file that stays missing
+        must not fill the log with one ERROR per check. An explicit reload
+        (SIGHUP) always gets its line: the operator is waiting for it.
+        """
+        now = self._clock()
+        keeping = "keeping the key loaded before" if kept else "no key is loaded"
+        fault = self._faults.get(name)
+        if fault is None or fault.reason != reason:
+            self._faults[name] = _Fault(reason, since=now, logged=now)
+            log.error("key %s: reload failed, %s: %s", name, keeping, reason)
+            return
+        fault.checks += 1
+        if asked or now - fault.logged >= self._reminder:
+            fault.logged = now
+            log.error(
+                "key %s: still failing after %.0f s (%d checks), %s: %s",
+                name, now - fault.since, fault.checks, keeping, reason,
+            )  # fmt: skip
 
     def watch(self, interval: float) -> None:
         """Start a daemon thread that reloads keys whose files changed, every ``interval`` seconds."""

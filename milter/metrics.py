@@ -6,11 +6,12 @@ handful, from the config), key name. Never a queue id, address or URL.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES = Counter(
     "sendguard_milter_messages_total",
-    "Messages by what the milter did: signed, passed (unsigned), refused, tempfailed (internal error).",
+    "Messages by what the milter did: signed, passed (unsigned), refused, tempfailed (internal error), "
+    "dropped (libmilter closed the connection in the headers).",
     ["outcome"],
 )
 SIGNATURES = Counter(
@@ -38,6 +39,11 @@ CONFIG_RELOADS = Counter(
     "Whole-configuration reloads on SIGHUP, by result (ok; failed: the running configuration kept).",
     ["result"],
 )
+KEY_FAULTY = Gauge(
+    "sendguard_milter_key_faulty",
+    "1 while a key's file fails its checks (the key loaded before still signs), 0 once it loads again.",
+    ["key"],
+)
 INTERNAL_ERRORS = Counter(
     "sendguard_milter_internal_errors_total",
     "End-of-message failures inside the milter (answered with a temporary failure).",
@@ -50,5 +56,7 @@ EOM_SECONDS = Histogram(
 
 
 def count_reload(key: str, result: str) -> None:
-    """KeyStore observer: count one reload attempt."""
+    """KeyStore observer: count one reload attempt and track whether the key's file is at fault."""
     KEY_RELOADS.labels(key=key, result=result).inc()
+    if result in ("ok", "failed"):
+        KEY_FAULTY.labels(key=key).set(1 if result == "failed" else 0)

@@ -31,6 +31,7 @@ from sendguard.config_reader import ConfigError
 
 from . import metrics
 from .app import Runtime, SendguardMilter
+from .command_size import COMMAND_LIMIT, raise_command_limit
 from .keys import open_keys
 from .settings import MilterSettings
 
@@ -108,6 +109,8 @@ def run(config: Config, settings: MilterSettings, loader: Loader | None = None) 
     Milter.factory = lambda: SendguardMilter(switch.current)
     # Only what the milter does: add the signature header, replace a repaired body.
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGBODY)
+    # Postfix sends a header field whole; libmilter would drop the connection on one over 64 KiB.
+    raise_command_limit(COMMAND_LIMIT)
 
     failure: list[BaseException] = []
 

@@ -52,7 +52,7 @@ class LinkPolicy:
 
     mode: str = "strip"
     per_subscriber_params: tuple[str, ...] = BUILTIN_PARAMS
-    strip_all_markers: bool = False
+    strip_all_markers: bool = True
     #: Larger messages are passed unchanged without a look (reason message_too_large).
     max_message_bytes: int = 32 * 1024 * 1024
     #: A text part whose raw content is larger is never decoded (reason part_too_large).

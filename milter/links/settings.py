@@ -5,7 +5,7 @@
     [links]
     mode = "strip"                     # strip | report-only | off
     per_subscriber_params = ["lp"]     # added to the built-in dot, npi, clia
-    strip_all_markers = false
+    strip_all_markers = true           # false: strip only on per-subscriber links (the old rule)
     max_message_bytes = 33554432
     max_part_bytes = 4194304
     max_depth = 10

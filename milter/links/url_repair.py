@@ -11,10 +11,11 @@ encodings, fragments, entity spelling, non-ASCII characters.
 
 Two repairs exist:
 
-* ``marker_stripped``: a literal ``@TrackLink`` is removed. A delivered message
-  is never processed by Listmonk again, so a literal marker only damages the
+* ``marker_stripped``: a literal ``@TrackLink`` is removed. Listmonk turns every
+  marker it processes into a ``/link/<uuid>`` redirect, and a delivered message
+  is never processed again, so a literal marker at the MTA only damages the
   URL. It is removed from per-subscriber links always, from every link when
-  ``strip_all`` is set.
+  ``strip_all`` is set (``[links] strip_all_markers``, on by default).
 * ``query_repaired``: a URL whose query begins with ``&`` because a template
   token that should have carried the ``?`` rendered after capture
   (``/order/slug&utm_source=x``) gets ``?`` in place of that first ``&``.

@@ -113,14 +113,14 @@ def test_message_with_nothing_to_change_is_not_replaced(lm) -> None:
     assert not result.parsed  # the byte pre-scan answered
 
 
-def test_static_tracked_link_keeps_marker_by_default_and_loses_it_with_strip_all(lm) -> None:
+def test_static_tracked_link_loses_its_marker_by_default_and_keeps_it_with_strip_all_false(lm) -> None:
     static = "https://example.net/guide?utm_campaign=x@TrackLink"
     msg = lm.listmonk_alternative(static)
     result = rewrite_message(msg.headers, msg.body, STRIP)
-    assert result.body is None and result.changes == [] and result.parsed
-    result = rewrite_message(msg.headers, msg.body, LinkPolicy(strip_all_markers=True))
-    assert len(result.changes) == 2
+    assert [c.kind for c in result.changes] == ["marker_stripped"] * 2
     expect_decoded(lm, msg, result.body, [[(static, static[: -len("@TrackLink")])]] * 2)
+    result = rewrite_message(msg.headers, msg.body, LinkPolicy(strip_all_markers=False))
+    assert result.body is None and result.changes == [] and result.parsed
 
 
 def test_report_only_reports_and_changes_nothing(lm) -> None:
@@ -147,12 +147,12 @@ def test_html_ampersand_entities_and_template_form(lm, signer) -> None:
     payload = html.encode() + b"\r\n"
     msg = lm.Msg(lm.top_headers('text/html; charset="utf-8"', "7bit"), payload)
     result = rewrite_message(msg.headers, msg.body, STRIP)
-    assert [c.kind for c in result.changes] == ["marker_stripped", "query_repaired", "marker_stripped"]
+    assert [c.kind for c in result.changes] == ["marker_stripped", "query_repaired", "marker_stripped", "marker_stripped"]
     assert result.body == (
         b'<p><a href="https://example.net/p?utm_source=a&amp;dot=77">one</a>'
         b'<a href="https://example.net/order/slug?utm_source=x">two</a>'
         b'<a href="https://example.net/q?npi=1093817465&amp;x=1">three</a>'
-        b'<a href="{{ TrackLink &quot;https://example.net/static&quot; . }}">four</a></p>\r\n'
+        b'<a href="https://example.net/static">four</a></p>\r\n'
     )
     assert signer.sign_and_verify(msg.raw(result.body))
 
@@ -255,16 +255,16 @@ def test_internal_failure_never_reaches_the_caller(lm, monkeypatch) -> None:
     assert "scanner bug" in result.error
 
 
-def test_strip_all_unwraps_a_static_template_form_and_repairs_inside_a_kept_one(lm) -> None:
+def test_a_static_template_form_is_unwrapped_by_default_and_repaired_inside_when_kept(lm) -> None:
     html = (
         '<a href="{{ TrackLink &quot;https://example.net/static&quot; . }}">a</a>'
         '<a href="{{ TrackLink &quot;https://example.net/order/slug&amp;utm_source=x&quot; }}">b</a>\r\n'
     ).encode()
     headers = lm.top_headers('text/html; charset="utf-8"', "7bit")
-    kept = rewrite_message(headers, html, STRIP)
+    kept = rewrite_message(headers, html, LinkPolicy(strip_all_markers=False))
     assert [c.kind for c in kept.changes] == ["query_repaired"]
     assert kept.body == html.replace(b"slug&amp;utm", b"slug?utm")
-    unwrapped = rewrite_message(headers, html, LinkPolicy(strip_all_markers=True))
+    unwrapped = rewrite_message(headers, html, STRIP)
     assert [c.kind for c in unwrapped.changes] == ["marker_stripped", "marker_stripped", "query_repaired"]
     assert unwrapped.body == b'<a href="https://example.net/static">a</a><a href="https://example.net/order/slug?utm_source=x">b</a>\r\n'
 

@@ -17,7 +17,8 @@ def links(data: dict) -> LinkPolicy:
 def test_defaults() -> None:
     policy = links({})
     assert policy == LinkPolicy()
-    assert (policy.mode, policy.per_subscriber_params, policy.strip_all_markers) == ("strip", ("dot", "npi", "clia"), False)
+    assert (policy.mode, policy.per_subscriber_params, policy.strip_all_markers) == ("strip", ("dot", "npi", "clia"), True)
+    assert links({"strip_all_markers": False}).strip_all_markers is False  # the old rule, on request
 
 
 def test_configured_parameters_extend_the_builtin_ones() -> None:

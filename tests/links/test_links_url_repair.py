@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from sendguard_milter.links.rewrite import LinkPolicy
 from sendguard_milter.links.url_repair import repair_url
 
 PARAMS = frozenset({"dot", "npi", "clia"})
 
 
-def fix(url: str, strip_all: bool = False, params: frozenset[str] = PARAMS) -> str:
+def fix(url: str, strip_all: bool = LinkPolicy().strip_all_markers, params: frozenset[str] = PARAMS) -> str:
     return repair_url(url, params, strip_all).text
 
 
@@ -50,15 +51,22 @@ def test_marker_is_stripped_from_per_subscriber_links(before: str, after: str) -
         "https://example.net/p#dot=1@TrackLink",  # a fragment is not a query
     ],
 )
-def test_static_link_keeps_its_marker_unless_strip_all(url: str) -> None:
-    assert fix(url) == url
-    assert fix(url, strip_all=True) == url.replace("@TrackLink", "")
+def test_a_static_link_loses_its_literal_marker_by_default(url: str) -> None:
+    # Listmonk replaces every marker it processes with a /link/<uuid> redirect, so a
+    # literal one at the MTA was never processed: it can only damage the URL.
+    assert fix(url) == url.replace("@TrackLink", "")
+    assert fix(url, strip_all=False) == url  # strip_all_markers = false: the old, per-subscriber-only rule
+
+
+def test_the_issue_examples_lose_their_marker_by_default() -> None:
+    assert fix("https://example.net/blog?utm_campaign=x@TrackLink") == "https://example.net/blog?utm_campaign=x"
+    assert fix("https://example.net/order/acme-freight&utm_source=x@TrackLink") == "https://example.net/order/acme-freight?utm_source=x"
 
 
 def test_configured_extra_parameter_makes_a_link_per_subscriber() -> None:
     url = "https://example.net/p?lp=abc@TrackLink"
-    assert fix(url) == url
-    assert fix(url, params=PARAMS | {"lp"}) == "https://example.net/p?lp=abc"
+    assert fix(url, strip_all=False) == url
+    assert fix(url, strip_all=False, params=PARAMS | {"lp"}) == "https://example.net/p?lp=abc"
 
 
 @pytest.mark.parametrize(
@@ -101,7 +109,8 @@ def test_both_repairs_on_one_link() -> None:
 
 def test_listmonk_redirects_are_never_touched() -> None:
     url = "https://lists.example.net/link/0f2c7e38-2f7b-4b26-a0b5-0c2f8b3b6c11/3b0c6a9e-5d2f-4c1a-9f3e-7a8b9c0d1e2f/7f6e5d4c-3b2a-4190-8f7e-6d5c4b3a2918"
-    assert fix(url, strip_all=True) == url
+    assert fix(url) == url
+    assert fix(url, strip_all=False) == url
 
 
 def test_host_and_path_never_include_the_query() -> None:

@@ -7,13 +7,14 @@ those names or changes what it gives, and pyproject.toml admits only the tested 
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from dkim.canonicalization import Relaxed
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from packaging.requirements import Requirement
 
@@ -128,3 +129,25 @@ def _outcome(parse, message):
 def test_header_body_split_is_dkimpys(pieces):
     message = b"".join(pieces)
     assert _outcome(dkim_sign._parse, message) == _outcome(dkim.rfc822_parse, message)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.sampled_from([b" ", b"  ", b"\t", b" \t ", b"\r\n", b"\r\n\r\n", b"\n", b"\r", b"a", b"b c", b"\xe9"]), max_size=60),
+    st.integers(1, 12),
+)
+def test_the_body_hash_in_pieces_is_the_hash_of_dkimpys_canonical_body(pieces, piece):
+    # Small pieces put every cut (inside a space run, between empty lines, before a CR) to the test.
+    body = b"".join(pieces)
+    assert dkim_sign.relaxed_body_hash(body, piece=piece) == hashlib.sha256(Relaxed.canonicalize_body(body)).digest()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(message=st.sampled_from(MESSAGES), body=st.binary(max_size=300) | st.sampled_from([b"", b"\r\n", b"a\nb\r\n\r\n", b"x" * 3000 + b"\r\n"]))
+def test_signing_header_block_and_body_apart_is_signing_the_message(message, body, test_keys):
+    headers, _ = dkim.rfc822_parse(message)
+    block = b"".join(name + b":" + value for name, value in headers)
+    include = [b"from", b"subject"]
+    whole = dkim_sign.sign(block + b"\r\n" + body, domain="example.net", selector="mail", private_key=test_keys.mail, include_headers=include, timestamp=1700000000)
+    apart = dkim_sign.sign_parts(block, body, domain="example.net", selector="mail", private_key=test_keys.mail, include_headers=include, timestamp=1700000000)
+    assert apart == whole

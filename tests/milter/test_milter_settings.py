@@ -123,6 +123,27 @@ def test_world_readable_key_stops_start_up(tmp_path, write_key):
     assert "signing.keys.send.key_file" in str(err.value) and "world-readable" in str(err.value)
 
 
+def test_world_writable_key_stops_start_up_with_the_fix(tmp_path, write_key):
+    write_key(tmp_path / "k", mode=0o602)
+    with pytest.raises(ConfigError) as err:
+        start_up(_signing(tmp_path, tmp_path / "k"))
+    assert str(err.value).endswith(
+        f"signing.keys.send.key_file: key file {tmp_path / 'k'} is world-writable (mode 0602); chmod o-rwx {tmp_path / 'k'}"
+    )
+
+
+def test_key_in_a_world_writable_directory_stops_start_up_with_the_fix(tmp_path, write_key):
+    keydir = tmp_path / "keys"
+    keydir.mkdir()
+    write_key(keydir / "k", mode=0o600)
+    os.chmod(keydir, 0o777)
+    with pytest.raises(ConfigError) as err:
+        start_up(_signing(tmp_path, keydir / "k"))
+    assert "signing.keys.send.key_file" in str(err.value)
+    assert f"inside the world-writable directory {keydir} (mode 0777)" in str(err.value)
+    assert str(err.value).endswith(f"chmod o-w {keydir}")
+
+
 def test_short_key_stops_start_up(tmp_path, write_key):
     # cryptography will not generate keys under 1024 bits; openssl will.
     subprocess.run(["openssl", "genrsa", "-out", str(tmp_path / "k"), "512"], check=True, capture_output=True)
