@@ -75,7 +75,7 @@ def test_every_problem_of_the_example_is_reported_in_one_run(tmp_path):
         f"sendguard: config error: {cfg}: streams.healthcare.start_file: stamp file {tmp_path}/state/healthcare.start does not exist",
         f"sendguard: config error: {cfg}: signing.keys.send.key_file: key file {tmp_path}/etc/keys/send.example.net.send.pem does not exist",
         f"sendguard: config error: {cfg}: signing.keys.mail.key_file: key file {tmp_path}/etc/keys/example.net.mail.pem"
-        " is world-readable (mode 0644); chmod o-rwx it",
+        f" is world-readable (mode 0644); chmod o-rwx {tmp_path}/etc/keys/example.net.mail.pem",
     ]
 
 
