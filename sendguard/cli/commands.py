@@ -160,6 +160,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     from sendguard import metrics_http
 
     stop = _stop_on_signal()
+    _policyd_ignores_hup()  # the releaser is the policy daemon's: a restart applies changes
     metrics_http.serve(settings.policyd.release.metrics_listen, "the releaser")
     releaser = _start_releaser(settings)
     try:

@@ -275,3 +275,28 @@ def test_release_through_the_redis_store_keeps_order_and_the_cap(make_config, po
         assert store.held_backlog() == {}
     finally:
         store.close()
+
+
+def test_sighup_does_not_stop_the_release_loop(postfix, tmp_path):
+    import signal
+    import time
+
+    from ports import free_port
+
+    config_file = tmp_path / "sendguard.toml"
+    config_file.write_text(
+        f'[general]\nstate_dir = "{tmp_path}/state"\n[release]\ninterval = 0.2\n'
+        f'metrics_listen = "127.0.0.1:{free_port()}"\n'
+    )
+    proc = subprocess.Popen([sendguard_command(), "release", "--config", str(config_file)], env=postfix.env(),
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert proc.poll() is None, "SIGHUP stopped the releaser"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=20)
+    assert rc == 0
+    assert "SIGHUP: the policy daemon does not reload its configuration" in proc.stderr.read()
