@@ -19,10 +19,14 @@ from __future__ import annotations
 import random
 import selectors
 import socket
+import subprocess
 import time
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from ports import wait_listening
+from sendguard_testing.command import sendguard_command
 from sendguard_testing.policy_client import postfix_request
 
 #: The answer the fuzzed daemon gives to bad input: distinct from every decision, so a reply
@@ -267,3 +271,15 @@ def check(plans: list[list[Planned]], replies: list[list[bytes]], cap: int, alre
     if not fig.missing:
         fig.undershoot = max(0, min(room, fig.capped_offered) - fig.capped_passed)
     return fig
+
+
+def policyd_process(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """``sendguard policyd --config CONFIG`` logging to ``log``, once it listens on ``port``.
+
+    The log goes to a file, not a pipe: under a fuzzing load the daemon logs a line per
+    refusal, and a pipe nobody reads fills up and stalls it.
+    """
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sendguard_command(), "policyd", "--config", str(config)], stdout=out, stderr=subprocess.STDOUT)
+    wait_listening(port, proc, lambda: log.read_text(errors="replace")[-2000:])
+    return proc
