@@ -11,41 +11,17 @@ nobody planned. The full campaign runs the same generator for 10,000 messages.
 
 from __future__ import annotations
 
-import base64
 import logging
-import os
 import random
 import re
 
 import Milter
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sendguard_testing.milter_client import Driver
-from sendguard_testing.mime_fuzz import could_need_repair, message, unverifiable_signatures
-
-CONFIG = """
-[milter]
-trusted_hosts = ["127.0.0.1/8", "172.18.0.5/32"]
-
-[signing.keys.send]
-domain = "send.example.net"
-selector = "send"
-key_file = "{key}"
-
-[signing.table]
-"send.example.net" = "send"
-
-[streams.trucking]
-bulk = true
-[streams.trucking.match]
-server_port = [25]
-client_address = ["172.18.0.5/32"]
-"""
-
+from sendguard_testing.mime_fuzz import could_need_repair, message, unverifiable_signatures, write_milter_config
 
 class Faults(logging.Handler):
     """Log records of the milter that carry a traceback: an exception of its own."""
@@ -62,20 +38,8 @@ class Faults(logging.Handler):
 @pytest.fixture(scope="module")
 def signing(tmp_path_factory):
     """A Driver over a config with a fresh key, and the DNS lookup that serves its public half."""
-    d = tmp_path_factory.mktemp("mime-fuzz")
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (d / "send.private").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())
-    )
-    os.chmod(d / "send.private", 0o600)
-    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
-    (d / "sendguard.toml").write_text(CONFIG.format(key=d / "send.private"))
-
-    def dns(name, timeout=5):
-        return record if name.rstrip(b".") == b"send._domainkey.send.example.net" else None
-
-    return Driver(d / "sendguard.toml"), dns
+    config, dns = write_milter_config(tmp_path_factory.mktemp("mime-fuzz"))
+    return Driver(config), dns
 
 
 def test_malformed_mime_no_crash_no_change_without_repair_every_signature_verifies(signing):

@@ -12,6 +12,8 @@
    a repair, and signatures dkimpy cannot verify.
 3. Memory: ``--large`` messages of 10 MB through the same milter, one at a time, with its RSS
    sampled throughout (start, peak, end).
+4. Stopping: ``--stop-cycles`` times, a policy daemon is started, sent 100 fuzzed requests and
+   SIGTERMed; a daemon still running 10 s later has ignored SIGTERM (it is then killed).
 
 Every loop is bounded in count and in time (``--time-limit`` seconds per phase); all traffic
 goes to 127.0.0.1. The generators are the fast tests' (tests/fuzz).
@@ -20,13 +22,13 @@ goes to 127.0.0.1. The generators are the fast tests' (tests/fuzz).
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import platform
 import random
 import re
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,11 +38,9 @@ from pathlib import Path
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 sys.path.insert(0, str(SUPPORT))
 
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 from ports import free_port  # noqa: E402
 from sendguard_testing.milter_client import MilterClient, MilterProcess, final_message  # noqa: E402
-from sendguard_testing.mime_fuzz import could_need_repair, message, unverifiable_signatures  # noqa: E402
+from sendguard_testing.mime_fuzz import could_need_repair, message, unverifiable_signatures, write_milter_config  # noqa: E402
 from sendguard_testing.policy_fuzz import BAD_ACTION, Figures, check, drive, plan_connection, policyd_process  # noqa: E402
 
 CAP = 100
@@ -60,27 +60,6 @@ over_cap = "defer"
 [streams.trucking.match]
 server_port = [25]
 """
-MILTER_CONFIG = """[milter]
-listen = "inet:127.0.0.1:{port}"
-metrics_listen = "127.0.0.1:{metrics}"
-trusted_hosts = ["127.0.0.1/8", "172.18.0.5/32"]
-
-[signing.keys.send]
-domain = "send.example.net"
-selector = "send"
-key_file = "{dir}/send.private"
-
-[signing.table]
-"send.example.net" = "send"
-
-[streams.trucking]
-bulk = true
-[streams.trucking.match]
-server_port = [25]
-client_address = ["172.18.0.5/32"]
-"""
-
-
 def rss_mb(pid: int) -> float:
     """Resident set size of ``pid`` in MB (0 when it is gone)."""
     try:
@@ -92,14 +71,52 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def policy_phase(work: Path, total: int, connections: int, seed: int, limit: float) -> dict[str, object]:
+def start_policyd(work: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A ``sendguard policyd`` process with the campaign's config in ``work``, and its port."""
     port = free_port()
     config = work / "policyd.toml"
     config.write_text(POLICY_CONFIG.format(dir=work, port=port, metrics=free_port(), bad=BAD_ACTION, cap=CAP))
-    proc = policyd_process(config, port, work / "policyd.log")
+    return policyd_process(config, port, work / "policyd.log"), port
+
+
+def stopped_on_sigterm(proc: subprocess.Popen[bytes], wait: float) -> bool:
+    """SIGTERM ``proc``; whether it exits within ``wait`` seconds (if not, it is killed)."""
+    if proc.poll() is not None:
+        return True
+    proc.terminate()
+    try:
+        proc.wait(wait)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return False
+
+
+def stop_phase(work: Path, cycles: int, seed: int, limit: float) -> dict[str, int]:
+    """Start, fuzz briefly and SIGTERM the policy daemon ``cycles`` times: how often it ignored SIGTERM."""
+    rng = random.Random(seed)
+    out = {"cycles": 0, "ignored": 0, "faults": 0}
+    started = time.monotonic()
+    for n in range(cycles):
+        if time.monotonic() - started > limit:
+            break
+        folder = work / f"stop{n}"
+        folder.mkdir()
+        proc, port = start_policyd(folder)
+        plans = [plan_connection(rng, c, 5, 0.3, f"stop{n}") for c in range(20)]
+        out["faults"] += check(plans, drive(port, plans, rng, 300, timeout=30), CAP).faults
+        out["ignored"] += not stopped_on_sigterm(proc, 10)
+        out["cycles"] += 1
+    return out
+
+
+def policy_phase(work: Path, total: int, connections: int, seed: int, limit: float) -> dict[str, object]:
+    proc, port = start_policyd(work)
     rng = random.Random(seed)
     figures, rounds, rss = Figures(), 0, [rss_mb(proc.pid)]
     crashes = 0
+    ignored_sigterm = 0
     started = time.monotonic()
     try:
         while figures.requests < total and time.monotonic() - started < limit:
@@ -114,35 +131,20 @@ def policy_phase(work: Path, total: int, connections: int, seed: int, limit: flo
             rounds += 1
             rss.append(rss_mb(proc.pid))
             if proc.poll() is not None:
-                crashes += 1
                 break
             if rounds % 20 == 0:
                 print(f"  policy: {figures.requests:,} requests, {time.monotonic() - started:.0f} s", flush=True)
     finally:
         elapsed = time.monotonic() - started
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(30)
-        else:
-            crashes += 1 if not crashes else 0
-    return {"figures": figures, "rounds": rounds, "seconds": elapsed, "crashes": crashes, "rss": rss}
+        if proc.poll() is not None:
+            crashes = 1
+        ignored_sigterm = not stopped_on_sigterm(proc, 30)
+    return {"figures": figures, "rounds": rounds, "seconds": elapsed, "crashes": crashes, "rss": rss, "ignored_sigterm": ignored_sigterm}
 
 
 def milter_phase(work: Path, messages: int, large: int, seed: int, limit: float) -> dict[str, object]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (work / "send.private").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())
-    )
-    os.chmod(work / "send.private", 0o600)
-    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
-
-    def dns(name, timeout=5):
-        return record if name.rstrip(b".") == b"send._domainkey.send.example.net" else None
-
     port, metrics = free_port(), free_port()
-    config = work / "milter.toml"
-    config.write_text(MILTER_CONFIG.format(dir=work, port=port, metrics=metrics))
+    config, dns = write_milter_config(work, f'listen = "inet:127.0.0.1:{port}"\nmetrics_listen = "127.0.0.1:{metrics}"\n')
     proc = MilterProcess(config, work / "milter.log", port, metrics)
     pid = proc.proc.pid
     out = {"messages": 0, "signed": 0, "changed": 0, "changed_without_cause": 0, "unverifiable": 0, "hangs": 0,
@@ -229,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--connections", type=int, default=20)
     ap.add_argument("--messages", type=int, default=10_000)
     ap.add_argument("--large", type=int, default=100, help="10 MB messages through the milter, RSS sampled")
+    ap.add_argument("--stop-cycles", type=int, default=30, help="start, fuzz briefly, SIGTERM the policy daemon")
     ap.add_argument("--seed", type=int, default=15)
     ap.add_argument("--time-limit", type=float, default=1800.0, help="seconds per phase at most")
     args = ap.parse_args(argv)
@@ -240,8 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         (work / "policy").mkdir()
         (work / "milter").mkdir()
+        (work / "stop").mkdir()
         pol = policy_phase(work / "policy", args.policy_requests, args.connections, args.seed, args.time_limit)
         mil = milter_phase(work / "milter", args.messages, args.large, args.seed, args.time_limit)
+        stops = stop_phase(work / "stop", args.stop_cycles, args.seed, args.time_limit)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     f: Figures = pol["figures"]  # type: ignore[assignment]
@@ -257,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         "milter hangs": mil["hangs"],
         "bodies changed with no link to repair": mil["changed_without_cause"],
         "unverifiable signatures": mil["unverifiable"],
+        "policyd stops with SIGTERM ignored": int(pol["ignored_sigterm"]) + stops["ignored"],
+        "wrong replies in the stop cycles": stops["faults"],
     }
     print()
     print(f"policy protocol: {f.requests:,} requests over {args.connections} pipelined connections in {pol['rounds']} rounds, "
@@ -267,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
           f"signed {mil['signed']:,}; bodies changed {mil['changed']:,} (all with a link that could need a repair)")  # fmt: skip
     print(f"  milter RSS over the fuzzed messages: start {mrss[0]:.0f} MB, peak {max(mrss):.0f} MB, end {mrss[-1]:.0f} MB")
     print(f"  {mil['large']} x 10 MB messages one at a time: RSS after the first {lrss[0]:.0f} MB, peak {max(lrss):.0f} MB, after the last {lrss[-1]:.0f} MB")
+    print(f"stop cycles: {stops['cycles']} x (start policyd, 100 fuzzed requests, SIGTERM, wait 10 s): "
+          f"SIGTERM ignored {stops['ignored']} times (plus {int(pol['ignored_sigterm'])} of 1 after the policy phase, waited 30 s)")  # fmt: skip
     print()
     for name, value in zero.items():
         print(f"  {name:<42} {value}")

@@ -18,10 +18,15 @@ import base64
 import binascii
 import email
 import email.policy
+import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import dkim
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sendguard_testing.milter_client import Field
 
@@ -44,6 +49,49 @@ _DIRTY_LINKS = [
 _DAMAGE = [b"\r\n", b"\n", b"\r", b"=", b"=\r\n", b"--", b"\x00", b"\xff\xfe", b"\x80", b'"', b"<a href=", b"=3D", b"=\r", b"\t", b" "]
 _CHARSETS = ["utf-8", "iso-8859-1", "utf-16", "us-ascii", "x-unknown", ""]
 _CTES = ["7bit", "8bit", "quoted-printable", "base64", "binary", "x-uuencode", "BASE64", "quoted-printable; x=1", ""]
+
+
+#: The milter config the fuzzed messages go through: Listmonk (172.18.0.5) is a bulk stream
+#: on port 25, its sender domain signed with the one key.
+MILTER_CONFIG = """[milter]
+trusted_hosts = ["127.0.0.1/8", "172.18.0.5/32"]
+{listen}
+[signing.keys.send]
+domain = "send.example.net"
+selector = "send"
+key_file = "{key}"
+
+[signing.table]
+"send.example.net" = "send"
+
+[streams.trucking]
+bulk = true
+[streams.trucking.match]
+server_port = [25]
+client_address = ["172.18.0.5/32"]
+"""
+
+DnsFunc = Callable[..., "bytes | None"]
+
+
+def write_milter_config(folder: Path, listen: str = "") -> tuple[Path, DnsFunc]:
+    """Generate a signing key in ``folder``, write the config (``listen``: extra ``[milter]``
+    lines); return its path and the DNS lookup that serves the key's public half to dkimpy."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key_file = folder / "send.private"
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())
+    )
+    os.chmod(key_file, 0o600)
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
+    config = folder / "sendguard.toml"
+    config.write_text(MILTER_CONFIG.format(listen=listen, key=key_file))
+
+    def dns(name: bytes, timeout: int = 5) -> bytes | None:
+        return record if name.rstrip(b".") == b"send._domainkey.send.example.net" else None
+
+    return config, dns
 
 
 @dataclass(frozen=True)
