@@ -187,59 +187,71 @@ class Figures:
 
     @property
     def faults(self) -> int:
+        """The sum of the figures that must be zero."""
         return self.missing + self.extra + self.wrong + self.overshoot + self.undershoot + self.connection_errors
+
+
+@dataclass
+class _Stream:
+    """One fuzzing connection: its socket, the chunks still to send, the replies read so far."""
+
+    sock: socket.socket
+    chunks: list[bytes]
+    want: int
+    pending: bytes = b""
+    buf: bytes = b""
+    replies: list[bytes] = field(default_factory=list)
+    open: bool = True
 
 
 def drive(port: int, plans: list[list[Planned]], rng: random.Random, max_chunk: int, timeout: float) -> list[list[bytes]]:
     """Send every connection's requests pipelined, interleaved across connections and cut at random
     boundaries; collect the replies until each request has one or ``timeout`` seconds pass."""
     sel = selectors.DefaultSelector()
-    state = []
+    streams: list[_Stream] = []
     for n, plan in enumerate(plans):
         sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
-        chunks = split_stream(rng, b"".join(p.data for p in plan), max_chunk)
-        st = {"sock": sock, "chunks": chunks, "pending": b"", "buf": b"", "replies": [], "want": len(plan), "open": True}
-        state.append(st)
+        streams.append(_Stream(sock, split_stream(rng, b"".join(p.data for p in plan), max_chunk), len(plan)))
         sel.register(sock, selectors.EVENT_READ, n)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            senders = [st for st in state if st["open"] and (st["pending"] or st["chunks"])]
+            senders = [st for st in streams if st.open and (st.pending or st.chunks)]
             for st in rng.sample(senders, len(senders)):
-                if not st["pending"]:
-                    st["pending"] = st["chunks"].pop(0)
+                if not st.pending:
+                    st.pending = st.chunks.pop(0)
                 try:
-                    sent = st["sock"].send(st["pending"])
+                    sent = st.sock.send(st.pending)
                 except BlockingIOError:
                     sent = 0
                 except OSError:
-                    st["open"] = False
+                    st.open = False
                     continue
-                st["pending"] = st["pending"][sent:]
-            if all(len(st["replies"]) >= st["want"] or not st["open"] for st in state):
+                st.pending = st.pending[sent:]
+            if all(len(st.replies) >= st.want or not st.open for st in streams):
                 break
             for key, _ in sel.select(0 if senders else 0.05):
-                st = state[key.data]
+                st = streams[key.data]
                 try:
-                    data = st["sock"].recv(262144)
+                    data = st.sock.recv(262144)
                 except BlockingIOError:
                     continue
                 except OSError:
                     data = b""
                 if not data:
-                    st["open"] = False
-                    sel.unregister(st["sock"])
+                    st.open = False
+                    sel.unregister(st.sock)
                     continue
-                st["buf"] += data
-                *whole, st["buf"] = st["buf"].split(b"\n\n")
-                st["replies"].extend(whole)
+                st.buf += data
+                *whole, st.buf = st.buf.split(b"\n\n")
+                st.replies.extend(whole)
     finally:
-        for st in state:
-            st["sock"].close()
+        for st in streams:
+            st.sock.close()
         sel.close()
-    return [st["replies"] for st in state]
+    return [st.replies for st in streams]
 
 
 def check(plans: list[list[Planned]], replies: list[list[bytes]], cap: int, already_counted: int = 0) -> Figures:
