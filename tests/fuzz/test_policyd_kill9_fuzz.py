@@ -25,7 +25,7 @@ import pytest
 from sendguard.cli.settings import load
 from sendguard_policyd.backend import open_store
 from sendguard_testing.policy_client import PolicyClient, postfix_message
-from sendguard_testing.policy_fuzz import policyd_process
+from sendguard_testing.policy_fuzz import policyd_process, stopped_on_sigterm
 from sendguard_testing.policyd_processes import write_policyd_config
 
 CAP = 100
@@ -117,10 +117,7 @@ def test_kill_9_of_one_daemon_mid_burst_with_retries_of_the_same_instance(tmp_pa
         answers = burst([port for _, port in configs], procs[1], kill_after, seed=kill_after)
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(20)
-    assert procs[0].returncode == 0  # the survivor stopped cleanly
+            stopped_on_sigterm(proc, 20)
     assert len(answers) == MESSAGES  # every message answered, none lost with the killed daemon
     refused = "DEFER_IF_PERMIT 4.7.1" if over_cap == "defer" else "HOLD sendguard: stream trucking"
     passed = {i for i, got in answers.items() if "DUNNO" in got}

@@ -41,7 +41,15 @@ sys.path.insert(0, str(SUPPORT))
 from ports import free_port  # noqa: E402
 from sendguard_testing.milter_client import MilterClient, MilterProcess, final_message  # noqa: E402
 from sendguard_testing.mime_fuzz import could_need_repair, message, unverifiable_signatures, write_milter_config  # noqa: E402
-from sendguard_testing.policy_fuzz import BAD_ACTION, Figures, check, drive, plan_connection, policyd_process  # noqa: E402
+from sendguard_testing.policy_fuzz import (  # noqa: E402
+    BAD_ACTION,
+    Figures,
+    check,
+    drive,
+    plan_connection,
+    policyd_process,
+    stopped_on_sigterm,
+)
 
 CAP = 100
 POLICY_CONFIG = """[general]
@@ -77,20 +85,6 @@ def start_policyd(work: Path) -> tuple[subprocess.Popen[bytes], int]:
     config = work / "policyd.toml"
     config.write_text(POLICY_CONFIG.format(dir=work, port=port, metrics=free_port(), bad=BAD_ACTION, cap=CAP))
     return policyd_process(config, port, work / "policyd.log"), port
-
-
-def stopped_on_sigterm(proc: subprocess.Popen[bytes], wait: float) -> bool:
-    """SIGTERM ``proc``; whether it exits within ``wait`` seconds (if not, it is killed)."""
-    if proc.poll() is not None:
-        return True
-    proc.terminate()
-    try:
-        proc.wait(wait)
-        return True
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        return False
 
 
 def stop_phase(work: Path, cycles: int, seed: int, limit: float) -> dict[str, int]:
