@@ -42,6 +42,7 @@ from sendguard_policyd.store import (
 )
 from sendguard_policyd.store.sqlite_identity import FileWatch
 from sendguard_policyd.store.sqlite_lock import WritersLock
+from sendguard_policyd.store.sqlite_peers import StoreMark, other_daemons
 from sendguard_policyd.store.sqlite_maintenance import Maintenance
 from sendguard_policyd.store.sqlite_reader import (
     STANDARD,
@@ -89,6 +90,17 @@ def _fits(hour: int, day: int, recipients: int, hourly_cap: int | None, daily_ca
     )
 
 
+def _refuse_a_second_beginning(path: str) -> None:
+    """A missing store may be made empty only when no other daemon here still counts in one of that name."""
+    peers = other_daemons(path)
+    if peers:
+        raise StoreError(
+            f"counter store {path} does not exist, but sendguard process(es) {', '.join(map(str, peers))}"
+            " still count in a file of that name that was deleted or moved: an empty store would count"
+            " from zero beside them and spend the caps twice. Stop every daemon using it, then start them again"
+        )
+
+
 class SQLiteCounterStore:
     """The :class:`~sendguard_policyd.store.CounterStore` on one SQLite file.
 
@@ -107,7 +119,10 @@ class SQLiteCounterStore:
         # the file is opened (and made) under the writers' lock.
         try:
             with self._writers:
+                if not os.path.exists(path):
+                    _refuse_a_second_beginning(path)
                 self._conn = connect(path, synchronous)
+            self._mark = StoreMark(path)
         except BaseException:
             self._writers.close()
             raise
@@ -358,3 +373,4 @@ class SQLiteCounterStore:
             self._conn.close()
         finally:
             self._writers.close()
+            self._mark.close()

@@ -6,12 +6,14 @@ import datetime as dt
 import re
 import shutil
 import signal
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 from prometheus_client import REGISTRY
 
+from sendguard_testing.command import sendguard_command
 from sendguard_testing.policy_client import PolicyClient, postfix_message
 from sendguard_testing.policyd_processes import policyd_processes, write_policyd_config
 
@@ -60,6 +62,15 @@ server_port = [25]
             with PolicyClient(("127.0.0.1", configs[n % 2][1])) as client:
                 after.append(end_of_message(client, f"after{n}"))
         assert after == [STORE_FAILED] * (2 * CAP)
+        # One daemon restarted (the issue's repro: 100 more passed in the same hour): it must not
+        # make an empty store beside the daemon that still counts in the deleted one.
+        third, _ = write_policyd_config(tmp_path, "c", f'database = "{db}"', streams)
+        restarted = subprocess.run([sendguard_command(), "policyd", "--config", str(third)],
+                                   capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert restarted.returncode == 78, restarted.stderr
+        assert "policyd.database: counter store" in restarted.stderr
+        assert "still count in a file of that name that was deleted or moved" in restarted.stderr
+        assert not db.exists()
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
         logs = [proc.communicate(timeout=20)[1].decode() for proc in procs]
@@ -68,6 +79,9 @@ server_port = [25]
         assert len(lines) == 1, log  # loudly, once (each deferral has its own ERROR line too)
         assert "ERROR" in lines[0] and "answered as a store failure" in lines[0] and "restart the daemons" in lines[0]
         assert "checkpoint failed" not in log
+    # Once every daemon that knew the lost counts has stopped, a new start makes an empty store.
+    with policyd_processes([write_policyd_config(tmp_path, "d", f'database = "{db}"', streams)]):
+        assert db.exists()
 
 
 def test_the_same_file_moved_back_resumes_counting(start_daemon, policyd_log):
