@@ -77,7 +77,7 @@ class MilterSettings:
     key_check_interval: float = 10.0
     links: LinkPolicy = field(default_factory=LinkPolicy)
     #: Per stream name, the milter's keys of ``[streams.NAME]`` (rendered with each stream).
-    stream_rules: Mapping[str, StreamRules] = field(default_factory=dict, metadata={"effective": False})
+    stream_rules: Mapping[str, StreamRules] = field(default_factory=dict)
 
     @property
     def refusal_xcode(self) -> str:

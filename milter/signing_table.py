@@ -66,8 +66,8 @@ class SigningTable:
     """The rows of ``[signing.table]``, looked up exact first, then the most specific wildcard."""
 
     rows: tuple[TableRow, ...] = ()
-    _exact: dict[str, TableRow] = field(init=False, repr=False, compare=False, metadata={"effective": False})
-    _wild: tuple[TableRow, ...] = field(init=False, repr=False, compare=False, metadata={"effective": False})
+    _exact: dict[str, TableRow] = field(init=False, repr=False, compare=False)
+    _wild: tuple[TableRow, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rows", tuple(self.rows))

@@ -91,9 +91,9 @@ class PolicydSettings:
     #: Testing only: the rolling hour lasts this many seconds and the day 24 times that (None: an hour).
     test_window_seconds: int | None = None
     #: Per stream name, the policy daemon's keys of ``[streams.NAME]``.
-    stream_policies: Mapping[str, StreamPolicy] = field(default_factory=dict, metadata={"effective": False})
+    stream_policies: Mapping[str, StreamPolicy] = field(default_factory=dict)
     #: ``[release]``: the releaser of over-cap holds.
-    release: ReleaseSettings = field(default_factory=lambda: ReleaseSettings(), metadata={"effective": False})
+    release: ReleaseSettings = field(default_factory=ReleaseSettings)
 
     def policy_for(self, stream: str) -> StreamPolicy:
         """The policy daemon's keys of ``stream`` (the defaults for a stream that sets none)."""
@@ -104,7 +104,7 @@ class PolicydSettings:
     redis_password_file: str = ""
     #: The password read from ``redis_password_file`` at start ("" = none): never printed, not even
     #: by ``check-config``.
-    redis_password: str = field(default="", repr=False, metadata={"effective": False})
+    redis_password: str = field(default="", repr=False)
     #: Seconds a Redis connect or command may take before the request is answered as a store error.
     redis_timeout: float = 0.5
     #: Which Postfix host's hold queue this daemon's held mail is in ("" = the host name).
