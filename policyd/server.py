@@ -17,9 +17,10 @@ it. When several sockets are ready at once their replies go out together
 after the batch (at least every ``HOLD_LIMIT``): one wake-up of a client
 process for all of its replies.
 
-The loop never waits for the counter store's writers' lock. A decision that
-needs to write while another writer holds it (another process's backup or
-shell, a stuck peer) gets :class:`StoreBusy`; the request is *parked*: its
+The loop never waits for the counter store's writers' lock, nor for SQLite's
+own write lock. A decision that needs to write while another writer holds
+either (another process's backup or ``sqlite3`` shell, a stuck peer) gets
+:class:`StoreBusy`; the request is *parked*: its
 connection reads nothing more for now, while every other connection is
 served as usual, and a request that needs no write (a RCPT for gmail.com) is
 answered at once. The store waits for the lock on a thread of its own, at most
@@ -575,24 +576,32 @@ class PolicyServer:
             batch.append(self._parked.popleft())
         store = self.decider.store
         store.loop_holds(held)
+        answered = 0
         try:
-            for conn, attrs, _, started in batch:
+            for i, (conn, attrs, _, started) in enumerate(batch):
                 if not held:
                     log.error("%s: counter store still busy after %g s: answered as a store failure",
                               attrs.get("queue_id") or "NOQUEUE", PARK_TIMEOUT)  # fmt: skip
                 try:
                     action = self.decider.decide(attrs, self.now()).action
-                except Exception:  # StoreBusy cannot happen here; anything else is a bug
+                except StoreBusy:
+                    # A writer that skips our flock took SQLite's lock again after the hand-over
+                    # (sqlite_lock.py): this request and the rest wait again, with their deadlines.
+                    self._parked.extendleft(reversed(batch[i:]))
+                    batch = batch[:i]
+                    break
+                except Exception:
                     log.exception("%s: internal error deciding a parked request from %s",
                                   attrs.get("queue_id") or "NOQUEUE", conn.peer)  # fmt: skip
                     action = INTERNAL_ERROR_ACTION
                 conn.parked = False
+                answered += 1
                 if self.connections.get(conn.fd) is conn:
                     self._reply(conn, action, started)
         finally:
             store.loop_releases()
-        if held and batch:
-            log.info("counter store writable again: %d parked request(s) answered", len(batch))
+        if held and answered:
+            log.info("counter store writable again: %d parked request(s) answered", answered)
         for conn, _, _, _ in batch:
             if self.connections.get(conn.fd) is conn and not conn.parked:
                 self._rewatch(conn)

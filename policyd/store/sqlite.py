@@ -353,6 +353,9 @@ class SQLiteCounterStore:
     def never_wait_in_this_thread(self) -> None:
         """Writes from the calling thread raise StoreBusy rather than wait for another writer."""
         self._writers.never_wait_in_this_thread()
+        # The write connection is the loop's alone: SQLite's own lock, held by a writer that skips
+        # the flock, must refuse it at once (StoreBusy, sqlite_lock.py), not after the busy timeout.
+        self._conn.execute("PRAGMA busy_timeout = 0")
 
     def wait_off_loop(self, deadline: float, done: Callable[[bool], None]) -> None:
         """Wait for the writers' lock on another thread until ``deadline``; then ``done(got_it)``."""

@@ -18,6 +18,17 @@ if the wait runs out, the loop decides them with every write failing at once
 (:class:`StoreError`), which the decision answers with the stream's
 ``on_store_error``. Only one writer at a time either way: the hand-over keeps
 both the thread lock and the ``flock`` held until the loop releases them.
+
+A writer that skips the ``flock`` (the ``sqlite3`` shell in ``BEGIN IMMEDIATE``,
+a backup tool) holds SQLite's own write lock instead. The loop's connection has
+no busy timeout (the store sets it to 0 for that thread), so SQLite answers
+"database is locked" at once, and that too becomes :class:`StoreBusy` here:
+the request is parked in the same way, and the waiting thread, once it has the
+``flock``, also waits for SQLite's write lock to be free (trying ``BEGIN
+IMMEDIATE`` on a connection of its own) before it hands over. Should such a
+writer take SQLite's lock again between the hand-over and the loop's write, the
+loop's write is refused at once again and the request is parked again (with its
+first deadline): the loop never waits for it.
 """
 
 from __future__ import annotations
@@ -52,7 +63,7 @@ class WritersLock:
     between such a statement and the next. SQLite errors inside leave as :class:`StoreError`.
     """
 
-    __slots__ = ("path", "_fd", "_threads", "_loop", "_mode", "_waiting", "refuse")
+    __slots__ = ("path", "_fd", "_threads", "_loop", "_mode", "_waiting", "refuse", "_probe")
 
     def __init__(self, path: str) -> None:
         """``path``: the store file (the lock is ``path + ".lock"``, created if needed)."""
@@ -66,6 +77,8 @@ class WritersLock:
         self._waiting = False
         #: Set while every write must fail with this text (the store's file was lost: sqlite_identity.py).
         self.refuse: str | None = None
+        #: The waiting thread's connection, for trying SQLite's own write lock (opened when first needed).
+        self._probe: sqlite3.Connection | None = None
 
     def fileno(self) -> int:
         """The lock file's descriptor."""
@@ -93,10 +106,15 @@ class WritersLock:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         # (FAIL never gets here: its __enter__ raised.)
-        if self._mode != _HELD or threading.get_ident() != self._loop:
+        on_loop = self._loop is not None and threading.get_ident() == self._loop
+        if self._mode != _HELD or not on_loop:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             self._threads.release()
         if isinstance(exc, sqlite3.Error):
+            if on_loop and is_busy(exc):
+                # Another writer holds SQLite's own lock without our flock (the sqlite3 shell): the
+                # loop's connection was refused at once, nothing was written; park, as for the flock.
+                raise StoreBusy(f"counter store {self.path}: SQLite's write lock is held by another process") from exc
             raise StoreError(f"counter store {self.path}: {exc}") from exc
 
     def _enter_briefly(self) -> None:
@@ -157,10 +175,35 @@ class WritersLock:
                 except (StoreError, OSError):  # OSError: the store was closed meanwhile (shutdown)
                     self._threads.release()
                     ok = False
+            if ok and not self._sqlite_free(deadline):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                self._threads.release()
+                ok = False
             self._waiting = False
             done(ok)
 
         threading.Thread(target=wait, name="sendguard-store-wait", daemon=True).start()
+
+    def _sqlite_free(self, deadline: float) -> bool:
+        """Wait (polling, on the waiting thread) until SQLite's own write lock can be taken, or the
+        deadline passes; the lock is not kept: with our flock held, no writer of ours can take it."""
+        delay = 0.0002
+        try:
+            if self._probe is None:
+                self._probe = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
+            probe = self._probe
+            while True:
+                try:
+                    probe.execute("BEGIN IMMEDIATE")
+                    probe.execute("ROLLBACK")
+                    return True
+                except sqlite3.OperationalError as exc:
+                    if not is_busy(exc) or time.monotonic() > deadline:
+                        return False
+                time.sleep(delay)
+                delay = min(delay * 2, 0.005)
+        except sqlite3.Error:
+            return False  # the file went away meanwhile: the loop's write says what happened
 
     def loop_holds(self, held: bool) -> None:
         """The loop decides now, with the lock handed over (``held``) or the wait run out (writes fail)."""
@@ -174,8 +217,18 @@ class WritersLock:
             self._threads.release()
 
     def close(self) -> None:
-        """Close the lock file."""
+        """Close the lock file (and the waiting thread's connection)."""
+        if self._probe is not None:
+            self._probe.close()
         try:
             os.close(self._fd)
         except OSError:
             pass
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    """Whether SQLite refused because another connection holds a lock (SQLITE_BUSY / SQLITE_LOCKED)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc)
