@@ -53,6 +53,20 @@ python_env() {
     fi
 }
 
+promtool_env() {
+    # promtool (Debian's prometheus package) checks and unit-tests the alert rules in examples/.
+    # Only the tool is taken out of the package: installing it would also start a Prometheus
+    # server on a machine that has systemd.
+    [ -x "$venv/bin/promtool" ] && return 0
+    log "promtool from Debian's prometheus package"
+    local tmp
+    tmp=$(mktemp -d)
+    (cd "$tmp" && { apt-get download -qq prometheus 2>/dev/null || { apt-get update -qq && apt-get download -qq prometheus; }; }) >/dev/null
+    dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+    install -m 0755 "$tmp/x/usr/bin/promtool" "$venv/bin/promtool"
+    rm -rf "$tmp"
+}
+
 cmd_run() {
     need_root
     python_env ""
@@ -66,6 +80,7 @@ cmd_test() {
     # (unshare), iproute2 and openssl: the private DNS namespace the OpenDKIM test builds.
     apt_install opendkim-tools redis-server util-linux iproute2 openssl
     python_env "[test]"
+    promtool_env
     # The venv (with podman-compose from the test extras) first on PATH, for the
     # container set-up and for the suite, which calls the compose tool.
     export PATH="$venv/bin:$PATH"
