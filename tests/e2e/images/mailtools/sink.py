@@ -6,6 +6,11 @@ read): ``NNNNNN.json`` with the envelope and ``NNNNNN.eml`` with the raw bytes
 exactly as Postfix delivered them. The .eml is renamed into place last, so a
 reader that sees it sees a complete message.
 
+A receiver's stop signal, on demand: while ``SPOOL/defer/DOMAIN`` exists, every
+RCPT to that domain is answered with the file's text (for instance Yahoo's
+``421 4.7.0 [TSS04] Messages from 172.30.25.4 temporarily deferred ...``), so
+Postfix logs real deferrals for the watcher to read.
+
 The sink does not announce 8BITMIME: it is the strictest next hop, to which
 Postfix would downgrade an 8-bit body to quoted-printable after signing unless
 the snippets stop it (disable_mime_output_conversion).
@@ -33,6 +38,18 @@ class Store:
     async def handle_EHLO(self, server: SMTP, session, envelope, hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
         return [r for r in responses if "8BITMIME" not in r.upper()]
+
+    async def handle_RCPT(self, server: SMTP, session, envelope, address: str, rcpt_options: list[str]) -> str:
+        domain = address.rpartition("@")[2].lower()
+        rule = os.path.join(SPOOL, "defer", domain)
+        if domain and os.path.isfile(rule):
+            with open(rule) as fh:
+                reply = fh.read().strip()
+            print(f"sink: RCPT {address}: {reply}", flush=True)
+            return reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session, envelope) -> str:
         n = next(_seq)
