@@ -189,9 +189,13 @@ class Stack:
         return proc.stdout.decode(errors="replace")
 
     def logs(self, service: str) -> str:
-        """Everything a container has logged so far (stdout and stderr)."""
+        """Everything a container has logged so far (stdout and stderr); for postfix, its mail log too."""
         proc = self.run("logs", container(service), check=False)
-        return proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace")
+        text = proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace")
+        maillog = self.state / "maillog"
+        if service == "postfix" and maillog.exists():
+            text += "\n" + maillog.read_text(errors="replace")
+        return text
 
     # -- mail in
     def submit(self, injector: str, message: bytes, sender: str, rcpts: list[str], port: int = 25) -> Submission:

@@ -50,4 +50,8 @@ echo "assemble-config: services:"; postconf -M
 # before Postfix and in the background: it waits for the store by itself, and
 # it must not hold Postfix back nor outlive it (the container ends with Postfix).
 /usr/local/sbin/start-releaser &
+# postlogd would create the log 0600 (Postfix 3.7 has no maillog_file_permissions): made
+# first, readable by the watcher's user in the sendguard container, as adm can read mail.log.
+maillog=$(postconf -hx maillog_file)
+[ -e "$maillog" ] || install -m 0644 /dev/null "$maillog"
 exec postfix "$@"
