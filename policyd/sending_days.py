@@ -74,28 +74,40 @@ class _Pending:
             self.failing = False
 
 
-class SendingDays:
+class _RampDayWriter:
+    """What both writers share: the streams' starts (ramp days), the store, failed-write pacing."""
+
+    def __init__(
+        self, warmups: Mapping[str, Warmup], store: CounterStore, clock: Callable[[], float], what: str
+    ) -> None:
+        """``warmups``: the streams' warmups (their start stamps give the ramp days); ``clock``:
+        monotonic, paces stamp re-reads and retries."""
+        self.warmups = warmups
+        self.store = store
+        self.clock = clock
+        self._pending = _Pending(what, clock)
+
+    def _start(self, stream: str) -> float | None:
+        """The stream's warmup start; None for mail in no stream ("none"), an unknown stream or no start."""
+        warmup = self.warmups.get(stream)
+        return warmup.start(self.clock()) if warmup is not None else None
+
+
+class SendingDays(_RampDayWriter):
     """Counts each stream's sent deliveries per ramp day into the store (a ``DeliveryConsumer``)."""
 
     def __init__(
         self, warmups: Mapping[str, Warmup], store: CounterStore, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        """``warmups``: the streams' warmups (their start stamps give the ramp days)."""
-        self.warmups = warmups
-        self.store = store
-        self.clock = clock
+        super().__init__(warmups, store, clock, "sent deliveries")
         #: Counts not in the store yet, per (stream, ramp day).
         self.waiting: Counter[tuple[str, dt.date]] = Counter()
-        self._pending = _Pending("sent deliveries", clock)
 
     def delivered(self, delivery: Delivery) -> None:
         """Count one delivery if it was sent and its stream has a start."""
         if delivery.status != "sent":
             return
-        warmup = self.warmups.get(delivery.stream)
-        if warmup is None:
-            return  # mail in no stream ("none"), or a stream this config does not know
-        start = warmup.start(self.clock())
+        start = self._start(delivery.stream)
         if start is None:
             return
         self.waiting[(delivery.stream, ramp_date(start, delivery.at))] += 1
@@ -116,7 +128,7 @@ class SendingDays:
         return True
 
 
-class PausedDays:
+class PausedDays(_RampDayWriter):
     """Marks the ramp days a whole stream was paused during, so that they never advance its ramp.
 
     The pauses' owner calls :meth:`paused` for each whole-stream pause (operator ``""``) that is
@@ -128,23 +140,17 @@ class PausedDays:
     def __init__(
         self, warmups: Mapping[str, Warmup], store: CounterStore, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self.warmups = warmups
-        self.store = store
-        self.clock = clock
+        super().__init__(warmups, store, clock, "paused days")
         self._marked: set[tuple[str, dt.date]] = set()
-        self._pending = _Pending("paused days", clock)
 
     def paused(self, stream: str, since: float, now: float) -> None:
         """The whole of ``stream`` has been paused from ``since`` until ``now``: mark every ramp day
         that span touches (a pause over a weekend marks each day of it, even if nobody looked then)."""
-        warmup = self.warmups.get(stream)
-        if warmup is None or not self._pending.may_try():
+        if not self._pending.may_try():
             return
-        start = warmup.start(self.clock())
-        if start is None:
-            return
-        if now < start:
-            return  # the warmup has not begun: no ramp day to mark
+        start = self._start(stream)
+        if start is None or now < start:
+            return  # no such stream, or its warmup has not begun: no ramp day to mark
         # Days before the warmup began are not ramp days; a pause older than MAX_SPAN_DAYS marks its last ones.
         last = ramp_day_index(start, now)
         first = max(0, ramp_day_index(start, min(since, now)), last - MAX_SPAN_DAYS)

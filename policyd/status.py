@@ -1,8 +1,10 @@
-"""``sendguard status``: per stream the warmup day, cap in force, rolling counts and family holds.
+"""``sendguard status``: per stream the warmup day and why, cap in force, rolling counts and family holds.
 
 Read from the counter store file through the store's read-only interface, so
 it is right whether or not a daemon runs, and whichever daemon did the
-counting. The same snapshot feeds the live Prometheus gauges.
+counting. The same snapshot feeds the live Prometheus gauges. The effective
+warmup day comes from the ramp history in the same store (effective_day.py):
+status reads it once, the daemon's gauges show what its refresher read last.
 
 Status says what it cannot know rather than guess: a store it cannot read
 gives counts of "unknown" and exit status :data:`EXIT_STORE_UNREADABLE`; a

@@ -66,6 +66,7 @@ from sendguard_policyd.store import (
     HeldMessage,
     RampHistory,
     StepBack,
+    StoreError,
     Windows,
     WindowCounts,
 )
@@ -257,15 +258,18 @@ class RedisCounterStore:
             return cast(dict[str, str], sent), cast(set[str], paused), cast(list[str], steps)
 
         sent, paused, steps = self._conn.call(read)
-        step_backs = []
-        for entry in steps:
-            at, days, rule = entry.split("\t", 2)
-            step_backs.append(StepBack(float(at), int(days), rule))
-        return RampHistory(
-            sent={dt.date.fromisoformat(day): int(n) for day, n in sent.items() if int(n)},
-            paused=frozenset(dt.date.fromisoformat(day) for day in paused),
-            step_backs=tuple(sorted(step_backs, key=lambda s: s.at)),
-        )
+        try:
+            step_backs = []
+            for entry in steps:
+                at, days, rule = entry.split("\t", 2)
+                step_backs.append(StepBack(float(at), int(days), rule))
+            return RampHistory(
+                sent={dt.date.fromisoformat(day): int(n) for day, n in sent.items() if int(n)},
+                paused=frozenset(dt.date.fromisoformat(day) for day in paused),
+                step_backs=tuple(sorted(step_backs, key=lambda s: s.at)),
+            )
+        except ValueError as exc:  # written by something else than sendguard: say so, do not guess
+            raise StoreError(f"counter store {self.url}: stream {stream}: unreadable ramp history ({exc})") from None
 
     # -- reads ---------------------------------------------------------------------------------
 

@@ -371,7 +371,7 @@ class SQLiteCounterStore:
     def ramp_history(self, stream: str) -> RampHistory:
         """The stream's ramp history (on the calling thread's reader connection)."""
         try:
-            return read_ramp_history(self._reader(), stream)
+            return read_ramp_history(self._reader(), stream, self.path)
         except sqlite3.Error as exc:
             raise StoreError(f"counter store {self.path}: {exc}") from exc
 

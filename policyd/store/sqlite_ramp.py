@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 
-from sendguard_policyd.store import RampHistory, StepBack
+from sendguard_policyd.store import RampHistory, StepBack, StoreError
 
 #: Run on every writable open, after the schema is checked.
 RAMP_SCHEMA = (
@@ -50,8 +50,9 @@ def day_text(day: dt.date) -> str:
     return day.isoformat()
 
 
-def read_ramp_history(conn: sqlite3.Connection, stream: str) -> RampHistory:
-    """The stream's ramp history on any connection (empty when the file has no ramp tables yet)."""
+def read_ramp_history(conn: sqlite3.Connection, stream: str, path: str) -> RampHistory:
+    """The stream's ramp history on any connection to the store file at ``path`` (empty when the
+    file has no ramp tables yet)."""
     try:
         days = conn.execute(_DAYS, (stream,)).fetchall()
         steps = conn.execute(_STEP_BACKS, (stream,)).fetchall()
@@ -59,8 +60,11 @@ def read_ramp_history(conn: sqlite3.Connection, stream: str) -> RampHistory:
         if "no such table" in str(exc):
             return RampHistory()
         raise
-    return RampHistory(
-        sent={dt.date.fromisoformat(day): int(sent) for day, sent, _ in days if sent},
-        paused=frozenset(dt.date.fromisoformat(day) for day, _, paused in days if paused),
-        step_backs=tuple(StepBack(float(at), int(n), str(rule)) for at, n, rule in steps),
-    )
+    try:
+        return RampHistory(
+            sent={dt.date.fromisoformat(day): int(sent) for day, sent, _ in days if sent},
+            paused=frozenset(dt.date.fromisoformat(day) for day, _, paused in days if paused),
+            step_backs=tuple(StepBack(float(at), int(n), str(rule)) for at, n, rule in steps),
+        )
+    except (ValueError, TypeError) as exc:  # a row written by hand or by another program: say so, do not guess
+        raise StoreError(f"counter store {path}: stream {stream}: unreadable ramp history ({exc})") from None

@@ -120,7 +120,7 @@ class SQLiteReader:
     def ramp_history(self, stream: str) -> RampHistory:
         """The stream's sent deliveries per ramp day, paused days and step-backs."""
         try:
-            return read_ramp_history(self._conn, stream)
+            return read_ramp_history(self._conn, stream, self.path)
         except sqlite3.Error as exc:
             raise StoreError(f"counter store {self.path}: {exc}") from exc
 

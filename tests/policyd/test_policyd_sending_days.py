@@ -255,3 +255,31 @@ def test_the_warmup_caps_follow_the_history_read_from_the_store(open_store):
     store.step_back("trucking", 1, "gmail_571", START + 5.4 * DAY)
     refresh_histories({"trucking": warmup}, store)
     assert warmup.caps(now).warmup_day == 1 and warmup.caps(now).hourly == 2
+
+
+def test_a_ramp_history_written_by_something_else_is_refused_and_the_days_stay_as_read(open_store, tmp_path, policyd_log):
+    from sendguard_policyd.ramp_refresh import RampRefresher
+
+    store = open_store()
+    store.add_sent("trucking", D0, 3)
+    warmup = Warmup(stream(), StreamPolicy(warmup_days=SENDING, sending_day_minimum=3))
+    refresher = RampRefresher({"trucking": warmup}, store)
+    assert refresher.refresh()
+    assert warmup.caps(START + 1.5 * DAY).warmup_day == 1
+    if open_store.kind == "sqlite":
+        conn = sqlite3.connect(str(tmp_path / "policyd.sqlite"), isolation_level=None)
+        conn.execute("INSERT INTO ramp_days (stream, day, sent) VALUES ('trucking', 'Monday', 5)")
+        conn.close()
+        where = str(tmp_path / "policyd.sqlite")
+    else:
+        import redis
+
+        client = redis.Redis.from_url(store.url)
+        client.hset("{sendguard:trucking}:sent", "Monday", 5)
+        client.close()
+        where = store.url
+    with pytest.raises(StoreError, match=f"counter store {where}: stream trucking: unreadable ramp history"):
+        store.ramp_history("trucking")
+    assert not refresher.refresh() and not refresher.refresh()
+    assert len(policyd_log.matching("cannot read the streams' ramp history")) == 1  # one line, not one a minute
+    assert warmup.caps(START + 1.5 * DAY).warmup_day == 1  # the day stays as last read
