@@ -51,7 +51,7 @@ from sendguard_policyd.store import (
     StoreError,
 )
 from sendguard_policyd.summary import Summary
-from sendguard_policyd.warmup import Caps, Warmup, cap_text
+from sendguard_policyd.warmup import Caps, cap_text, make_warmups
 
 log = logs.get("policyd")
 
@@ -100,7 +100,9 @@ class Decider:
         self.streams = streams
         self.store = store
         self.family = family if family is not None else FamilyMatcher.with_extra(settings.family_extra_domains)
-        self.warmups = {s.name: Warmup(s) for s in streams}
+        # The effective warmup day comes from each stream's ramp history, handed over by the
+        # service's refresher thread (ramp_refresh.py): the decision itself never reads it.
+        self.warmups = make_warmups(streams, settings, log_changes=True)
         if mx is None and settings.family_mx_check:
             mx = MxFamily(settings.family_mx_nameservers)
         self.mx = mx

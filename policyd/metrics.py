@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sendguard import logs
+from sendguard_policyd.effective_day import RampDay
 from sendguard_policyd.store import Backlog
 
 log = logs.get("policyd")
@@ -90,6 +91,7 @@ class StreamGauges(Protocol):
     hour: int
     day: int
     backlog: Backlog
+    ramp: RampDay | None
 
 
 class StreamCollector(Collector):
@@ -146,7 +148,29 @@ class StreamCollector(Collector):
                 "sendguard_policyd_daily_cap_recipients", "Rolling-24-hour cap (daily_cap).", labels=["stream"]
             ),
             "warmup_day": GaugeMetricFamily(
-                "sendguard_policyd_warmup_day", "Whole days since the stream's warmup start.", labels=["stream"]
+                "sendguard_policyd_warmup_day",
+                "The effective warmup day the caps follow: calendar or sending days, less step-backs.",
+                labels=["stream"],
+            ),
+            "warmup_info": GaugeMetricFamily(
+                "sendguard_policyd_warmup_day_info",
+                "1 for each started stream, labelled with what advances its warmup (warmup_days: calendar or sending).",
+                labels=["stream", "mode"],
+            ),
+            "calendar_day": GaugeMetricFamily(
+                "sendguard_policyd_warmup_calendar_day",
+                "Whole days since the stream's warmup start (the warmup day in calendar mode with no step-back).",
+                labels=["stream"],
+            ),
+            "step_backs": GaugeMetricFamily(
+                "sendguard_policyd_warmup_step_backs",
+                "Step-backs applied to the stream's current warmup (stop signals' step_back_days).",
+                labels=["stream"],
+            ),
+            "today_sent": GaugeMetricFamily(
+                "sendguard_policyd_warmup_today_sent",
+                "Deliveries sent so far in the ramp day in progress (sending mode: it counts at sending_day_minimum).",
+                labels=["stream"],
             ),
             "held": GaugeMetricFamily(
                 "sendguard_policyd_held_backlog_messages",
@@ -174,6 +198,11 @@ class StreamCollector(Collector):
                 families["daily_cap"].add_metric([row.name], row.daily_cap)
             if row.warmup_day is not None:
                 families["warmup_day"].add_metric([row.name], row.warmup_day)
+            if row.ramp is not None:
+                families["warmup_info"].add_metric([row.name, row.ramp.mode], 1)
+                families["calendar_day"].add_metric([row.name], row.ramp.calendar_day)
+                families["step_backs"].add_metric([row.name], len(row.ramp.step_backs))
+                families["today_sent"].add_metric([row.name], row.ramp.today_sent)
             families["held"].add_metric([row.name], row.backlog.messages)
             families["held_recipients"].add_metric([row.name], row.backlog.recipients)
             oldest = row.backlog.oldest_at

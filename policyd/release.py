@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from sendguard import logs
 from sendguard.streams import Stream
@@ -44,12 +44,14 @@ from sendguard_policyd.store import (
     HeldMessage,
     StoreError,
 )
-from sendguard_policyd.warmup import Warmup, cap_text
+from sendguard_policyd.warmup import Warmup, cap_text, refresh_histories
 
 log = logs.get("release")
 
 #: ``maximal_queue_lifetime`` is read again after this many seconds (an operator may change it).
 LIFETIME_REFRESH = 600.0
+#: The streams' ramp history (effective warmup days) is read again after this many seconds.
+HISTORY_REFRESH = 60.0
 #: A message is recorded held when the policy daemon answers HOLD, before Postfix has finished it
 #: (the milters still run) and filed it in the hold queue; only a record older than this that is
 #: missing from the hold queue has left it by other hands.
@@ -76,13 +78,17 @@ class Releaser:
         queue: PostfixQueue,
         lifetime_warn_share: float = 0.5,
         clock: Callable[[], float] = time.time,
+        warmups: Mapping[str, Warmup] | None = None,
     ) -> None:
+        """``warmups``: the streams' warmups with their ``warmup_days`` settings (``warmup.make_warmups``);
+        None: calendar days for every stream."""
         self.streams = streams
         self.store = store
         self.queue = queue
         self.warn_share = lifetime_warn_share
         self.clock = clock
-        self.warmups = {s.name: Warmup(s) for s in streams}
+        self.warmups = warmups if warmups is not None else {s.name: Warmup(s) for s in streams}
+        self._history_read = float("-inf")
         self._lifetime: float | None = None
         self._lifetime_read = float("-inf")
         # Queue ids already logged as too large / near the end of their lifetime: one line each.
@@ -101,6 +107,7 @@ class Releaser:
             result.errors += 1
             return result
         lifetime = self._maximal_queue_lifetime(now)
+        self._read_histories(now)
         for stream in self.streams:
             try:
                 self._release_stream(stream, held, now, lifetime, result)
@@ -110,6 +117,19 @@ class Releaser:
         if not result.errors:
             self._last_error = ""
         return result
+
+    def _read_histories(self, now: float) -> None:
+        """The ramp history behind the effective warmup days, read at most once a refresh interval:
+        a release must not go out at a higher cap than the daemon's (a step-back, a stalled ramp)."""
+        if now - self._history_read < HISTORY_REFRESH:
+            return
+        try:
+            refresh_histories(self.warmups, self.store)
+        except StoreError as exc:
+            # The days stay as last read; the claims below meet the same store trouble and say so.
+            log.warning("cannot read the streams' ramp history: %s", exc)
+            return
+        self._history_read = now
 
     def _release_stream(
         self,

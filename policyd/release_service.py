@@ -17,6 +17,7 @@ from sendguard_policyd.postfix_queue import PostfixQueue
 from sendguard_policyd.release import PassResult, Releaser
 from sendguard_policyd.settings import PolicydSettings
 from sendguard_policyd.store import CounterStore
+from sendguard_policyd.warmup import make_warmups
 
 
 def wanted_in_run(settings: PolicydSettings) -> bool:
@@ -30,7 +31,8 @@ def wanted_in_run(settings: PolicydSettings) -> bool:
 def _releaser(config: Config, settings: PolicydSettings) -> tuple[Releaser, CounterStore]:
     store = open_store(settings)
     queue = PostfixQueue(settings.release.postfix_config_dir)
-    return Releaser(config.streams, store, queue, settings.release.lifetime_warn_share), store
+    warmups = make_warmups(config.streams, settings)
+    return Releaser(config.streams, store, queue, settings.release.lifetime_warn_share, warmups=warmups), store
 
 
 def run_once(config: Config, settings: PolicydSettings) -> PassResult:

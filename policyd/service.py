@@ -22,6 +22,7 @@ from sendguard.config_reader import ConfigError
 from sendguard_policyd import metrics
 from sendguard_policyd.backend import open_store, store_key, store_label, store_windows
 from sendguard_policyd.decide import Decider
+from sendguard_policyd.ramp_refresh import RampRefresher
 from sendguard_policyd.server import PolicyServer
 from sendguard_policyd.settings import PolicydSettings
 from sendguard_policyd.status import StreamStatus, snapshot
@@ -40,6 +41,8 @@ class Handle:
     unix_socket: str
     store: CounterStore
     decider: Decider
+    #: Reads the streams' ramp history into the decider's warmups (and records step-backs).
+    ramps: RampRefresher
     _thread: threading.Thread = field(repr=False)
     _server: PolicyServer = field(repr=False)
     _gauges: Callable[[], list[StreamStatus]] = field(repr=False)
@@ -53,6 +56,7 @@ class Handle:
         metrics.unbind(self._gauges)
         self._server.stop()
         self._thread.join(timeout=10)
+        self.ramps.close()
         self.decider.close()
         self.store.close()
         log.info("policyd stopped")
@@ -65,6 +69,8 @@ def start(config: Config, settings: PolicydSettings) -> Handle:
     except (StoreError, OSError) as exc:
         raise ConfigError(config.file, store_key(settings), str(exc)) from None
     decider = Decider(settings, config.streams, store)
+    ramps = RampRefresher(decider.warmups, store)
+    ramps.refresh()  # the first warmup days from the store's history, before the first request
     server = PolicyServer(decider, settings.idle_timeout, settings.bad_request_action, settings.busy_poll_usec / 1e6)
     try:
         host, port = _bind(config.file, settings, server)
@@ -75,6 +81,7 @@ def start(config: Config, settings: PolicydSettings) -> Handle:
         raise
     thread = threading.Thread(target=server.serve_forever, name="sendguard-policyd", daemon=True)
     thread.start()
+    ramps.start()
     warmups = decider.warmups
     windows = store_windows(settings)
 
@@ -87,7 +94,7 @@ def start(config: Config, settings: PolicydSettings) -> Handle:
         host, port, f" and {settings.socket}" if settings.socket else "", store_label(settings),
         ", ".join(s.name for s in config.streams) or "(none)",
     )  # fmt: skip
-    return Handle(host, port, settings.socket, store, decider, thread, server, gauges)
+    return Handle(host, port, settings.socket, store, decider, ramps, thread, server, gauges)
 
 
 def _bind(file: str, settings: PolicydSettings, server: PolicyServer) -> tuple[str, int]:

@@ -13,7 +13,9 @@ from typing import Mapping
 
 from sendguard.addresses import check_hostport
 from sendguard.config import ConfigDocument
-from sendguard.config_reader import check_one_of
+from sendguard.config_reader import ErrorCollector, Section, check_one_of
+from sendguard.streams import Stream
+from sendguard_policyd.effective_day import CALENDAR, MODES, SENDING
 from sendguard_policyd.family_mx import parse_nameserver
 from sendguard_policyd.redis_settings import check_host_name, check_redis_timeout, check_redis_url, read_password_file
 
@@ -34,6 +36,11 @@ class StreamPolicy:
     #: The counter store cannot answer: "closed" (hold or defer as over_cap says, never let capped
     #: mail past an unknown count) or "open" (pass it uncounted, logged).
     on_store_error: str = "closed"
+    #: What advances the warmup: every ended day ("calendar") or only the days that delivered at
+    #: least ``sending_day_minimum`` and were not paused ("sending"). See effective_day.py.
+    warmup_days: str = CALENDAR
+    #: Deliveries sent in a ramp day for it to count in "sending" mode.
+    sending_day_minimum: int = 1
 
 
 DEFAULT_POLICY = StreamPolicy()
@@ -215,11 +222,29 @@ def parse_policyd(doc: ConfigDocument) -> PolicydSettings:
 
 def _parse_stream_policies(doc: ConfigDocument) -> dict[str, StreamPolicy]:
     policies: dict[str, StreamPolicy] = {}
+    streams = {s.name: s for s in doc.config.streams}
+    errors = ErrorCollector()  # every stream's problems, not only the first one's
     for name, table in doc.stream_tables.items():
-        over_cap = table.get("over_cap", str, DEFAULT_POLICY.over_cap, check_one_of("hold", "defer"))
-        on_error = table.get("on_store_error", str, DEFAULT_POLICY.on_store_error, check_one_of("closed", "open"))
-        policies[name] = StreamPolicy(over_cap=over_cap, on_store_error=on_error)
+        policy = errors.attempt(lambda table=table, stream=streams[name]: _parse_stream_policy(table, stream))
+        if policy is not None:
+            policies[name] = policy
+    errors.raise_if_any()
     return policies
+
+
+def _parse_stream_policy(table: Section, stream: Stream) -> StreamPolicy:
+    over_cap = table.get("over_cap", str, DEFAULT_POLICY.over_cap, check_one_of("hold", "defer"))
+    on_error = table.get("on_store_error", str, DEFAULT_POLICY.on_store_error, check_one_of("closed", "open"))
+    mode = table.get("warmup_days", str, CALENDAR, check_one_of(*MODES))
+    if mode == SENDING and not stream.ramp:
+        raise table.error("warmup_days", '"sending" needs a ramp: without one the warmup day changes no cap')
+    # A ramp day counts by default when it delivered an hour's worth at the ramp's first step.
+    minimum = max(1, stream.ramp[0][1]) if stream.ramp else 1
+    if mode == SENDING:
+        minimum = table.get("sending_day_minimum", int, minimum, lambda v: None if v >= 1 else "must be at least 1 delivery")
+    elif table.has("sending_day_minimum"):  # (read only in sending mode: check-config prints it only there)
+        raise table.error("sending_day_minimum", 'applies only with warmup_days = "sending"')
+    return StreamPolicy(over_cap=over_cap, on_store_error=on_error, warmup_days=mode, sending_day_minimum=minimum)
 
 
 def _parse_release(doc: ConfigDocument) -> ReleaseSettings:

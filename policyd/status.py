@@ -1,8 +1,10 @@
-"""``sendguard status``: per stream the warmup day, cap in force, rolling counts and family holds.
+"""``sendguard status``: per stream the warmup day and why, cap in force, rolling counts and family holds.
 
 Read from the counter store file through the store's read-only interface, so
 it is right whether or not a daemon runs, and whichever daemon did the
-counting. The same snapshot feeds the live Prometheus gauges.
+counting. The same snapshot feeds the live Prometheus gauges. The effective
+warmup day comes from the ramp history in the same store (effective_day.py):
+status reads it once, the daemon's gauges show what its refresher read last.
 
 Status says what it cannot know rather than guess: a store it cannot read
 gives counts of "unknown" and exit status :data:`EXIT_STORE_UNREADABLE`; a
@@ -27,7 +29,8 @@ from sendguard.streams import Stream, read_stamp
 from sendguard_policyd.settings import PolicydSettings
 from sendguard_policyd.backend import open_reader, store_label, store_windows
 from sendguard_policyd.store import DAY, Backlog, StoreError, StoreReader, Windows
-from sendguard_policyd.warmup import Warmup, cap_text
+from sendguard_policyd.effective_day import SENDING, RampDay
+from sendguard_policyd.warmup import Warmup, cap_text, make_warmups, refresh_histories
 
 
 class _Settings(Protocol):
@@ -61,6 +64,8 @@ class StreamStatus:
     backlog: Backlog = Backlog(0, 0, None)
     #: Seconds until the backlog has drained at the caps in force (None: nothing waits, or never).
     drain_seconds: float | None = None
+    #: How the effective warmup day came about (None: the stream has no start).
+    ramp: RampDay | None = None
 
 
 def drain_time(backlog: Backlog, hourly_cap: int | None, daily_cap: int | None, windows: Windows) -> float | None:
@@ -102,6 +107,7 @@ def snapshot(
                 day=counts.day if counts else 0,
                 backlog=backlog,
                 drain_seconds=drain_time(backlog, caps.hourly, caps.daily, windows),
+                ramp=caps.ramp,
             )
         )
     return out
@@ -149,8 +155,10 @@ def report(config: Config, settings: PolicydSettings, now: float | None = None) 
         except StoreError as exc:
             lines.append(f"  cannot read the store: {exc}")
             unreadable = True
-    warmups = {s.name: Warmup(s) for s in config.streams}
+    warmups = make_warmups(config.streams, settings)
     try:
+        if store is not None:
+            refresh_histories(warmups, store)
         rows = snapshot(config.streams, store, warmups, now, windows)
         family = store.family_holds(now - DAY) if store is not None else {}
     except StoreError as exc:
@@ -179,8 +187,14 @@ def report(config: Config, settings: PolicydSettings, now: float | None = None) 
             lines.append(f"  start stamp     {problem}")
             lines.append("                  a running daemon warned and keeps the start it read last (its log says which);"
                          " a daemon started now stops with this error; the warmup day and hourly cap are not known here")  # fmt: skip
+        elif unreadable and row.ramp is not None and row.ramp.mode == SENDING:
+            # The sending days are in the store: the day (and so the cap) cannot be known here.
+            hourly = "unknown"
+            lines.append(f"  warmup day      unknown (start {start}; calendar day {row.ramp.calendar_day})")
+            lines.extend(_ramp_lines(row.ramp, unreadable))
         else:
             lines.append(f"  warmup day      {row.warmup_day if row.warmup_day is not None else '-'} (start {start})")
+            lines.extend(_ramp_lines(row.ramp, unreadable))
         lines.append(f"  cap in force    {hourly}/rolling hour, {cap_text(row.daily_cap)}/rolling 24 h")
         lines.append(f"  rolling hour    {count or row.hour} of {hourly}")
         lines.append(f"  rolling day     {count or row.day} of {cap_text(row.daily_cap)}")
@@ -190,6 +204,25 @@ def report(config: Config, settings: PolicydSettings, now: float | None = None) 
         lines.append(f"mail in no stream: {family['none']} family hold(s) in the last 24 h")
     code = EXIT_STORE_UNREADABLE if unreadable else EXIT_STAMP_UNREADABLE if any(stamps.values()) else EXIT_OK
     return "\n".join(lines) + "\n", code
+
+
+def _ramp_lines(ramp: RampDay | None, unreadable: bool) -> list[str]:
+    """Why the warmup day is what it is, and how far the ramp day in progress has come."""
+    if ramp is None:
+        return []
+    if unreadable:
+        what = "sending days and step-backs" if ramp.mode == SENDING else "step-backs"
+        return [f"  why             unknown: the {what} are kept in the store, which cannot be read"]
+    lines = [f"  why             {ramp.reason()}"]
+    if ramp.mode == SENDING:
+        if ramp.today_paused:
+            verdict = "paused today: it will not count"
+        elif ramp.today_sent >= ramp.minimum:
+            verdict = "enough to count"
+        else:
+            verdict = f"{ramp.minimum} needed to count"
+        lines.append(f"  today           {ramp.today_sent} delivered so far in ramp day {ramp.today} ({verdict})")
+    return lines
 
 
 def _stamp_problem(stream: Stream) -> str | None:

@@ -26,12 +26,19 @@ hold queue by other hands (deleted, released by an operator) is finished
 
 The windows are an hour and a day; :class:`Windows` can shorten them for the
 container suite only (``[policyd] test_window_seconds``).
+
+The store also keeps each stream's ramp history, what the warmup day follows
+in ``warmup_days = "sending"`` mode and after a stop signal (warmup.py,
+effective_day.py): how many deliveries were sent on each ramp day, which
+days the stream was paused, and the step-backs. Nothing there expires: a
+warmup lasts weeks, and a day is one small row.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Protocol
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Protocol
 
 #: Seconds in the rolling windows (and the one "day" of the policy daemon: warmup days, status).
 HOUR = 3600
@@ -133,6 +140,37 @@ class Backlog:
     oldest_at: float | None
 
 
+@dataclass(frozen=True)
+class StepBack:
+    """One step-back of a stream's warmup, as recorded (a stop signal's rule, or ``manual``)."""
+
+    #: When it was recorded (epoch seconds).
+    at: float
+    #: Warmup days to go back (at least 1).
+    days: int
+    rule: str
+
+
+@dataclass(frozen=True)
+class RampHistory:
+    """What a stream's effective warmup day is computed from, as the store keeps it.
+
+    Days are ramp days (``effective_day.ramp_date``): the 24-hour periods the warmup day
+    counts, each named by the date it begins on.
+    """
+
+    #: Deliveries sent (``status=sent``), per ramp day that had any.
+    sent: Mapping[dt.date, int] = field(default_factory=dict)
+    #: Ramp days during which the whole stream was paused at some moment.
+    paused: frozenset[dt.date] = frozenset()
+    #: Every step-back recorded, oldest first.
+    step_backs: tuple[StepBack, ...] = ()
+
+
+#: The history of a stream the store knows nothing about.
+NO_HISTORY = RampHistory()
+
+
 class StoreReader(Protocol):
     """What ``sendguard status`` and the metrics scrape read; safe from any thread."""
 
@@ -146,6 +184,10 @@ class StoreReader(Protocol):
 
     def held_backlog(self) -> dict[str, Backlog]:
         """Over-cap messages waiting for release (``held`` or ``releasing``), per stream that has any."""
+        ...
+
+    def ramp_history(self, stream: str) -> RampHistory:
+        """The stream's sent deliveries per ramp day, its paused days and its step-backs."""
         ...
 
     def close(self) -> None:
@@ -224,4 +266,16 @@ class CounterStore(StoreReader, Protocol):
         """Close a held message's record: STATE_RELEASED (it left the hold queue through us) or
         STATE_GONE (it left by other hands; if it was ``releasing`` its count stays, as it may
         have been sent)."""
+        ...
+
+    def add_sent(self, stream: str, day: dt.date, n: int) -> None:
+        """Add ``n`` sent deliveries to the stream's ramp day ``day`` (the sending-day counter's write)."""
+        ...
+
+    def mark_paused_day(self, stream: str, day: dt.date) -> bool:
+        """Record that the whole stream was paused during ramp day ``day``; True if it was not marked yet."""
+        ...
+
+    def step_back(self, stream: str, days: int, rule: str, now: float) -> None:
+        """Record a step-back of ``days`` (at least 1) warmup days by ``rule`` at ``now``."""
         ...

@@ -18,7 +18,12 @@ lives in one cluster slot and every script touches one slot only:
   state, queue id, recipients, host) and ``:heldq`` (hash, ``QUEUEID@HOST`` → instance): the
   held backlog. Held mail sits in one host's hold queue, so each record names that host
   (``redis_host_name``) and a host's releaser lists and releases its own only;
-* ``{sendguard:S}:fam`` / ``:famn``: family holds per second (status shows the last day).
+* ``{sendguard:S}:fam`` / ``:famn``: family holds per second (status shows the last day);
+* ``{sendguard:S}:sent`` (hash, ramp day ``YYYY-MM-DD`` → deliveries sent), ``:paused`` (set of
+  ramp days the stream was paused during) and ``:stepbacks`` (list of ``AT<tab>DAYS<tab>RULE``): the
+  ramp history the warmup day follows. Single commands (``HINCRBY``, ``SADD``, ``RPUSH``), atomic
+  as they are; they never expire, and the step-backs' times are the caller's (they are compared
+  with the warmup's day boundaries, which are the daemon's).
 
 One key stands outside any stream, ``sendguard:streams`` (a set of the stream names
 written to): the calls that name no stream (``message_state``, ``held_backlog``,
@@ -46,6 +51,7 @@ decision writes it as "in N seconds". Hold times (``HeldMessage.at``,
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
 import uuid
 from typing import Callable, cast
@@ -58,6 +64,9 @@ from sendguard_policyd.store import (
     Admission,
     Backlog,
     HeldMessage,
+    RampHistory,
+    StepBack,
+    StoreError,
     Windows,
     WindowCounts,
 )
@@ -91,6 +100,9 @@ class StreamKeys:
         self.heldrec = f"{self.tag}:heldrec"
         self.heldq = f"{self.tag}:heldq"
         self.family = [f"{self.tag}:fam", f"{self.tag}:famn"]
+        self.sent = f"{self.tag}:sent"
+        self.paused = f"{self.tag}:paused"
+        self.step_backs = f"{self.tag}:stepbacks"
 
     def record(self, instance: str) -> str:
         """The key of one message's record."""
@@ -214,6 +226,50 @@ class RedisCounterStore:
             [queue_id, instance, state, self._record_ttl, self.host, self._held_field(queue_id)],
         )
         self._held_index.pop(queue_id, None)
+
+    # -- the ramp history ------------------------------------------------------------------------
+
+    def add_sent(self, stream: str, day: dt.date, n: int) -> None:
+        """Add ``n`` sent deliveries to the stream's ramp day ``day``."""
+        if n > 0:
+            self._conn.call(lambda client: client.hincrby(StreamKeys(stream).sent, day.isoformat(), n))
+
+    def mark_paused_day(self, stream: str, day: dt.date) -> bool:
+        """Mark ramp day ``day`` paused; True when it was not marked before."""
+        return self._conn.call(lambda client: client.sadd(StreamKeys(stream).paused, day.isoformat())) == 1
+
+    def step_back(self, stream: str, days: int, rule: str, now: float) -> None:
+        """Record a step-back of ``days`` warmup days by ``rule`` at ``now``."""
+        if days < 1:
+            raise ValueError(f"a step-back goes back at least 1 day, not {days}")
+        entry = f"{now!r}\t{days}\t{rule}"
+        self._conn.call(lambda client: client.rpush(StreamKeys(stream).step_backs, entry))
+
+    def ramp_history(self, stream: str) -> RampHistory:
+        """The stream's sent deliveries per ramp day, paused days and step-backs (one round trip)."""
+        keys = StreamKeys(stream)
+
+        def read(client: redis.Redis) -> tuple[dict[str, str], set[str], list[str]]:
+            pipe = client.pipeline(transaction=True)
+            pipe.hgetall(keys.sent)
+            pipe.smembers(keys.paused)
+            pipe.lrange(keys.step_backs, 0, -1)
+            sent, paused, steps = pipe.execute()
+            return cast(dict[str, str], sent), cast(set[str], paused), cast(list[str], steps)
+
+        sent, paused, steps = self._conn.call(read)
+        try:
+            step_backs = []
+            for entry in steps:
+                at, days, rule = entry.split("\t", 2)
+                step_backs.append(StepBack(float(at), int(days), rule))
+            return RampHistory(
+                sent={dt.date.fromisoformat(day): int(n) for day, n in sent.items() if int(n)},
+                paused=frozenset(dt.date.fromisoformat(day) for day in paused),
+                step_backs=tuple(sorted(step_backs, key=lambda s: s.at)),
+            )
+        except ValueError as exc:  # written by something else than sendguard: say so, do not guess
+            raise StoreError(f"counter store {self.url}: stream {stream}: unreadable ramp history ({exc})") from None
 
     # -- reads ---------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ can count in between; the writers' lock serialises the processes around it.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sqlite3
 import threading
@@ -36,6 +37,7 @@ from sendguard_policyd.store import (
     Admission,
     Backlog,
     HeldMessage,
+    RampHistory,
     StoreError,
     WindowCounts,
     Windows,
@@ -54,6 +56,7 @@ from sendguard_policyd.store.sqlite_reader import (
     read_held_backlog,
     read_windows,
 )
+from sendguard_policyd.store.sqlite_ramp import ADD_SENT, MARK_PAUSED, STEP_BACK, day_text, read_ramp_history
 from sendguard_policyd.store.sqlite_room import room_at
 from sendguard_policyd.store.sqlite_schema import connect
 from sendguard_policyd.store.sqlite_text import from_sql, to_sql
@@ -305,6 +308,27 @@ class SQLiteCounterStore:
             raise StoreError(f"counter store {self.path}: {exc}") from exc
         return row[0] if row else None
 
+    # -- the ramp history (sqlite_ramp.py): written by the watcher's consumers, not the event loop --
+
+    def add_sent(self, stream: str, day: dt.date, n: int) -> None:
+        """Add ``n`` sent deliveries to the stream's ramp day ``day``."""
+        if n <= 0:
+            return
+        with self._writers:
+            self._conn.execute(ADD_SENT, (stream, day_text(day), n))
+
+    def mark_paused_day(self, stream: str, day: dt.date) -> bool:
+        """Mark ramp day ``day`` paused; True when it was not marked before."""
+        with self._writers:
+            return self._conn.execute(MARK_PAUSED, (stream, day_text(day))).rowcount == 1
+
+    def step_back(self, stream: str, days: int, rule: str, now: float) -> None:
+        """Record a step-back of ``days`` warmup days by ``rule`` at ``now``."""
+        if days < 1:
+            raise ValueError(f"a step-back goes back at least 1 day, not {days}")
+        with self._writers:
+            self._conn.execute(STEP_BACK, (stream, now, days, rule))
+
     # -- reads from any thread ------------------------------------------------------------------
 
     def check_file(self) -> bool:
@@ -341,6 +365,13 @@ class SQLiteCounterStore:
         """Messages held for the family since ``since``, per stream (on the calling thread's reader)."""
         try:
             return read_family_holds(self._reader(), since)
+        except sqlite3.Error as exc:
+            raise StoreError(f"counter store {self.path}: {exc}") from exc
+
+    def ramp_history(self, stream: str) -> RampHistory:
+        """The stream's ramp history (on the calling thread's reader connection)."""
+        try:
+            return read_ramp_history(self._reader(), stream, self.path)
         except sqlite3.Error as exc:
             raise StoreError(f"counter store {self.path}: {exc}") from exc
 

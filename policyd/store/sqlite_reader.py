@@ -22,10 +22,12 @@ from sendguard_policyd.store import (
     STATE_HELD,
     STATE_RELEASING,
     Backlog,
+    RampHistory,
     StoreError,
     WindowCounts,
     Windows,
 )
+from sendguard_policyd.store.sqlite_ramp import read_ramp_history
 from sendguard_policyd.store.sqlite_schema import connect
 
 # A window's count, on any connection: the stream's total (the newest bucket's) and the totals
@@ -112,6 +114,13 @@ class SQLiteReader:
         """Messages held for the family since ``since``, per stream."""
         try:
             return read_family_holds(self._conn, since)
+        except sqlite3.Error as exc:
+            raise StoreError(f"counter store {self.path}: {exc}") from exc
+
+    def ramp_history(self, stream: str) -> RampHistory:
+        """The stream's sent deliveries per ramp day, paused days and step-backs."""
+        try:
+            return read_ramp_history(self._conn, stream, self.path)
         except sqlite3.Error as exc:
             raise StoreError(f"counter store {self.path}: {exc}") from exc
 

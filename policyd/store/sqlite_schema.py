@@ -22,6 +22,7 @@ import sqlite3
 from pathlib import Path
 
 from sendguard_policyd.store import StoreError
+from sendguard_policyd.store.sqlite_ramp import RAMP_SCHEMA
 
 SCHEMA_VERSION = 3
 
@@ -184,7 +185,7 @@ def _create(conn: sqlite3.Connection, path: str) -> None:
             for statement in _SCHEMA:
                 conn.execute(statement)
             conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        for statement in _HOLDS:
+        for statement in (*_HOLDS, *RAMP_SCHEMA):
             conn.execute(statement)
         conn.execute("COMMIT")
     except BaseException:

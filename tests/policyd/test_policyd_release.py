@@ -16,6 +16,7 @@ from sendguard_policyd.postfix_queue import PostfixError, PostfixQueue, parse_js
 from sendguard_policyd.release import ARRIVAL_GRACE, Releaser
 from sendguard_policyd.store import STATE_RELEASING, Windows
 from sendguard_policyd.store.sqlite import SQLiteCounterStore
+from sendguard_policyd.warmup import make_warmups
 from sendguard_testing.command import sendguard_command
 from sendguard_testing.fake_postfix import FakePostfix
 
@@ -300,3 +301,26 @@ def test_sighup_does_not_stop_the_release_loop(postfix, tmp_path):
         rc = proc.wait(timeout=20)
     assert rc == 0
     assert "SIGHUP: the policy daemon does not reload its configuration" in proc.stderr.read()
+
+
+def test_held_mail_is_released_at_the_effective_warmup_day_s_cap(make_config, postfix):
+    # Calendar day 2 (cap 3), stepped back 2 days by a stop signal: day 0, cap 1. A release at the
+    # calendar cap would send three times what the daemon now lets through.
+    config = make_config(
+        {"trucking": {"match": {"server_port": [25]}, "ramp": [[0, 1], [2, 3]],
+                      "start_date": dt.datetime.fromtimestamp(T0 - 2.5 * 86400, dt.timezone.utc)}},
+        test_window_seconds=WINDOW,
+    )  # fmt: skip
+    store = SQLiteCounterStore(config.policyd.database, windows=Windows.scaled(WINDOW))
+    try:
+        store.step_back("trucking", 2, "yahoo_tss04", T0 - 600)
+        for n in range(4):
+            hold(store, postfix, f"H{n}", T0 + n * 0.1)
+        clock = Clock()
+        clock.now = T0 + 1
+        warmups = make_warmups(config.streams, config.policyd)
+        releaser = Releaser(config.streams, store, PostfixQueue(), 0.5, clock, warmups=warmups)
+        assert releaser.run_pass().released == {"trucking": 1}
+        assert postfix.released() == ["H0"]
+    finally:
+        store.close()
