@@ -22,6 +22,7 @@ import sqlite3
 from pathlib import Path
 
 from sendguard_policyd.store import StoreError
+from sendguard_policyd.store.sqlite_pauses import TABLES as PAUSE_TABLES
 
 SCHEMA_VERSION = 3
 
@@ -63,7 +64,8 @@ BEGIN{_COUNT_IN_BUCKET}END
 """
 
 #: What over-cap holds need: run on every file this release opens to write (``IF NOT EXISTS``),
-#: so a store made before holds existed gains them in place, with nothing to convert.
+#: so a store made before holds existed gains them in place, with nothing to convert (the same
+#: for the tables of pauses, sqlite_pauses.py).
 _HOLDS = (
     _RELEASE_TRIGGER,
     # The releaser's reads: a stream's waiting messages in arrival order, and one by queue id.
@@ -184,7 +186,7 @@ def _create(conn: sqlite3.Connection, path: str) -> None:
             for statement in _SCHEMA:
                 conn.execute(statement)
             conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        for statement in _HOLDS:
+        for statement in (*_HOLDS, *PAUSE_TABLES):
             conn.execute(statement)
         conn.execute("COMMIT")
     except BaseException:
