@@ -65,6 +65,7 @@ def start(config: Config, settings: PolicydSettings) -> Handle:
     except (StoreError, OSError) as exc:
         raise ConfigError(config.file, store_key(settings), str(exc)) from None
     decider = Decider(settings, config.streams, store)
+    decider.pauses.start()  # the pauses in force, read now and every second off the loop (pause_board.py)
     server = PolicyServer(decider, settings.idle_timeout, settings.bad_request_action, settings.busy_poll_usec / 1e6)
     try:
         host, port = _bind(config.file, settings, server)
