@@ -75,6 +75,8 @@ class PauseBoard:
         self._by_stream: dict[str, tuple[Pause, ...]] = {}
         self._seen: set[tuple[str, str, float, str]] | None = None  # None: no refresh has read the store
         self._failing = False
+        # One refresh at a time (the refresher, and a caller that wants the store read now).
+        self._refreshing = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -106,7 +108,10 @@ class PauseBoard:
 
     def refresh(self, now: float | None = None) -> bool:
         """Read the pauses from the store now; False when it could not (the last snapshot stays)."""
-        now = self.clock() if now is None else now
+        with self._refreshing:
+            return self._refresh(self.clock() if now is None else now)
+
+    def _refresh(self, now: float) -> bool:
         try:
             pauses = self.store.pauses(now)
         except (StoreError, StoreBusy) as exc:

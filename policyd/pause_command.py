@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from sendguard.timetext import format_duration, format_instant, parse_duration
 from sendguard_policyd.backend import open_store, store_label
 from sendguard_policyd.settings import PolicydSettings
 from sendguard_policyd.stop_signals_settings import known_operators
-from sendguard_policyd.store import MANUAL, Pause, StoreError
+from sendguard_policyd.store import MANUAL, CounterStore, Pause, StoreError
+
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_USAGE = 64  # EX_USAGE
@@ -59,6 +61,20 @@ def _check(
     return None
 
 
+def _with_store(settings: PolicydSettings, command: str, undone: str, change: Callable[[CounterStore], T]) -> T | Outcome:
+    """``change(store)`` on the store the daemons read, opened for it and closed after; an Outcome on failure."""
+    try:
+        store = open_store(settings)
+    except (StoreError, OSError) as exc:
+        return Outcome(f"sendguard {command}: cannot open the counter store: {exc}", EXIT_STORE)
+    try:
+        return change(store)
+    except StoreError as exc:
+        return Outcome(f"sendguard {command}: {undone}: {exc}", EXIT_STORE)
+    finally:
+        store.close()
+
+
 def pause(
     settings: PolicydSettings,
     streams: Sequence[str],
@@ -83,17 +99,13 @@ def pause(
             problem = f"--for: {exc}"
     if problem is not None:
         return Outcome(f"sendguard pause: {problem}", EXIT_USAGE)
-    try:
-        store = open_store(settings)
-    except (StoreError, OSError) as exc:
-        return Outcome(f"sendguard pause: cannot open the counter store: {exc}", EXIT_STORE)
-    try:
+    def change(store: CounterStore) -> list[Pause]:
         store.pause(Pause(stream, operator, now, until, reason, MANUAL))
-        in_force = [p for p in store.pauses(now) if (p.stream, p.operator) == (stream, operator)]
-    except StoreError as exc:
-        return Outcome(f"sendguard pause: nothing paused: {exc}", EXIT_STORE)
-    finally:
-        store.close()
+        return [p for p in store.pauses(now) if (p.stream, p.operator) == (stream, operator)]
+
+    in_force = _with_store(settings, "pause", "nothing paused", change)
+    if isinstance(in_force, Outcome):
+        return in_force
     lines = [f"paused {describe(p, now)}" for p in in_force]
     lines.append(
         f"in {store_label(settings)}: a running policy daemon holds this mail within a couple of seconds;"
@@ -115,17 +127,13 @@ def resume(
     problem = _check(streams, data, stream, operator)
     if problem is not None:
         return Outcome(f"sendguard resume: {problem}", EXIT_USAGE)
-    try:
-        store = open_store(settings)
-    except (StoreError, OSError) as exc:
-        return Outcome(f"sendguard resume: cannot open the counter store: {exc}", EXIT_STORE)
-    try:
-        ended = store.resume(stream, operator, now)
-        left = [p for p in store.pauses(now) if p.stream == stream]
-    except StoreError as exc:
-        return Outcome(f"sendguard resume: nothing resumed: {exc}", EXIT_STORE)
-    finally:
-        store.close()
+    def change(store: CounterStore) -> tuple[bool, list[Pause]]:
+        return store.resume(stream, operator, now), [p for p in store.pauses(now) if p.stream == stream]
+
+    done = _with_store(settings, "resume", "nothing resumed", change)
+    if isinstance(done, Outcome):
+        return done
+    ended, left = done
     what = f"{stream}'s mail to {operator}" if operator else f"all of {stream}'s mail"
     if ended:
         lines = [f"resumed {what}: the releaser lets its held mail go through the caps"]

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from sendguard import logs
-from sendguard.timetext import format_instant
 from sendguard.streams import Stream
+from sendguard.timetext import format_instant
 from sendguard_policyd import metrics
 from sendguard_policyd.postfix_queue import PostfixError, PostfixQueue, QueuedMessage
 from sendguard_policyd.store import (

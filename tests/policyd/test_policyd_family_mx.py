@@ -60,6 +60,28 @@ def dns_server():
     sock.close()
 
 
+TRUCKING = {"match": {"server_port": [25]}, "ramp": [[0, 10]], "start_date": dt.date(2026, 1, 1)}
+NOW = dt.datetime(2026, 3, 2, 12, tzinfo=dt.timezone.utc).timestamp()
+
+
+@pytest.fixture
+def mx_decider(make_config):
+    """A Decider for TRUCKING whose MX lookups ask ``server`` (or go through ``mx``); closed after the test."""
+    made: list[Decider] = []
+
+    def build(server: str | None = None, mx: MxFamily | None = None) -> Decider:
+        policyd = {"family_mx_check": True, "family_mx_nameservers": [server]} if server else {}
+        config = make_config({"trucking": TRUCKING}, **policyd)
+        d = Decider(config.policyd, config.streams, SQLiteCounterStore(config.policyd.database), mx=mx)
+        made.append(d)
+        return d
+
+    yield build
+    for d in made:
+        d.close()
+        d.store.close()
+
+
 def test_lookups_never_block_and_are_cached(dns_server):
     server, queries = dns_server
     mx = MxFamily((server,))
@@ -88,40 +110,24 @@ def test_unreachable_dns_passes_mail_and_says_so(policyd_log):
     assert policyd_log.matching("MX lookup for hosted.example failed")
 
 
-def test_yahoo_hosted_domains_are_held_and_never_counted(make_config, dns_server):
+def test_yahoo_hosted_domains_are_held_and_never_counted(mx_decider, dns_server):
     server, _ = dns_server
-    config = make_config(
-        {
-            "trucking": {
-                "match": {"server_port": [25]},
-                "ramp": [[0, 10]],
-                "start_date": dt.date(2026, 1, 1),
-            }
-        },
-        family_mx_check=True,
-        family_mx_nameservers=[server],
-    )
-    store = SQLiteCounterStore(config.policyd.database)
-    d = Decider(config.policyd, config.streams, store)
-    now = dt.datetime(2026, 3, 2, 12, tzinfo=dt.timezone.utc).timestamp()
-    try:
-        first = [dict(r) for r in postfix_message("m1", "Q1", ["a@other.example", "b@hosted.example"])]
-        # RCPT: the domains are new, so nothing is known yet and RCPT does not wait.
-        assert [d.decide(r, now).action for r in first[:2]] == ["DUNNO", "DUNNO"]
-        assert d.mx.wait_idle()  # ... the DATA transfer happens meanwhile ...
-        # END-OF-MESSAGE: the lookup has answered; the message is held, not counted.
-        eom = d.decide(first[2], now)
-        assert eom.action.startswith("HOLD ") and "rule mx *.yahoodns.net" in eom.action
-        # From now on the domain is known at RCPT already.
-        second = [dict(r) for r in postfix_message("m2", "Q2", ["c@hosted.example"])]
-        assert d.decide(second[0], now).action.startswith("HOLD ")
-        assert d.decide(second[1], now).action == "DUNNO"  # held at RCPT: passes uncounted
-        third = [dict(r) for r in postfix_message("m3", "Q3", ["e@other.example"])]
-        assert [d.decide(r, now).action for r in third] == ["DUNNO", "DUNNO"]
-        assert store.windows("trucking", now).hour == 1  # only the third message counted
-    finally:
-        d.close()
-        store.close()
+    d = mx_decider(server)
+    store, now = d.store, NOW
+    first = [dict(r) for r in postfix_message("m1", "Q1", ["a@other.example", "b@hosted.example"])]
+    # RCPT: the domains are new, so nothing is known yet and RCPT does not wait.
+    assert [d.decide(r, now).action for r in first[:2]] == ["DUNNO", "DUNNO"]
+    assert d.mx.wait_idle()  # ... the DATA transfer happens meanwhile ...
+    # END-OF-MESSAGE: the lookup has answered; the message is held, not counted.
+    eom = d.decide(first[2], now)
+    assert eom.action.startswith("HOLD ") and "rule mx *.yahoodns.net" in eom.action
+    # From now on the domain is known at RCPT already.
+    second = [dict(r) for r in postfix_message("m2", "Q2", ["c@hosted.example"])]
+    assert d.decide(second[0], now).action.startswith("HOLD ")
+    assert d.decide(second[1], now).action == "DUNNO"  # held at RCPT: passes uncounted
+    third = [dict(r) for r in postfix_message("m3", "Q3", ["e@other.example"])]
+    assert [d.decide(r, now).action for r in third] == ["DUNNO", "DUNNO"]
+    assert store.windows("trucking", now).hour == 1  # only the third message counted
 
 
 def test_mx_check_is_off_by_default(make_config):
@@ -145,35 +151,24 @@ def test_one_lookup_names_the_family_and_the_operator_of_a_domain(dns_server):
         mx.close()
 
 
-def test_a_google_pause_holds_a_workspace_domain_by_its_mx(make_config, dns_server):
+def test_a_google_pause_holds_a_workspace_domain_by_its_mx(mx_decider, dns_server):
     server, _ = dns_server
-    config = make_config(
-        {"trucking": {"match": {"server_port": [25]}, "ramp": [[0, 10]], "start_date": dt.date(2026, 1, 1)}},
-        family_mx_check=True,
-        family_mx_nameservers=[server],
-    )
-    store = SQLiteCounterStore(config.policyd.database)
-    d = Decider(config.policyd, config.streams, store)
-    now = dt.datetime(2026, 3, 2, 12, tzinfo=dt.timezone.utc).timestamp()
-    try:
-        store.pause(Pause("trucking", "google", now, None, "5 replies matched gmail_unsolicited", "gmail_unsolicited"))
-        d.pauses.refresh(now)
-        workspace = [dict(r) for r in postfix_message("w1", "QW1", ["ceo@workspace.example"])]
-        assert d.decide(workspace[0], now).action == "DUNNO"  # RCPT starts the lookup, waits for nothing
-        assert d.mx.wait_idle()  # ... the DATA transfer ...
-        held = d.decide(workspace[1], now)
-        assert held.action.startswith("HOLD sendguard: stream trucking's mail to google is paused")
-        assert store.held_messages("trucking")[0].operators == ("google",)
-        other = [dict(r) for r in postfix_message("o1", "QO1", ["ceo@other.example"])]
-        d.decide(other[0], now)
-        assert d.mx.wait_idle()
-        assert d.decide(other[1], now).action == "DUNNO"  # its MX is nobody's: "other" goes on
-    finally:
-        d.close()
-        store.close()
+    d = mx_decider(server)
+    d.store.pause(Pause("trucking", "google", NOW, None, "5 replies matched gmail_unsolicited", "gmail_unsolicited"))
+    d.pauses.refresh(NOW)
+    workspace = [dict(r) for r in postfix_message("w1", "QW1", ["ceo@workspace.example"])]
+    assert d.decide(workspace[0], NOW).action == "DUNNO"  # RCPT starts the lookup, waits for nothing
+    assert d.mx.wait_idle()  # ... the DATA transfer ...
+    held = d.decide(workspace[1], NOW)
+    assert held.action.startswith("HOLD sendguard: stream trucking's mail to google is paused")
+    assert d.store.held_messages("trucking")[0].operators == ("google",)
+    other = [dict(r) for r in postfix_message("o1", "QO1", ["ceo@other.example"])]
+    d.decide(other[0], NOW)
+    assert d.mx.wait_idle()
+    assert d.decide(other[1], NOW).action == "DUNNO"  # its MX is nobody's: "other" goes on
 
 
-def test_an_mx_not_known_yet_is_held_while_an_operator_is_paused(make_config):
+def test_an_mx_not_known_yet_is_held_while_an_operator_is_paused(mx_decider):
     import threading
 
     answered = threading.Event()
@@ -182,22 +177,17 @@ def test_an_mx_not_known_yet_is_held_while_an_operator_is_paused(make_config):
         answered.wait(10)  # DNS slower than the whole DATA phase
         return ("mx.elsewhere.example",)
 
-    config = make_config({"trucking": {"match": {"server_port": [25]}, "ramp": [[0, 10]], "start_date": dt.date(2026, 1, 1)}})
-    store = SQLiteCounterStore(config.policyd.database)
-    d = Decider(config.policyd, config.streams, store, mx=MxFamily(lookup=slow_lookup))
-    now = dt.datetime(2026, 3, 2, 12, tzinfo=dt.timezone.utc).timestamp()
+    d = mx_decider(mx=MxFamily(lookup=slow_lookup))
     try:
-        store.pause(Pause("trucking", "microsoft", now, None, "S3150", "microsoft_s3150"))
-        d.pauses.refresh(now)
+        d.store.pause(Pause("trucking", "microsoft", NOW, None, "S3150", "microsoft_s3150"))
+        d.pauses.refresh(NOW)
         first = [dict(r) for r in postfix_message("s1", "QS1", ["ops@slow.example"])]
-        d.decide(first[0], now)
-        held = d.decide(first[1], now)
+        d.decide(first[0], NOW)
+        held = d.decide(first[1], NOW)
         assert "mail to microsoft is paused and a recipient's operator is not known yet" in held.action
         answered.set()
         assert d.mx.wait_idle()
         again = [dict(r) for r in postfix_message("s2", "QS2", ["ops@slow.example"])]
-        assert [d.decide(r, now).action for r in again] == ["DUNNO", "DUNNO"]  # known now: not Microsoft's
+        assert [d.decide(r, NOW).action for r in again] == ["DUNNO", "DUNNO"]  # known now: not Microsoft's
     finally:
         answered.set()
-        d.close()
-        store.close()
