@@ -8,6 +8,12 @@
   It passes (``DUNNO``) and is counted, or gets ``DEFER_IF_PERMIT 4.7.1`` with
   the stream, the cap and when room frees, and is not counted. A message
   held at RCPT gets ``DUNNO`` (the hold stands) and is not counted.
+* END-OF-MESSAGE of a paused stream (pause_board.py), or of a message with a
+  recipient at a receiving operator paused for its stream: ``HOLD`` naming
+  the pause, recorded for the releaser (which lets it go through the caps once
+  the pause ends), not counted. A message with several recipients is held
+  whole when any one of them is paused (Postfix holds messages, not
+  recipients); the operators of its recipients come from the RCPT requests.
 * Any other state: ``DUNNO``. A state outside ``expected_states`` is warned
   about (log and metric): a hook in the wrong restriction list is a silent
   failure otherwise.
@@ -35,17 +41,24 @@ from sendguard_policyd import metrics
 from sendguard_policyd.family import FamilyMatcher
 from sendguard_policyd.family_mx import RULE as MX_RULE
 from sendguard_policyd.family_mx import MxFamily
+from sendguard_policyd.operators import Operators
+from sendguard_policyd.pause_board import PauseBoard, StreamPauses
+from sendguard_policyd.recipient_operators import RecipientOperators
 from sendguard_policyd.settings import PROTOCOL_STATES, PolicydSettings
 from sendguard_policyd.store import (
     ALREADY_COUNTED,
     ALREADY_HELD,
     COUNTED,
+    HOLD_OVER_CAP,
+    HOLD_PAUSE,
     OVER_DAILY,
     OVER_HOURLY,
+    STATE_COUNTED,
     STATE_FAMILY_HOLD,
     STATE_HELD,
     STATE_RELEASING,
     TOO_LARGE,
+    UNKNOWN_OPERATOR,
     CounterStore,
     StoreBusy,
     StoreError,
@@ -59,8 +72,10 @@ log = logs.get("policyd")
 NO_STREAM = "none"  # the stream label of mail that matches no stream
 #: An unexpected protocol state is logged at most once per this many seconds per state.
 UNEXPECTED_LOG_INTERVAL = 600.0
-#: Messages whose MX lookups are remembered between RCPT and END-OF-MESSAGE (cleared when full).
-MX_UNKNOWN_SIZE = 10000
+#: Messages whose recipient domains are remembered between RCPT and END-OF-MESSAGE (cleared when full).
+RCPT_DOMAINS_SIZE = 10000
+#: Characters of a pause's reason quoted in a HOLD answer (Postfix logs the answer whole).
+PAUSE_REASON_CHARS = 160
 #: Distinct attribute combinations whose stream is remembered (cleared when full).
 STREAM_CACHE_SIZE = 4096
 
@@ -95,7 +110,11 @@ class Decider:
         family: FamilyMatcher | None = None,
         clock: Callable[[], float] = time.monotonic,
         mx: MxFamily | None = None,
+        operators: Operators | None = None,
+        pauses: PauseBoard | None = None,
     ) -> None:
+        """``operators``: the receiving operators (default: the built-in ones); ``pauses``: the pauses
+        in force (default: a board over ``store``, refreshed only when told: service.py starts it)."""
         self.settings = settings
         self.streams = streams
         self.store = store
@@ -106,8 +125,14 @@ class Decider:
         if mx is None and settings.family_mx_check:
             mx = MxFamily(settings.family_mx_nameservers)
         self.mx = mx
-        # Recipient domains whose MX lookup had not finished at RCPT, per message, for END-OF-MESSAGE.
-        self._mx_unknown: dict[str, set[str]] = {}
+        self.operators = operators if operators is not None else Operators()
+        self.recipient_operators = RecipientOperators(self.operators, mx)
+        self.pauses = (
+            pauses if pauses is not None else PauseBoard(store, [s.name for s in streams], self.operators.names)
+        )
+        # The recipient domains of each message as its RCPT requests named them, for END-OF-MESSAGE
+        # (which names a recipient only when there is one): its family check by MX, its operators.
+        self._rcpt_domains: dict[str, set[str]] = {}
         self.expected = frozenset(settings.expected_states)
         self._clock = clock
         self._unexpected_logged: dict[str, float] = {}
@@ -120,8 +145,9 @@ class Decider:
         self.summary = Summary(store.windows, self._caps_of)
         # Over-cap holds answered while the store could not record them: recorded once it can,
         # so the releaser still finds them (until then Postfix keeps them held; nothing leaves).
-        self._unrecorded_holds: list[tuple[str, str, int, float, str]] = []
+        self._unrecorded_holds: list[tuple[str, str, int, float, str, str, tuple[str, ...]]] = []
         self._over_cap_holds = metrics.HOLDS.labels("over_cap")
+        self._pause_holds = metrics.HOLDS.labels("pause")
 
     def decide(self, attrs: Mapping[str, str], now: float) -> Decision:
         """The answer to one parsed request at ``now`` (counted in the decisions metric).
@@ -138,8 +164,8 @@ class Decider:
         elif state == "END-OF-MESSAGE":
             decision = self._end_of_message(attrs, now, stream)
             # Forgotten only once decided: a decision parked on a busy store (StoreBusy) runs again.
-            if self._mx_unknown:
-                self._mx_unknown.pop(attrs.get("instance", ""), None)
+            if self._rcpt_domains:
+                self._rcpt_domains.pop(attrs.get("instance", ""), None)
         else:
             decision = _dunno(stream.name if stream else NO_STREAM)
         key = (decision.stream, decision.label)
@@ -160,9 +186,9 @@ class Decider:
 
     def _record_unrecorded(self) -> None:
         while self._unrecorded_holds:
-            instance, stream, count, at, queue_id = self._unrecorded_holds[0]
+            instance, stream, count, at, queue_id, reason, operators = self._unrecorded_holds[0]
             try:
-                self.store.record_hold(instance, stream, count, at, queue_id)
+                self.store.record_hold(instance, stream, count, at, queue_id, reason, operators)
             except (StoreError, StoreBusy):
                 return  # still down, or another writer holds the store: the next tick tries again
             self._unrecorded_holds.pop(0)
@@ -191,7 +217,8 @@ class Decider:
         return stream
 
     def close(self) -> None:
-        """Stop background work (MX lookups)."""
+        """Stop background work (MX lookups, the pauses' refresher)."""
+        self.pauses.close()
         if self.mx is not None:
             self.mx.close()
 
@@ -201,15 +228,14 @@ class Decider:
         name = stream.name if stream else NO_STREAM
         recipient = attrs.get("recipient", "")
         rule = self.family.rule_for(recipient) if recipient else None
-        if rule is None and self.mx is not None and "@" in recipient:
-            domain = recipient.rpartition("@")[2]
-            known = self.mx.status(domain)
-            if known:
+        if rule is None and "@" in recipient:
+            domain = recipient.rpartition("@")[2].lower()
+            if self.mx is not None and self.mx.status(domain):
                 rule = MX_RULE
-            elif known is None and attrs.get("instance"):
-                if len(self._mx_unknown) >= MX_UNKNOWN_SIZE:
-                    self._mx_unknown.clear()
-                self._mx_unknown.setdefault(attrs["instance"], set()).add(domain)
+            elif attrs.get("instance"):
+                if len(self._rcpt_domains) >= RCPT_DOMAINS_SIZE:
+                    self._rcpt_domains.clear()
+                self._rcpt_domains.setdefault(attrs["instance"], set()).add(domain)
         if rule is None:
             return _dunno(name)
         return self._family_hold(attrs, now, recipient, rule, name)
@@ -227,9 +253,7 @@ class Decider:
             return recipient, rule
         if self.mx is None:
             return None
-        domains = set(self._mx_unknown.get(attrs.get("instance", ""), ()))
-        if "@" in recipient:
-            domains.add(recipient.rpartition("@")[2])
+        domains = self._domains_of(attrs)
         for domain in sorted(domains):
             known = self.mx.status(domain)
             if known:
@@ -238,6 +262,18 @@ class Decider:
                 log.info("%s: MX lookup of %s not finished at END-OF-MESSAGE: not held as yahoo family",
                          _qid(attrs), domain)  # fmt: skip
         return None
+
+    def _domains_of(self, attrs: Mapping[str, str]) -> set[str]:
+        """The message's recipient domains: END-OF-MESSAGE's recipient, and those its RCPT requests named."""
+        domains = set(self._rcpt_domains.get(attrs.get("instance", ""), ()))
+        recipient = attrs.get("recipient", "")
+        if "@" in recipient:
+            domains.add(recipient.rpartition("@")[2].lower())
+        return domains
+
+    def _operators_of(self, attrs: Mapping[str, str]) -> tuple[str, ...]:
+        """The receiving operators of the message's recipients ((UNKNOWN_OPERATOR,): none is known)."""
+        return self.recipient_operators.of_all(self._domains_of(attrs))
 
     def _family_hold(self, attrs: Mapping[str, str], now: float, recipient: str, rule: str, stream: str) -> Decision:
         qid = _qid(attrs)
@@ -268,6 +304,11 @@ class Decider:
         name = stream.name if stream else NO_STREAM
         family = self._family_at_eom(attrs)
         if family is None and stream is not None:
+            paused = self.pauses.of(name, now)
+            if paused is not None:
+                held = self._paused(attrs, now, name, paused)
+                if held is not None:
+                    return held
             counted = self._count(attrs, now, stream, qid)
             if counted is not None:
                 return counted
@@ -360,15 +401,67 @@ class Decider:
         log.info("%s: hold: stream %s: %s; %d recipient(s) held for release", qid, name, detail, count)
         return self._hold_answer(name, f"it is at its {what}")
 
-    def _remember_hold(self, attrs: Mapping[str, str], now: float, name: str, count: int) -> None:
-        entry = (attrs.get("instance", ""), name, count, now, attrs.get("queue_id", ""))
+    def _hold_entry(
+        self, attrs: Mapping[str, str], now: float, name: str, count: int, reason: str
+    ) -> tuple[str, str, int, float, str, str, tuple[str, ...]]:
+        """What the store records of a held message (record_hold's arguments)."""
+        return (attrs.get("instance", ""), name, count, now, attrs.get("queue_id", ""), reason, self._operators_of(attrs))
+
+    def _remember_hold(
+        self, attrs: Mapping[str, str], now: float, name: str, count: int, reason: str = HOLD_OVER_CAP
+    ) -> bool:
+        """Record a hold for the releaser; False when the message was recorded before (in any state).
+
+        A store failure is logged and the hold recorded once the store answers (True: held anyway)."""
+        entry = self._hold_entry(attrs, now, name, count, reason)
         try:
-            self.store.record_hold(*entry)
+            return self.store.record_hold(*entry)
         except StoreError as exc:
             metrics.STORE_ERRORS.inc()
             log.error("%s: cannot record the hold (%s); held anyway, recorded once the store answers",
                       _qid(attrs), exc)  # fmt: skip
             self._unrecorded_holds.append(entry)
+            return True
+
+    # -- END-OF-MESSAGE: pauses ------------------------------------------------------------------
+
+    def _paused(self, attrs: Mapping[str, str], now: float, name: str, paused: StreamPauses) -> Decision | None:
+        """HOLD for a message the stream's pauses cover; None when they do not (it goes on to the caps)."""
+        pause, what = paused.whole, f"stream {name} is paused"
+        if pause is None:
+            operators = self._operators_of(attrs)
+            hit = next((op for op in operators if op in paused.operators), None)
+            if hit is not None:
+                pause, what = paused.operators[hit], f"stream {name}'s mail to {hit} is paused"
+            elif UNKNOWN_OPERATOR in operators:
+                # It may be for the paused operator: held, and released once no operator of its stream is paused.
+                first = sorted(paused.operators)[0]
+                pause = paused.operators[first]
+                what = f"stream {name}'s mail to {first} is paused and a recipient's operator is not known yet"
+            else:
+                return None
+        qid = _qid(attrs)
+        count = _recipient_count(attrs, qid)
+        if not self._remember_hold(attrs, now, name, count, HOLD_PAUSE):
+            state = self._state_of(attrs)
+            if state in (STATE_COUNTED, STATE_FAMILY_HOLD):
+                # Counted before the pause began (Postfix asks again), or held for the family at RCPT:
+                # it stands as it was decided. Held before (or unreadable now): it stays held.
+                log.info("%s: pass: stream %s: %s before the pause, not held again", qid, name,
+                         "counted" if state == STATE_COUNTED else "held for the yahoo family")  # fmt: skip
+                return _dunno(name)
+        else:
+            self._pause_holds.inc()
+            self.summary.held(name, now)
+        until = "until resumed" if pause.until is None else f"until {_fmt_stamp(int(pause.until))}"
+        log.info("%s: hold: %s (rule %s, %s): %s; %d recipient(s) held for release", qid, what, pause.rule, until,
+                 pause.reason, count)  # fmt: skip
+        return Decision(
+            f"HOLD sendguard: {what} (rule {pause.rule}, {until}): {_answer_text(pause.reason)};"
+            " held, released when the pause ends",
+            "hold",
+            name,
+        )
 
     @staticmethod
     def _hold_answer(name: str, why: str) -> Decision:
@@ -388,7 +481,7 @@ class Decider:
             return _dunno(name)
         if over_cap == "hold":
             log.error("%s: hold: stream %s: counter store failed (%s); held until it can be counted", qid, name, exc)
-            self._unrecorded_holds.append((attrs.get("instance", ""), name, count, now, attrs.get("queue_id", "")))
+            self._unrecorded_holds.append(self._hold_entry(attrs, now, name, count, HOLD_OVER_CAP))
             self._over_cap_holds.inc()
             return self._hold_answer(name, "the counter store is unavailable")
         log.error("%s: defer: stream %s: counter store failed: %s", qid, name, exc)
@@ -426,6 +519,12 @@ class Decider:
 
 def _qid(attrs: Mapping[str, str]) -> str:
     return attrs.get("queue_id") or "NOQUEUE"
+
+
+def _answer_text(text: str) -> str:
+    """A pause's reason as a HOLD answer quotes it: one line, not too long."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= PAUSE_REASON_CHARS else flat[: PAUSE_REASON_CHARS - 3] + "..."
 
 
 def _recipient_count(attrs: Mapping[str, str], qid: str) -> int:

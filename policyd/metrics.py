@@ -28,7 +28,11 @@ DECISIONS = Counter(
     "Answers given to Postfix, by stream ('none': no stream matched) and action.",
     ["stream", "action"],
 )
-HOLDS = Counter("sendguard_policyd_holds", "HOLD answers, by reason (family: Yahoo/Verizon-Media family).", ["reason"])
+HOLDS = Counter(
+    "sendguard_policyd_holds",
+    "Messages held, by reason (family: Yahoo/Verizon-Media family; over_cap; pause: stream or operator paused).",
+    ["reason"],
+)
 COUNTED_RECIPIENTS = Counter(
     "sendguard_policyd_counted_recipients", "Recipients counted against a stream's caps.", ["stream"]
 )
@@ -62,6 +66,22 @@ HELD_NEAR_LIFETIME = Gauge(
     "sendguard_policyd_held_near_lifetime_messages",
     "Held messages older than release.lifetime_warn_share of maximal_queue_lifetime (they may bounce once released).",
     ["stream"],
+)
+PAUSED = Gauge(
+    "sendguard_policyd_paused",
+    "1 while the stream's new mail (operator 'all') or its mail to one receiving operator is paused and held.",
+    ["stream", "operator"],
+)
+PAUSES = Counter(
+    "sendguard_policyd_pauses",
+    "Pauses seen to begin by the policy daemon, by stream, operator ('all': the whole stream) and rule"
+    " ('manual': sendguard pause).",
+    ["stream", "operator", "rule"],
+)
+STOP_SIGNAL_MATCHES = Counter(
+    "sendguard_policyd_stop_signal_matches",
+    "Delivery results that matched a stop-signal rule, by stream and rule (a rule pauses at its threshold per hour).",
+    ["stream", "rule"],
 )
 BUSY_POLL_SECONDS = Counter(
     "sendguard_policyd_busy_poll_seconds",
@@ -174,12 +194,18 @@ class StreamCollector(Collector):
             ),
             "held": GaugeMetricFamily(
                 "sendguard_policyd_held_backlog_messages",
-                "Over-cap messages held in Postfix and waiting for release.",
+                "Messages held in Postfix (over their cap, or paused) and waiting for release.",
                 labels=["stream"],
             ),
             "held_recipients": GaugeMetricFamily(
                 "sendguard_policyd_held_backlog_recipients",
                 "Recipients of the over-cap messages waiting for release.",
+                labels=["stream"],
+            ),
+            "paused_held": GaugeMetricFamily(
+                "sendguard_policyd_paused_held_messages",
+                "Messages held because their stream, or the receiving operator of a recipient, was paused"
+                " (part of the held backlog; released through the caps once the pause ends).",
                 labels=["stream"],
             ),
             "oldest": GaugeMetricFamily(
@@ -205,6 +231,7 @@ class StreamCollector(Collector):
                 families["today_sent"].add_metric([row.name], row.ramp.today_sent)
             families["held"].add_metric([row.name], row.backlog.messages)
             families["held_recipients"].add_metric([row.name], row.backlog.recipients)
+            families["paused_held"].add_metric([row.name], row.backlog.paused)
             oldest = row.backlog.oldest_at
             families["oldest"].add_metric([row.name], 0.0 if oldest is None else max(0.0, now - oldest))
         yield from families.values()

@@ -18,6 +18,15 @@ anything an operator held) are never touched; a held message that left the
 hold queue by other hands (deleted, released by hand) is closed uncounted.
 A message larger than the cap can never fit: it is skipped and logged (it
 stays held for the operator), so it does not block the stream.
+
+Pauses (read from the store at the start of every pass): nothing of a paused
+stream is released, whatever it was held for; while only some receiving
+operators of a stream are paused, a message with a recipient at one of them
+(or one whose operators were not known when it was held) waits, and does not
+hold back the stream's other mail. Once the pause ends, the mail it held
+leaves like any held mail: in arrival order, counted against the caps then.
+A message held longer than ``lifetime_warn_share`` of the queue lifetime is
+flagged even while its pause lasts: a pause of days can outlast it.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from typing import Callable, Mapping, Sequence
 
 from sendguard import logs
 from sendguard.streams import Stream
+from sendguard.timetext import format_instant
 from sendguard_policyd import metrics
 from sendguard_policyd.postfix_queue import PostfixError, PostfixQueue, QueuedMessage
 from sendguard_policyd.store import (
@@ -40,8 +50,10 @@ from sendguard_policyd.store import (
     STATE_RELEASED,
     STATE_RELEASING,
     TOO_LARGE,
+    UNKNOWN_OPERATOR,
     CounterStore,
     HeldMessage,
+    Pause,
     StoreError,
 )
 from sendguard_policyd.warmup import Warmup, cap_text, refresh_histories
@@ -65,6 +77,8 @@ class PassResult:
     released: dict[str, int] = field(default_factory=dict)
     gone: dict[str, int] = field(default_factory=dict)
     waiting: dict[str, int] = field(default_factory=dict)
+    #: Of the waiting ones, those kept back by a pause.
+    paused: dict[str, int] = field(default_factory=dict)
     errors: int = 0
 
 
@@ -94,6 +108,8 @@ class Releaser:
         # Queue ids already logged as too large / near the end of their lifetime: one line each.
         self._logged_too_large: set[str] = set()
         self._logged_old: set[str] = set()
+        # Pauses already logged as keeping mail back: one line each.
+        self._logged_pauses: set[tuple[str, str, float]] = set()
         self._last_error = ""
 
     def run_pass(self) -> PassResult:
@@ -106,11 +122,18 @@ class Releaser:
             self._error("postqueue", str(exc))
             result.errors += 1
             return result
+        try:
+            # Read before anything is released: mail of a paused stream or operator must not leave.
+            pauses = self.store.pauses(now)
+        except StoreError as exc:
+            self._error("store", f"reading the pauses: {exc}")
+            result.errors += 1
+            return result
         lifetime = self._maximal_queue_lifetime(now)
         self._read_histories(now)
         for stream in self.streams:
             try:
-                self._release_stream(stream, held, now, lifetime, result)
+                self._release_stream(stream, held, now, lifetime, result, [p for p in pauses if p.stream == stream.name])
             except StoreError as exc:
                 self._error("store", f"stream {stream.name}: {exc}")
                 result.errors += 1
@@ -138,8 +161,11 @@ class Releaser:
         now: float,
         lifetime: float | None,
         result: PassResult,
+        pauses: list[Pause],
     ) -> None:
         name = stream.name
+        whole = next((p for p in pauses if not p.operator), None)
+        paused_operators = {p.operator for p in pauses if p.operator}
         caps = self.warmups[name].caps(now)
         blocked = False
         near_end = 0
@@ -158,6 +184,13 @@ class Releaser:
             if lifetime is not None and now - queued.arrival_time > self.warn_share * lifetime:
                 near_end += 1
                 self._warn_old(message, queued, now, lifetime)
+            pause = whole or self._pause_of(message, paused_operators, pauses)
+            if pause is not None:
+                # Kept back, without holding back the stream's other mail (a whole pause keeps it all).
+                self._note_pause(pause, name)
+                result.waiting[name] = result.waiting.get(name, 0) + 1
+                result.paused[name] = result.paused.get(name, 0) + 1
+                continue
             if blocked:
                 result.waiting[name] = result.waiting.get(name, 0) + 1
                 continue
@@ -188,6 +221,27 @@ class Releaser:
                 blocked = True
                 result.waiting[name] = result.waiting.get(name, 0) + 1
         metrics.HELD_NEAR_LIFETIME.labels(name).set(near_end)
+
+    @staticmethod
+    def _pause_of(message: HeldMessage, paused: set[str], pauses: list[Pause]) -> Pause | None:
+        """The operator pause that keeps ``message`` back, if any (operators not known: any of them)."""
+        if not paused:
+            return None
+        operators = message.operators or (UNKNOWN_OPERATOR,)
+        hit = next((op for op in operators if op in paused), None)
+        if hit is None and UNKNOWN_OPERATOR in operators:
+            hit = min(paused)
+        return next((p for p in pauses if p.operator == hit), None) if hit is not None else None
+
+    def _note_pause(self, pause: Pause, stream: str) -> None:
+        key = (pause.stream, pause.operator, pause.since)
+        if key in self._logged_pauses:
+            return
+        self._logged_pauses.add(key)
+        what = f"stream {stream}" + (f"'s mail to {pause.operator}" if pause.operator else "")
+        until = "until resumed" if pause.until is None else f"until {format_instant(pause.until)}"
+        log.info("release: %s is paused (rule %s, %s): its held mail waits for the pause to end", what, pause.rule,
+                 until)  # fmt: skip
 
     def _release(self, message: HeldMessage, counted_before: bool, now: float, result: PassResult) -> bool:
         try:

@@ -32,6 +32,8 @@ answer. Only the loop decides, so the decision needs no locks of its own.
 
 About once a second the loop sweeps: idle connections are closed, paused
 listeners resume, and the decider's periodic work runs (its summary line).
+The pauses of streams (pause_board.py) are not read there: a thread of their
+own reads them from the store, and the loop reads its snapshot from memory.
 
 A connection carries any number of requests, pipelined or not; each gets its
 reply in order. Bad input never stops the daemon. A request that is complete

@@ -71,6 +71,7 @@ def start(config: Config, settings: PolicydSettings) -> Handle:
     decider = Decider(settings, config.streams, store)
     ramps = RampRefresher(decider.warmups, store)
     ramps.refresh()  # the first warmup days from the store's history, before the first request
+    decider.pauses.start()  # the pauses in force, read now and every second off the loop (pause_board.py)
     server = PolicyServer(decider, settings.idle_timeout, settings.bad_request_action, settings.busy_poll_usec / 1e6)
     try:
         host, port = _bind(config.file, settings, server)

@@ -1,4 +1,4 @@
-"""``sendguard status``: per stream the warmup day and why, cap in force, rolling counts and family holds.
+"""``sendguard status``: per stream the warmup day and why, cap in force, rolling counts, holds and pauses.
 
 Read from the counter store file through the store's read-only interface, so
 it is right whether or not a daemon runs, and whichever daemon did the
@@ -28,7 +28,8 @@ from sendguard.config_reader import ConfigError, resolve_path
 from sendguard.streams import Stream, read_stamp
 from sendguard_policyd.settings import PolicydSettings
 from sendguard_policyd.backend import open_reader, store_label, store_windows
-from sendguard_policyd.store import DAY, Backlog, StoreError, StoreReader, Windows
+from sendguard_policyd.pause_command import describe
+from sendguard_policyd.store import DAY, Backlog, Pause, StoreError, StoreReader, Windows
 from sendguard_policyd.effective_day import SENDING, RampDay
 from sendguard_policyd.warmup import Warmup, cap_text, make_warmups, refresh_histories
 
@@ -66,6 +67,8 @@ class StreamStatus:
     drain_seconds: float | None = None
     #: How the effective warmup day came about (None: the stream has no start).
     ramp: RampDay | None = None
+    #: The stream's pauses in force (the whole-stream one first).
+    pauses: tuple[Pause, ...] = ()
 
 
 def drain_time(backlog: Backlog, hourly_cap: int | None, daily_cap: int | None, windows: Windows) -> float | None:
@@ -91,6 +94,7 @@ def snapshot(
     """Every stream's status at ``now`` (counts are 0 when there is no store yet)."""
     out = []
     backlogs = store.held_backlog() if store is not None else {}
+    pauses = store.pauses(now) if store is not None else []
     for stream in streams:
         warmup = warmups[stream.name]
         caps = warmup.caps(now)
@@ -108,6 +112,7 @@ def snapshot(
                 backlog=backlog,
                 drain_seconds=drain_time(backlog, caps.hourly, caps.daily, windows),
                 ramp=caps.ramp,
+                pauses=tuple(sorted((p for p in pauses if p.stream == stream.name), key=lambda p: p.operator)),
             )
         )
     return out
@@ -126,12 +131,20 @@ def _backlog_line(row: StreamStatus, now: float) -> str:
     if b.messages == 0:
         return "  held backlog    none"
     oldest = f", oldest held {_duration(max(0.0, now - b.oldest_at))} ago" if b.oldest_at is not None else ""
-    drain = (
-        f"; drains in about {_duration(row.drain_seconds)} at the cap in force"
-        if row.drain_seconds is not None
-        else "; does not drain at the cap in force (0)"
-    )
-    return f"  held backlog    {b.messages} message(s), {b.recipients} recipient(s){oldest}{drain}"
+    by_pause = f", {b.paused} of them held by a pause" if b.paused else ""
+    if any(not p.operator for p in row.pauses):
+        drain = "; nothing is released while the stream is paused"
+    elif row.drain_seconds is not None:
+        drain = f"; drains in about {_duration(row.drain_seconds)} at the cap in force"
+    else:
+        drain = "; does not drain at the cap in force (0)"
+    return f"  held backlog    {b.messages} message(s), {b.recipients} recipient(s){oldest}{by_pause}{drain}"
+
+
+def _pause_lines(pauses: Sequence[Pause], now: float) -> list[str]:
+    if not pauses:
+        return ["  paused          no"]
+    return [f"  paused          {describe(p, now)}" for p in pauses]
 
 
 def render(config: Config, settings: PolicydSettings, now: float | None = None) -> str:
@@ -161,11 +174,14 @@ def report(config: Config, settings: PolicydSettings, now: float | None = None) 
             refresh_histories(warmups, store)
         rows = snapshot(config.streams, store, warmups, now, windows)
         family = store.family_holds(now - DAY) if store is not None else {}
+        names = {s.name for s in config.streams}
+        strays = [p for p in store.pauses(now) if p.stream not in names] if store is not None else []
     except StoreError as exc:
         lines.append(f"  cannot read the store: {exc}")
         unreadable = True
         rows = snapshot(config.streams, None, warmups, now)
         family = {}
+        strays = []
     finally:
         if store is not None:
             store.close()
@@ -199,9 +215,12 @@ def report(config: Config, settings: PolicydSettings, now: float | None = None) 
         lines.append(f"  rolling hour    {count or row.hour} of {hourly}")
         lines.append(f"  rolling day     {count or row.day} of {cap_text(row.daily_cap)}")
         lines.append("  held backlog    unknown" if unreadable else _backlog_line(row, now))
+        lines.extend(["  paused          unknown"] if unreadable else _pause_lines(row.pauses, now))
         lines.append(f"  family holds    {count or family.get(row.name, 0)} message(s) in the last 24 h")
     if family.get("none"):
         lines.append(f"mail in no stream: {family['none']} family hold(s) in the last 24 h")
+    for p in strays:  # set by another config, or for a stream since removed: the daemons here ignore it
+        lines.append(f"pause of a stream not in this config: {describe(p, now)}")
     code = EXIT_STORE_UNREADABLE if unreadable else EXIT_STAMP_UNREADABLE if any(stamps.values()) else EXIT_OK
     return "\n".join(lines) + "\n", code
 

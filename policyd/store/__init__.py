@@ -24,6 +24,16 @@ next pass releases it without counting it again. A held message that left the
 hold queue by other hands (deleted, released by an operator) is finished
 ``gone`` and never counted.
 
+A held message's record also says why it was held (:data:`HOLD_OVER_CAP`, or
+:data:`HOLD_PAUSE` while its stream or receiving operator was paused) and the
+receiving operators of its recipients as the decision knew them: the releaser
+lets nothing go to an operator that is paused.
+
+A :class:`Pause` stops a stream's new mail (or only the mail to one receiving
+operator) until it ends: set by a stop-signal rule (``stop_signals.py``) or by
+hand (``sendguard pause``). At most one pause is in force per stream and
+operator; pauses that ended are kept a while as history.
+
 The windows are an hour and a day; :class:`Windows` can shorten them for the
 container suite only (``[policyd] test_window_seconds``).
 
@@ -62,6 +72,18 @@ STATE_GONE = "gone"  # left the hold queue by other hands: never counted
 
 # Outcomes of claim_release() besides COUNTED, ALREADY_COUNTED, OVER_*, TOO_LARGE.
 NOT_HELD = "not_held"  # no held or releasing record under that queue id (finished, or never ours)
+
+# Why a message was held (its record's reason).
+HOLD_OVER_CAP = "over_cap"  # over its stream's cap
+HOLD_PAUSE = "pause"  # its stream, or the receiving operator of a recipient, was paused
+
+#: A recipient whose receiving operator was not known when its message was held (an MX lookup
+#: not finished or failed): the releaser treats it as any operator.
+UNKNOWN_OPERATOR = "?"
+#: The rule of a pause set by hand (``sendguard pause``).
+MANUAL = "manual"
+#: Pauses that ended are kept this long (seconds) as history (``pause_history``).
+PAUSE_HISTORY = 90 * DAY
 
 
 @dataclass(frozen=True)
@@ -118,7 +140,7 @@ class WindowCounts:
 
 @dataclass(frozen=True)
 class HeldMessage:
-    """One over-cap message waiting in Postfix's hold queue for its stream's room."""
+    """One held message waiting in Postfix's hold queue for its stream's room (or for a pause to end)."""
 
     queue_id: str
     instance: str
@@ -128,6 +150,61 @@ class HeldMessage:
     at: float
     #: STATE_HELD, or STATE_RELEASING after a claim that Postfix has not confirmed.
     state: str
+    #: HOLD_OVER_CAP or HOLD_PAUSE.
+    reason: str = HOLD_OVER_CAP
+    #: The receiving operators of its recipients when it was held; UNKNOWN_OPERATOR among them, or
+    #: none at all (a record from before operators were recorded): not known, so any operator.
+    operators: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Pause:
+    """A stream's new mail (or its mail to one receiving operator) held until the pause ends."""
+
+    stream: str
+    #: The receiving operator whose mail is paused; "" for the whole stream.
+    operator: str
+    #: When it began (epoch seconds).
+    since: float
+    #: When it ends (epoch seconds); None: until resumed by hand.
+    until: float | None
+    #: Why, in words (the signal: what the receiver answered, how often); shown in HOLD answers.
+    reason: str
+    #: The stop-signal rule that set it, or MANUAL.
+    rule: str
+
+    def active(self, now: float) -> bool:
+        """Whether the pause is in force at ``now`` (it has not ended: a start a moment ahead, on
+        another host's clock, counts as begun)."""
+        return self.until is None or now < self.until
+
+    def outlasts(self, other: Pause) -> bool:
+        """Whether this pause ends no earlier than ``other``."""
+        return self.until is None or (other.until is not None and self.until >= other.until)
+
+
+def operators_text(operators: tuple[str, ...]) -> str:
+    """How a store keeps a held message's operators: sorted, comma-separated."""
+    return ",".join(sorted(set(operators)))
+
+
+def operators_of_text(text: str | None) -> tuple[str, ...]:
+    """The operators kept as :func:`operators_text` (none: not recorded)."""
+    return tuple(text.split(",")) if text else ()
+
+
+def merge_pause(current: Pause | None, new: Pause) -> Pause | None:
+    """What :meth:`CounterStore.pause` puts in force: ``new``, or ``current`` (in force, same stream
+    and operator) changed by it; None when ``current`` stays as it is.
+
+    A rule never shortens a pause in force (a second signal extends it, a shorter one is a no-op);
+    by hand (MANUAL) it may. Either way the pause keeps the start it had: it has not stopped.
+    """
+    if current is None:
+        return new
+    if new.rule != MANUAL and not new.outlasts(current):
+        return None
+    return Pause(current.stream, current.operator, current.since, new.until, new.reason, new.rule)
 
 
 @dataclass(frozen=True)
@@ -138,6 +215,8 @@ class Backlog:
     recipients: int
     #: When the oldest waiting message was held (None: nothing waits).
     oldest_at: float | None
+    #: How many of the messages were held because their stream or operator was paused.
+    paused: int = 0
 
 
 @dataclass(frozen=True)
@@ -183,7 +262,16 @@ class StoreReader(Protocol):
         ...
 
     def held_backlog(self) -> dict[str, Backlog]:
-        """Over-cap messages waiting for release (``held`` or ``releasing``), per stream that has any."""
+        """Held messages waiting for release (``held`` or ``releasing``), per stream that has any."""
+        ...
+
+    def pauses(self, now: float) -> list[Pause]:
+        """The pauses in force at ``now``, every stream's (at most one per stream and operator)."""
+        ...
+
+    def pause_history(self, since: float) -> list[Pause]:
+        """Every pause kept (in force or ended, at most :data:`PAUSE_HISTORY` back) that lasted
+        past ``since``, oldest first; a pause resumed by hand ends when it was resumed."""
         ...
 
     def ramp_history(self, stream: str) -> RampHistory:
@@ -221,11 +309,32 @@ class CounterStore(StoreReader, Protocol):
         """The recorded state of a message (``counted``, ``family_hold``, ``held`` ...), or None."""
         ...
 
-    def record_hold(self, instance: str, stream: str, recipients: int, now: float, queue_id: str) -> bool:
-        """Record an over-cap message held at END-OF-MESSAGE (nothing counted).
+    def record_hold(
+        self,
+        instance: str,
+        stream: str,
+        recipients: int,
+        now: float,
+        queue_id: str,
+        reason: str = HOLD_OVER_CAP,
+        operators: tuple[str, ...] = (),
+    ) -> bool:
+        """Record a message held at END-OF-MESSAGE (nothing counted): over its cap, or paused
+        (``reason``), with the receiving operators of its recipients.
 
         Idempotent per ``instance``: True when this is its first record, False when the
         message was recorded before (in any state; that record stays as it is)."""
+        ...
+
+    def pause(self, p: Pause) -> None:
+        """Put a pause in force. Over one in force for the same stream and operator, it takes its
+        place only when it lasts as long or longer, or when it was set by hand (rule MANUAL); the
+        pause then keeps its start. One that ended is kept as history."""
+        ...
+
+    def resume(self, stream: str, operator: str, now: float) -> bool:
+        """End the pause in force for ``stream`` and ``operator`` ("" = the whole-stream one) at ``now``;
+        True when there was one."""
         ...
 
     def held_messages(self, stream: str) -> list[HeldMessage]:

@@ -2,7 +2,8 @@
 
 Every write is one Lua script (``redis_scripts.py``), run atomically by the
 server: the check-and-add of :meth:`RedisCounterStore.admit`, the family mark,
-the hold record, the release claim and its finish. Two daemons on two hosts
+the hold record, the release claim and its finish. Pauses, rare, are one
+``WATCH``/``MULTI`` transaction each (``redis_pauses.py``). Two daemons on two hosts
 therefore never push a window over its cap together, exactly as two processes
 on one SQLite file do not.
 
@@ -24,6 +25,7 @@ lives in one cluster slot and every script touches one slot only:
   ramp history the warmup day follows. Single commands (``HINCRBY``, ``SADD``, ``RPUSH``), atomic
   as they are; they never expire, and the step-backs' times are the caller's (they are compared
   with the warmup's day boundaries, which are the daemon's).
+* ``{sendguard:S}:pauses`` / ``:pausehist``: the stream's pauses (``redis_pauses.py``).
 
 One key stands outside any stream, ``sendguard:streams`` (a set of the stream names
 written to): the calls that name no stream (``message_state``, ``held_backlog``,
@@ -58,6 +60,8 @@ from typing import Callable, cast
 import redis
 
 from sendguard_policyd.store import (
+    HOLD_OVER_CAP,
+    HOLD_PAUSE,
     NOT_HELD,
     STATE_GONE,
     STATE_RELEASED,
@@ -67,9 +71,13 @@ from sendguard_policyd.store import (
     RampHistory,
     StepBack,
     StoreError,
+    Pause,
     Windows,
     WindowCounts,
+    operators_of_text,
+    operators_text,
 )
+from sendguard_policyd.store import redis_pauses
 from sendguard_policyd.store import redis_scripts as lua
 from sendguard_policyd.store.redis_conn import RedisConnection
 
@@ -103,6 +111,8 @@ class StreamKeys:
         self.sent = f"{self.tag}:sent"
         self.paused = f"{self.tag}:paused"
         self.step_backs = f"{self.tag}:stepbacks"
+        self.pauses = f"{self.tag}:pauses"
+        self.pause_history = f"{self.tag}:pausehist"
 
     def record(self, instance: str) -> str:
         """The key of one message's record."""
@@ -177,15 +187,24 @@ class RedisCounterStore:
         )
         return first == 1
 
-    def record_hold(self, instance: str, stream: str, recipients: int, now: float, queue_id: str) -> bool:
-        """Record an over-cap message held at END-OF-MESSAGE (nothing counted); True on its first record."""
+    def record_hold(
+        self,
+        instance: str,
+        stream: str,
+        recipients: int,
+        now: float,
+        queue_id: str,
+        reason: str = HOLD_OVER_CAP,
+        operators: tuple[str, ...] = (),
+    ) -> bool:
+        """Record a held message (nothing counted), with why and its operators; True on its first record."""
         instance = instance or f"no-instance:{uuid.uuid4().hex}"
         keys = StreamKeys(stream)
         self._register(stream)
         first = self._conn.script(
             "record_hold",
             [keys.record(instance), keys.held, keys.heldrec, keys.heldq],
-            [recipients, queue_id, instance, self.host, self._held_field(queue_id)],
+            [recipients, queue_id, instance, self.host, self._held_field(queue_id), reason, operators_text(operators)],
         )
         if first == 1 and queue_id:
             self._held_index[queue_id] = (stream, instance)
@@ -323,10 +342,15 @@ class RedisCounterStore:
             record = records.get(instance)
             if record is None:
                 continue
-            state, queue_id, recipients, host = record.split("\t")
+            state, queue_id, recipients, host, *more = record.split("\t")
             if host != self.host:
                 continue
-            out.append(HeldMessage(queue_id, instance, stream, int(recipients), float(at), state))
+            # A record of an earlier release has no reason and operators: over its cap, operators unknown.
+            why, operators = more if len(more) == 2 else (HOLD_OVER_CAP, "")
+            message = HeldMessage(
+                queue_id, instance, stream, int(recipients), float(at), state, why, operators_of_text(operators)
+            )
+            out.append(message)
             if queue_id:
                 self._held_index[queue_id] = (stream, instance)
         return out
@@ -348,9 +372,35 @@ class RedisCounterStore:
         for stream, (oldest, records) in zip(streams, self._conn.call(read)):
             if not records:
                 continue
-            recipients = sum(int(r.split("\t")[2]) for r in records)
-            out[stream] = Backlog(len(records), recipients, float(oldest[0][1]) if oldest else None)
+            fields = [r.split("\t") for r in records]
+            recipients = sum(int(f[2]) for f in fields)
+            paused = sum(1 for f in fields if len(f) > 4 and f[4] == HOLD_PAUSE)
+            out[stream] = Backlog(len(records), recipients, float(oldest[0][1]) if oldest else None, paused)
         return out
+
+    # -- pauses (redis_pauses.py) ------------------------------------------------------------------
+
+    def pause(self, p: Pause) -> None:
+        """Put a pause in force (or extend the one in force), in one transaction."""
+        keys = StreamKeys(p.stream)
+        self._register(p.stream)
+        self._conn.call(lambda client: redis_pauses.put_pause(client, keys.pauses, keys.pause_history, p))
+
+    def resume(self, stream: str, operator: str, now: float) -> bool:
+        """End the pause in force for ``stream`` and ``operator`` at ``now``; True when there was one."""
+        key = StreamKeys(stream).pauses
+        return self._conn.call(lambda client: redis_pauses.end_pause(client, key, stream, operator, now))
+
+    def pauses(self, now: float) -> list[Pause]:
+        """The pauses in force at ``now``, by stream and operator."""
+        keys = [(stream, StreamKeys(stream).pauses) for stream in self._streams()]
+        latest = self._conn.call(lambda client: redis_pauses.read_latest(client, keys))
+        return [p for p in latest if p.active(now)]
+
+    def pause_history(self, since: float) -> list[Pause]:
+        """The pauses kept that lasted past ``since``, oldest first."""
+        keys = [(s, StreamKeys(s).pauses, StreamKeys(s).pause_history) for s in self._streams()]
+        return self._conn.call(lambda client: redis_pauses.read_history(client, keys, since))
 
     # -- the event loop's side: a Redis write waits for no lock, only for redis_timeout -------------
 

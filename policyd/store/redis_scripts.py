@@ -178,8 +178,8 @@ end
 return total
 """
 
-#: KEYS record, held, heldrec, heldq; ARGV recipients, queue id, instance, host, heldq field.
-#: Reply 1: first record.
+#: KEYS record, held, heldrec, heldq; ARGV recipients, queue id, instance, host, heldq field, reason,
+#: operators. Reply 1: first record.
 RECORD_HOLD = (
     _COMMON
     + r"""
@@ -187,9 +187,11 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local clock = redis.call('TIME')
 local at = at_text(tonumber(clock[1]), tonumber(clock[2]))
 -- No expiry: mail on hold does not expire in Postfix, so neither does its record while held.
-redis.call('HSET', KEYS[1], 'state', 'held', 'recipients', ARGV[1], 'at', at, 'queue_id', ARGV[2], 'host', ARGV[4])
+redis.call('HSET', KEYS[1], 'state', 'held', 'recipients', ARGV[1], 'at', at, 'queue_id', ARGV[2], 'host', ARGV[4],
+  'reason', ARGV[6])
 redis.call('ZADD', KEYS[2], at, ARGV[3])
-redis.call('HSET', KEYS[3], ARGV[3], 'held\t' .. ARGV[2] .. '\t' .. ARGV[1] .. '\t' .. ARGV[4])
+redis.call('HSET', KEYS[3], ARGV[3],
+  'held\t' .. ARGV[2] .. '\t' .. ARGV[1] .. '\t' .. ARGV[4] .. '\t' .. ARGV[6] .. '\t' .. ARGV[7])
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[4], ARGV[5], ARGV[3]) end
 return 1
 """
@@ -215,7 +217,10 @@ local n = tonumber(redis.call('HGET', KEYS[4], 'recipients'))
 local r = check_add(n, cap(ARGV[3]), cap(ARGV[4]), hour, day, tonumber(ARGV[7]))
 if r[1] == 'counted' then
   redis.call('HSET', KEYS[4], 'state', 'releasing')
-  redis.call('HSET', KEYS[5], ARGV[2], 'releasing\t' .. ARGV[1] .. '\t' .. n .. '\t' .. ARGV[8])
+  -- Only the state changes: the rest (queue id, recipients, host, reason, operators) stays.
+  local rest = string.match(redis.call('HGET', KEYS[5], ARGV[2]) or '', '^[^\t]*(\t.*)$')
+  if not rest then rest = '\t' .. ARGV[1] .. '\t' .. n .. '\t' .. ARGV[8] end
+  redis.call('HSET', KEYS[5], ARGV[2], 'releasing' .. rest)
 end
 return r
 """

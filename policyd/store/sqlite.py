@@ -25,6 +25,7 @@ from sendguard_policyd.store import (
     ALREADY_COUNTED,
     ALREADY_HELD,
     COUNTED,
+    HOLD_OVER_CAP,
     NOT_HELD,
     OVER_DAILY,
     OVER_HOURLY,
@@ -38,10 +39,14 @@ from sendguard_policyd.store import (
     Backlog,
     HeldMessage,
     RampHistory,
+    Pause,
     StoreError,
     WindowCounts,
     Windows,
+    operators_of_text,
+    operators_text,
 )
+from sendguard_policyd.store import sqlite_pauses
 from sendguard_policyd.store.sqlite_identity import FileWatch
 from sendguard_policyd.store.sqlite_lock import WritersLock
 from sendguard_policyd.store.sqlite_peers import StoreMark, other_daemons
@@ -74,9 +79,10 @@ _FAMILY_INSERT = """INSERT OR IGNORE INTO messages (instance, stream, state, rec
 VALUES (?, ?, 'family_hold', 0, ?, ?, ?)"""
 
 _HOLD_INSERT = """INSERT OR IGNORE INTO messages (instance, stream, state, recipients, at, queue_id, reason)
-VALUES (?, ?, 'held', ?, ?, ?, 'over_cap')"""
+VALUES (?, ?, 'held', ?, ?, ?, ?)"""
 
-_WAITING = f"""SELECT queue_id, instance, stream, recipients, at, state FROM messages
+_WAITING = f"""SELECT queue_id, instance, stream, recipients, at, state, reason, operators
+FROM messages LEFT JOIN held_operators USING (instance)
 WHERE stream = ? AND state IN ('{STATE_HELD}', '{STATE_RELEASING}') ORDER BY at, instance"""
 
 _WAITING_BY_QID = f"""SELECT instance, stream, recipients, state FROM messages
@@ -236,16 +242,37 @@ class SQLiteCounterStore:
 
     # -- over-cap holds and their release ----------------------------------------------------------
 
-    def record_hold(self, instance: str, stream: str, recipients: int, now: float, queue_id: str) -> bool:
-        """Record an over-cap message held at END-OF-MESSAGE; True when it had no record before."""
+    def record_hold(
+        self,
+        instance: str,
+        stream: str,
+        recipients: int,
+        now: float,
+        queue_id: str,
+        reason: str = HOLD_OVER_CAP,
+        operators: tuple[str, ...] = (),
+    ) -> bool:
+        """Record a message held at END-OF-MESSAGE, with why and its operators; True when it had no
+        record before."""
         if not instance:
             # Nothing to deduplicate on: Postfix always sends one; the queue id still identifies it.
             self._seq += 1
             instance = f"no-instance:{os.getpid()}:{now}:{self._seq}"
         self.maintenance.saw(now)
+        key = to_sql(instance)
         with self._writers:
-            row = (to_sql(instance), stream, recipients, now, to_sql(queue_id))
-            return self._cur.execute(_HOLD_INSERT, row).rowcount == 1
+            cur = self._cur
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                first = cur.execute(_HOLD_INSERT, (key, stream, recipients, now, to_sql(queue_id), reason)).rowcount == 1
+                if first and operators:
+                    cur.execute(sqlite_pauses.INSERT_OPERATORS, (key, operators_text(operators)))
+                cur.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    cur.execute("ROLLBACK")
+                raise
+            return first
 
     def held_messages(self, stream: str) -> list[HeldMessage]:
         """The stream's messages waiting for release, oldest first (on the calling thread's reader)."""
@@ -253,7 +280,10 @@ class SQLiteCounterStore:
             rows = self._reader().execute(_WAITING, (stream,)).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"counter store {self.path}: {exc}") from exc
-        return [HeldMessage(from_sql(q), from_sql(i), s, int(r), float(a), st) for q, i, s, r, a, st in rows]
+        return [
+            HeldMessage(from_sql(q), from_sql(i), s, int(r), float(a), st, why or HOLD_OVER_CAP, operators_of_text(ops))
+            for q, i, s, r, a, st, why, ops in rows
+        ]
 
     def claim_release(self, queue_id: str, now: float, hourly_cap: int | None, daily_cap: int | None) -> Admission:
         """Count a held message if it fits now (``held`` → ``releasing``), as one transaction."""
@@ -295,6 +325,32 @@ class SQLiteCounterStore:
         self.maintenance.saw(now)
         with self._writers:
             self._cur.execute(_FINISH, (state, to_sql(queue_id)))
+
+    # -- pauses (sqlite_pauses.py) -----------------------------------------------------------------
+
+    def pause(self, p: Pause) -> None:
+        """Put a pause in force (or extend the one in force), as one transaction."""
+        with self._writers:
+            sqlite_pauses.put_pause(self._cur, p)
+
+    def resume(self, stream: str, operator: str, now: float) -> bool:
+        """End the pause in force for ``stream`` and ``operator`` at ``now``; True when there was one."""
+        with self._writers:
+            return sqlite_pauses.end_pause(self._cur, stream, operator, now)
+
+    def pauses(self, now: float) -> list[Pause]:
+        """The pauses in force at ``now`` (on the calling thread's reader connection)."""
+        try:
+            return sqlite_pauses.read_pauses(self._reader(), now)
+        except sqlite3.Error as exc:
+            raise StoreError(f"counter store {self.path}: {exc}") from exc
+
+    def pause_history(self, since: float) -> list[Pause]:
+        """The pauses kept that lasted past ``since`` (on the calling thread's reader connection)."""
+        try:
+            return sqlite_pauses.read_history(self._reader(), since)
+        except sqlite3.Error as exc:
+            raise StoreError(f"counter store {self.path}: {exc}") from exc
 
     def message_state(self, instance: str) -> str | None:
         """The recorded state of a message, read on the write connection (the event loop's thread)."""

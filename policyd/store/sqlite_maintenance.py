@@ -26,6 +26,7 @@ from sendguard_policyd.store import (
 #: States whose records expire (held and releasing ones wait for the releaser, however long).
 _FINAL = (STATE_COUNTED, STATE_FAMILY_HOLD, STATE_RELEASED, STATE_GONE)
 from sendguard_policyd.store.sqlite_lock import WritersLock
+from sendguard_policyd.store.sqlite_pauses import prune_statements
 from sendguard_policyd.store.sqlite_reader import day_floor
 from sendguard_policyd.store.sqlite_schema import connect
 
@@ -116,6 +117,8 @@ class Maintenance:
                 f"DELETE FROM messages WHERE instance IN ({marks}) AND at < ? AND state IN (?, ?, ?, ?)",
                 (*batch, expired, *_FINAL),
             )
+        for sql, params in prune_statements(now):  # small tables: one short delete each
+            deleted += self._delete_locked(conn, sql, params)
         return deleted
 
     def _delete_locked(self, conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> int:

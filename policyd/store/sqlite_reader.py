@@ -19,15 +19,18 @@ from __future__ import annotations
 import sqlite3
 
 from sendguard_policyd.store import (
+    HOLD_PAUSE,
     STATE_HELD,
     STATE_RELEASING,
     Backlog,
     RampHistory,
+    Pause,
     StoreError,
     WindowCounts,
     Windows,
 )
 from sendguard_policyd.store.sqlite_ramp import read_ramp_history
+from sendguard_policyd.store.sqlite_pauses import read_history, read_pauses
 from sendguard_policyd.store.sqlite_schema import connect
 
 # A window's count, on any connection: the stream's total (the newest bucket's) and the totals
@@ -45,7 +48,7 @@ _FAMILY_HOLDS = "SELECT stream, COUNT(*) FROM messages WHERE state = 'family_hol
 #: The windows of every store that is not told otherwise: an hour and a day.
 STANDARD = Windows()
 
-_BACKLOG = f"""SELECT stream, COUNT(*), SUM(recipients), MIN(at) FROM messages
+_BACKLOG = f"""SELECT stream, COUNT(*), SUM(recipients), MIN(at), SUM(reason = '{HOLD_PAUSE}') FROM messages
 WHERE state IN ('{STATE_HELD}', '{STATE_RELEASING}') GROUP BY stream"""
 
 
@@ -76,10 +79,10 @@ def read_windows(conn: sqlite3.Connection, stream: str, now: float, windows: Win
 
 
 def read_held_backlog(conn: sqlite3.Connection) -> dict[str, Backlog]:
-    """Over-cap messages waiting for release, per stream that has any."""
+    """Held messages waiting for release, per stream that has any."""
     return {
-        stream: Backlog(messages=int(n), recipients=int(r or 0), oldest_at=oldest)
-        for stream, n, r, oldest in conn.execute(_BACKLOG)
+        stream: Backlog(messages=int(n), recipients=int(r or 0), oldest_at=oldest, paused=int(p or 0))
+        for stream, n, r, oldest, p in conn.execute(_BACKLOG)
     }
 
 
@@ -121,6 +124,20 @@ class SQLiteReader:
         """The stream's sent deliveries per ramp day, paused days and step-backs."""
         try:
             return read_ramp_history(self._conn, stream, self.path)
+        except sqlite3.Error as exc:
+            raise StoreError(f"counter store {self.path}: {exc}") from exc
+
+    def pauses(self, now: float) -> list[Pause]:
+        """The pauses in force at ``now``."""
+        try:
+            return read_pauses(self._conn, now)
+        except sqlite3.Error as exc:
+            raise StoreError(f"counter store {self.path}: {exc}") from exc
+
+    def pause_history(self, since: float) -> list[Pause]:
+        """The pauses kept that lasted past ``since``, oldest first."""
+        try:
+            return read_history(self._conn, since)
         except sqlite3.Error as exc:
             raise StoreError(f"counter store {self.path}: {exc}") from exc
 

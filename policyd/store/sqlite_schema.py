@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sendguard_policyd.store import StoreError
 from sendguard_policyd.store.sqlite_ramp import RAMP_SCHEMA
+from sendguard_policyd.store.sqlite_pauses import TABLES as PAUSE_TABLES
 
 SCHEMA_VERSION = 3
 
@@ -64,7 +65,8 @@ BEGIN{_COUNT_IN_BUCKET}END
 """
 
 #: What over-cap holds need: run on every file this release opens to write (``IF NOT EXISTS``),
-#: so a store made before holds existed gains them in place, with nothing to convert.
+#: so a store made before holds existed gains them in place, with nothing to convert (the same
+#: for the tables of pauses, sqlite_pauses.py).
 _HOLDS = (
     _RELEASE_TRIGGER,
     # The releaser's reads: a stream's waiting messages in arrival order, and one by queue id.
@@ -185,7 +187,7 @@ def _create(conn: sqlite3.Connection, path: str) -> None:
             for statement in _SCHEMA:
                 conn.execute(statement)
             conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        for statement in (*_HOLDS, *RAMP_SCHEMA):
+        for statement in (*_HOLDS, *RAMP_SCHEMA, *PAUSE_TABLES):
             conn.execute(statement)
         conn.execute("COMMIT")
     except BaseException:

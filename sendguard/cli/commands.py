@@ -164,8 +164,9 @@ def cmd_release(args: argparse.Namespace) -> int:
         except StoreError as exc:
             raise ConfigError(settings.file, "policyd.database", str(exc)) from None
         for stream in sorted(set(result.released) | set(result.waiting) | set(result.gone)):
+            paused = f" ({result.paused[stream]} for a pause)" if result.paused.get(stream) else ""
             print(f"stream {stream}: released {result.released.get(stream, 0)}, still held "
-                  f"{result.waiting.get(stream, 0)}, gone {result.gone.get(stream, 0)}")  # fmt: skip
+                  f"{result.waiting.get(stream, 0)}{paused}, gone {result.gone.get(stream, 0)}")  # fmt: skip
         return 1 if result.errors else 0
     from sendguard import metrics_http
 
@@ -178,6 +179,31 @@ def cmd_release(args: argparse.Namespace) -> int:
     finally:
         releaser.stop()
     return 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    """Pause a stream's new mail (or its mail to one receiving operator) by hand: held until resumed or over."""
+    from sendguard_policyd import pause_command
+
+    settings = _load(args.config)
+    outcome = pause_command.pause(
+        settings.policyd, [s.name for s in settings.streams], settings.source.data, args.stream,
+        args.operator or "", args.for_, args.reason,
+    )  # fmt: skip
+    print(outcome.text, file=sys.stderr if outcome.code else sys.stdout)
+    return outcome.code
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """End a stream's pause (or the pause of its mail to one operator): the releaser lets the held mail go."""
+    from sendguard_policyd import pause_command
+
+    settings = _load(args.config)
+    outcome = pause_command.resume(
+        settings.policyd, [s.name for s in settings.streams], settings.source.data, args.stream, args.operator or ""
+    )
+    print(outcome.text, file=sys.stderr if outcome.code else sys.stdout)
+    return outcome.code
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -254,9 +280,19 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config and print the effective configuration")
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=cmd_check_config)
-    with_config(sub.add_parser("status", help="per-stream warmup, caps, counts and family holds")).set_defaults(
+    with_config(sub.add_parser("status", help="per-stream warmup, caps, counts, holds and pauses")).set_defaults(
         func=cmd_status
     )
+    pause = with_config(sub.add_parser("pause", help="hold a stream's new mail (or its mail to one operator) until resumed"))
+    pause.add_argument("stream", metavar="STREAM", help="a stream of the config")
+    pause.add_argument("--operator", metavar="OP", help="pause only the mail to this receiving operator (google, microsoft, ...)")
+    pause.add_argument("--for", dest="for_", metavar="DURATION", help="end by itself after this long (30m, 6h, 3d); default: until resumed")
+    pause.add_argument("--reason", required=True, metavar="TEXT", help="why: quoted in the HOLD answers and by status")
+    pause.set_defaults(func=cmd_pause)
+    resume = with_config(sub.add_parser("resume", help="end a pause: its held mail is released through the caps"))
+    resume.add_argument("stream", metavar="STREAM", help="a stream of the config")
+    resume.add_argument("--operator", metavar="OP", help="end the pause of this operator's mail (default: the whole-stream pause)")
+    resume.set_defaults(func=cmd_resume)
     explain = with_config(sub.add_parser("explain", help="what the milter would do with a message, and why"))
     explain.add_argument("--from", dest="from_addr", required=True, metavar="ADDR", help="RFC 5322 From address")
     explain.add_argument("--client", required=True, metavar="IP", help="SMTP client address")

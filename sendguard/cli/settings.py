@@ -20,6 +20,7 @@ from sendguard.streams import Stream
 from sendguard_milter.keys import KeyLoadError, load_key
 from sendguard_milter.settings import MilterSettings, parse_milter
 from sendguard_policyd.settings import PolicydSettings, parse_policyd
+from sendguard_policyd.stop_signals_settings import StopSignalSettings, parse_stop_signals
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class Settings:
     milter: MilterSettings
     #: The file as every part read it (values and defaults): what ``check-config`` prints.
     source: Section = field(default_factory=lambda: Section({}, "", core.EMBEDDED), compare=False, repr=False)
+    #: ``[stop_signals.*]``: the rules that pause a stream (read by the watcher's consumers).
+    stop_signals: StopSignalSettings = field(default_factory=StopSignalSettings)
 
     @property
     def file(self) -> str:
@@ -57,11 +60,12 @@ def _compose(doc: core.ConfigDocument, check_keys: bool = False) -> Settings:
     # Each service reads on past the other's error, so one run reports every problem.
     policyd = doc.errors.attempt(lambda: parse_policyd(doc))
     milter = doc.errors.attempt(lambda: parse_milter(doc))
+    stop_signals = doc.errors.attempt(lambda: parse_stop_signals(doc))
     if check_keys and milter is not None:
         doc.errors.errors.extend(_check_key_files(doc.config.file, milter))
     doc.finish()  # raises every problem collected
-    assert policyd is not None and milter is not None
-    return Settings(config=doc.config, policyd=policyd, milter=milter, source=doc.top)
+    assert policyd is not None and milter is not None and stop_signals is not None
+    return Settings(config=doc.config, policyd=policyd, milter=milter, source=doc.top, stop_signals=stop_signals)
 
 
 def parse(data: dict[str, Any], file: str = core.EMBEDDED) -> Settings:

@@ -105,3 +105,31 @@ def test_the_held_backlog_is_exported_per_stream(make_config, endpoint):
     assert value(after, "sendguard_policyd_held_backlog_recipients", stream="trucking") == 2
     assert 0 <= value(after, "sendguard_policyd_held_oldest_age_seconds", stream="trucking") < 60
     assert value(after, "sendguard_policyd_rolling_hour_recipients", stream="trucking") == 1  # holds spend nothing
+
+
+def test_pauses_are_exported_per_stream_and_operator(make_config, endpoint):
+    from sendguard_policyd.store import Pause
+
+    config = make_config({"trucking": {"match": {"server_port": [25]}, "hourly_ceiling": 100},
+                          "healthcare": {"match": {"server_port": [2526]}, "hourly_ceiling": 100}})  # fmt: skip
+    handle = service.start(config.config, config.policyd)
+    try:
+        before = scrape(endpoint)
+        handle.store.pause(Pause("trucking", "google", time.time(), None, "5 replies matched gmail_unsolicited",
+                                 "gmail_unsolicited"))  # fmt: skip
+        handle.decider.pauses.refresh()  # what its refresher does every second
+        with PolicyClient((handle.host, handle.port)) as client:
+            answers = [[client.ask(r) for r in postfix_message(f"p{i}", f"QP{i}", [rcpt])][-1]
+                       for i, rcpt in enumerate(["a@gmail.com", "b@gmail.com", "c@outlook.com"])]  # fmt: skip
+        after = scrape(endpoint)
+    finally:
+        handle.stop()
+    assert [a.split(" ")[0] for a in answers] == ["HOLD", "HOLD", "DUNNO"]
+    assert value(after, "sendguard_policyd_paused", stream="trucking", operator="google") == 1
+    assert value(after, "sendguard_policyd_paused", stream="trucking", operator="all") == 0
+    assert ("sendguard_policyd_paused", (("operator", "microsoft"), ("stream", "healthcare"))) in after  # 0, exported
+    assert value(after, "sendguard_policyd_paused_held_messages", stream="trucking") == 2
+    assert value(after, "sendguard_policyd_held_backlog_messages", stream="trucking") == 2
+    labels = dict(stream="trucking", operator="google", rule="gmail_unsolicited")
+    assert value(after, "sendguard_policyd_pauses_total", **labels) - value(before, "sendguard_policyd_pauses_total", **labels) == 1
+    assert value(after, "sendguard_policyd_holds_total", reason="pause") - value(before, "sendguard_policyd_holds_total", reason="pause") == 2

@@ -14,7 +14,7 @@ import pytest
 from sendguard_policyd import metrics
 from sendguard_policyd.postfix_queue import PostfixError, PostfixQueue, parse_json_line, parse_postfix_time
 from sendguard_policyd.release import ARRIVAL_GRACE, Releaser
-from sendguard_policyd.store import STATE_RELEASING, Windows
+from sendguard_policyd.store import HOLD_PAUSE, STATE_RELEASING, Pause, Windows
 from sendguard_policyd.store.sqlite import SQLiteCounterStore
 from sendguard_policyd.warmup import make_warmups
 from sendguard_testing.command import sendguard_command
@@ -324,3 +324,59 @@ def test_held_mail_is_released_at_the_effective_warmup_day_s_cap(make_config, po
         assert postfix.released() == ["H0"]
     finally:
         store.close()
+
+
+# -- pauses: nothing of a paused stream or operator leaves; after the pause, through the caps ---------
+
+
+def pause_hold(store, postfix, qid: str, at: float, operators: tuple[str, ...]) -> None:
+    """What END-OF-MESSAGE of a paused stream leaves behind: a record held by the pause, the message held."""
+    assert store.record_hold(f"i-{qid}", "trucking", 1, at, qid, HOLD_PAUSE, operators)
+    postfix.hold(qid, at)
+
+
+def test_nothing_of_a_paused_stream_is_released_until_the_pause_ends(world, caplog):
+    caplog.set_level("INFO", logger="sendguard.release")
+    releaser, store, clock, postfix = world
+    hold(store, postfix, "CAP1", T0)  # over its cap before the pause
+    pause_hold(store, postfix, "P1", T0 + 0.1, ("google",))
+    pause_hold(store, postfix, "P2", T0 + 0.2, ("microsoft",))
+    pause_hold(store, postfix, "P3", T0 + 0.3, ("other",))
+    store.pause(Pause("trucking", "", T0, T0 + 30, "TSS04", "yahoo_tss04"))
+    for step in range(5):
+        clock.now = T0 + 1 + step * 5  # windows free every 10 s: there is room, the pause alone keeps it all
+        result = releaser.run_pass()
+        assert result.released == {} and result.paused == {"trucking": 4}
+    assert postfix.released() == []
+    assert len([r for r in caplog.messages if "release: stream trucking is paused (rule yahoo_tss04" in r]) == 1
+    # The pause is over: the held mail leaves in arrival order, counted against the cap then.
+    clock.now = T0 + 30
+    assert releaser.run_pass().released == {"trucking": CAP}
+    assert postfix.released() == ["CAP1", "P1"]
+    assert store.windows("trucking", clock.now).hour == CAP
+    clock.now = T0 + 45
+    releaser.run_pass()
+    assert postfix.released() == ["CAP1", "P1", "P2", "P3"]
+    assert store.held_backlog() == {}
+
+
+def test_a_paused_operator_waits_and_the_rest_of_the_stream_goes_on(world):
+    releaser, store, clock, postfix = world
+    pause_hold(store, postfix, "G1", T0, ("google",))
+    hold(store, postfix, "OLD", T0 + 0.1)  # held over its cap by an earlier release: operators not recorded
+    pause_hold(store, postfix, "UNK", T0 + 0.2, ("?",))  # its recipient's MX was not known yet
+    pause_hold(store, postfix, "M1", T0 + 0.3, ("microsoft",))
+    pause_hold(store, postfix, "GM", T0 + 0.4, ("google", "microsoft"))
+    pause_hold(store, postfix, "O1", T0 + 0.5, ("other",))
+    store.pause(Pause("trucking", "google", T0, None, "checking Postmaster Tools", "manual"))
+    clock.now = T0 + 1
+    result = releaser.run_pass()
+    assert postfix.released() == ["M1", "O1"]  # the google ones and the unknown ones do not hold them back
+    assert result.paused == {"trucking": 4}
+    store.resume("trucking", "google", T0 + 20)
+    clock.now = T0 + 20
+    releaser.run_pass()
+    clock.now = T0 + 35
+    releaser.run_pass()
+    assert postfix.released() == ["M1", "O1", "G1", "OLD", "UNK", "GM"]
+    assert store.windows("trucking", clock.now).hour <= CAP
