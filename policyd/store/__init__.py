@@ -31,7 +31,7 @@ container suite only (``[policyd] test_window_seconds``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Collection, Protocol
 
 #: Seconds in the rolling windows (and the one "day" of the policy daemon: warmup days, status).
 HOUR = 3600
@@ -146,6 +146,17 @@ class StoreReader(Protocol):
 
     def held_backlog(self) -> dict[str, Backlog]:
         """Over-cap messages waiting for release (``held`` or ``releasing``), per stream that has any."""
+        ...
+
+    def stream_of(self, queue_id: str) -> str | None:
+        """The stream of the message Postfix queued as ``queue_id`` on this host, as the daemon counted or
+        held it at END-OF-MESSAGE (or marked it for the family); None when the store has no record of it
+        (mail in no stream, or a record past the store's retention of about a day)."""
+        ...
+
+    def streams_of(self, queue_ids: Collection[str]) -> dict[str, str]:
+        """:meth:`stream_of` for many queue ids in one look-up (the watcher asks per batch of log lines):
+        the queue ids the store knows, with their streams."""
         ...
 
     def close(self) -> None:
