@@ -77,3 +77,22 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
+
+
+def write_journal(directory: Path, name: str, messages: list[tuple[str, str]], unit: str = "postfix@-.service") -> None:
+    """Write ``(program, message)`` entries as a real journal file (systemd-journal-remote), as journald would."""
+    import time
+
+    base = int(time.time() * 1e6)
+    chunks = []
+    for i, (program, message) in enumerate(messages):
+        chunks.append(
+            f"__REALTIME_TIMESTAMP={base + i}\n__MONOTONIC_TIMESTAMP={base + i}\n"
+            f"_BOOT_ID=0123456789abcdef0123456789abcdef\n_SYSTEMD_UNIT={unit}\n"
+            f"SYSLOG_IDENTIFIER={program}\nMESSAGE={message}\n\n"
+        )
+    subprocess.run([JOURNAL_REMOTE, "-o", str(directory / f"{name}.journal"), "-"], input="".join(chunks).encode(),
+                   check=True, capture_output=True)  # fmt: skip
