@@ -65,10 +65,12 @@ class RollingOutcomes:
         self._latest: OrderedDict[tuple[str, str], tuple[float, bool]] = OrderedDict()
         self.sent = 0
 
-    def add(self, key: tuple[str, str], at: float, sent: bool) -> None:
+    def add(self, key: tuple[str, str], at: float, sent: bool, now: float) -> None:
         old = self._latest.pop(key, None)
         if old is not None:
             self.sent -= old[1]
+        if at < now - self.span:
+            return  # an old line (a catch-up after a restart): outside this window already
         self._latest[key] = (at, sent)
         self.sent += sent
         while len(self._latest) > self.max_recipients:
@@ -107,12 +109,13 @@ class DeliveryMetrics:
         DELIVERIES.labels(d.stream, d.operator, d.status).inc()
         if d.status != "sent":
             PROBLEMS.labels(d.stream, d.operator, d.status, d.reason or "other").inc()
+        now = self.clock()
         with self._lock:
             windows = self._windows.get(d.stream)
             if windows is None:
                 windows = self._windows[d.stream] = {label: RollingOutcomes(span) for label, span in WINDOWS}
             for outcomes in windows.values():
-                outcomes.add((d.queue_id, d.recipient), d.at, d.status == "sent")
+                outcomes.add((d.queue_id, d.recipient), d.at, d.status == "sent", now)
 
     def ratios(self) -> list[tuple[str, str, int, int]]:
         """(stream, window, recipients delivered, recipients attempted) now, for each non-empty window."""

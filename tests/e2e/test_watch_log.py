@@ -62,6 +62,17 @@ def _wait_for(stack: Stack, qids: set[str], done, timeout: float = 90) -> list[s
         time.sleep(0.5)
 
 
+def _wait_for_qid(stack: Stack, token: str, timeout: float = 30) -> str:
+    """The queue id of the message whose Message-ID carries ``token`` (cleanup logs it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = re.search(rf"postfix/cleanup\[\d+\]: ([0-9A-Za-z]+): message-id=<{re.escape(token)}\.", stack.logs("postfix"))
+        if m:
+            return m[1]
+        assert time.monotonic() < deadline, f"no cleanup line for {token}"
+        time.sleep(0.3)
+
+
 def _submit(stack: Stack, token: str, rcpts: list[str]) -> str:
     r = stack.submit("app", make_message(token, SENDER, rcpts[0]), SENDER, rcpts)
     assert r.accepted, r
@@ -73,8 +84,13 @@ def test_postfix_delivery_lines_parse_with_their_outcome_and_reason(stack: Stack
     replies = [r for r in EXPECTED if r.endswith("@replies.test")]
     qid = _submit(stack, token, replies)
     qids.update({r: qid for r in replies})
-    for rcpt in ("carrier@tss04.test", "box@lmtp.test", "nobody@error.test"):
+    for rcpt in ("carrier@tss04.test", "box@lmtp.test"):
         qids[rcpt] = _submit(stack, token, [rcpt])
+    # smtpd refuses a recipient whose transport is the error service at RCPT: submitted locally
+    # instead, the error delivery agent logs its bounce.
+    local = f"{token}-err"
+    stack.sendmail(make_message(local, SENDER, "nobody@error.test"), SENDER, ["nobody@error.test"])
+    qids["nobody@error.test"] = _wait_for_qid(stack, local)
     # Two messages to a port with no listener: the first is refused, the second (if qmgr already
     # knows the destination dead) is deferred without a try, "delivery temporarily suspended".
     refused = {_submit(stack, token, [f"r{i}@refused.test"]) for i in range(2)}
