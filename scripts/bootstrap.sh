@@ -63,8 +63,9 @@ cmd_run() {
 cmd_test() {
     need_root
     # opendkim-tools: the independent DKIM verifier; redis-server: real Redis; util-linux
-    # (unshare), iproute2 and openssl: the private DNS namespace the OpenDKIM test builds.
-    apt_install opendkim-tools redis-server util-linux iproute2 openssl
+    # (unshare), iproute2 and openssl: the private DNS namespace the OpenDKIM test builds;
+    # logrotate and systemd-journal-remote: the watcher's rotations and journal files, for real.
+    apt_install opendkim-tools redis-server util-linux iproute2 openssl logrotate systemd-journal-remote
     python_env "[test]"
     # The venv (with podman-compose from the test extras) first on PATH, for the
     # container set-up and for the suite, which calls the compose tool.
