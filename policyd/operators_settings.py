@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 from sendguard.config import ConfigDocument
-from sendguard.config_reader import ConfigError
+from sendguard.config_reader import ConfigError, Section
 from sendguard_policyd.operators import OTHER, OperatorRule
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
@@ -41,7 +41,7 @@ def parse_operators(doc: ConfigDocument) -> dict[str, OperatorRule]:
     rules: dict[str, OperatorRule] = {}
     for name, table in doc.top.tables("operators"):
 
-        def read(name: str = name, table=table) -> OperatorRule:  # type: ignore[no-untyped-def]
+        def read(name: str = name, table: Section = table) -> OperatorRule:
             if not _NAME.fullmatch(name) or name == OTHER:
                 raise ConfigError(
                     table.file, table.path,
