@@ -17,7 +17,10 @@ from sendguard.config_reader import ErrorCollector, Section, check_one_of
 from sendguard.streams import Stream
 from sendguard_policyd.effective_day import CALENDAR, MODES, SENDING
 from sendguard_policyd.family_mx import parse_nameserver
+from sendguard_policyd.operators import OperatorRule
+from sendguard_policyd.operators_settings import parse_operators
 from sendguard_policyd.redis_settings import check_host_name, check_redis_timeout, check_redis_url, read_password_file
+from sendguard_policyd.watch.settings import WatchSettings, parse_watch
 
 #: Every protocol_state Postfix sends (SMTPD_POLICY_README).
 PROTOCOL_STATES = ("CONNECT", "EHLO", "HELO", "MAIL", "RCPT", "DATA", "END-OF-MESSAGE", "VRFY", "ETRN")
@@ -116,6 +119,10 @@ class PolicydSettings:
     redis_timeout: float = 0.5
     #: Which Postfix host's hold queue this daemon's held mail is in ("" = the host name).
     redis_host_name: str = ""
+    #: ``[watch]``: following Postfix's log (sendguard watch).
+    watch: WatchSettings = field(default_factory=WatchSettings)
+    #: ``[operators.NAME]``: receiving operators beyond the built-in ones.
+    operators: Mapping[str, OperatorRule] = field(default_factory=dict)
 
 
 def _check_action(value: str) -> str | None:
@@ -153,7 +160,10 @@ def _check_nameserver(value: str) -> str | None:
 
 
 def parse_policyd(doc: ConfigDocument) -> PolicydSettings:
-    """Parse ``[policyd]``."""
+    """Parse ``[policyd]`` (and ``[release]``, ``[watch]``, ``[operators.*]``)."""
+    # Read first and collected apart, so their problems are reported beside any of [policyd]'s.
+    watch = doc.errors.attempt(lambda: parse_watch(doc)) or WatchSettings()
+    operators = doc.errors.attempt(lambda: parse_operators(doc)) or {}
     section = doc.top.sub("policyd")
     general = doc.config.general
     listen = section.get("listen", str, "127.0.0.1:10040", check_hostport)
@@ -217,6 +227,8 @@ def parse_policyd(doc: ConfigDocument) -> PolicydSettings:
         redis_password=redis_password,
         redis_timeout=float(redis_timeout),
         redis_host_name=host_name,
+        watch=watch,
+        operators=operators,
     )
 
 

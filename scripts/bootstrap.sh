@@ -77,8 +77,9 @@ cmd_run() {
 cmd_test() {
     need_root
     # opendkim-tools: the independent DKIM verifier; redis-server: real Redis; util-linux
-    # (unshare), iproute2 and openssl: the private DNS namespace the OpenDKIM test builds.
-    apt_install opendkim-tools redis-server util-linux iproute2 openssl
+    # (unshare), iproute2 and openssl: the private DNS namespace the OpenDKIM test builds;
+    # logrotate and systemd-journal-remote: the watcher's rotations and journal files, for real.
+    apt_install opendkim-tools redis-server util-linux iproute2 openssl logrotate systemd-journal-remote
     python_env "[test]"
     promtool_env
     # The venv (with podman-compose from the test extras) first on PATH, for the

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol
+from typing import Callable, Collection, Mapping, Protocol
 
 #: Seconds in the rolling windows (and the one "day" of the policy daemon: warmup days, status).
 HOUR = 3600
@@ -276,6 +276,17 @@ class StoreReader(Protocol):
 
     def ramp_history(self, stream: str) -> RampHistory:
         """The stream's sent deliveries per ramp day, its paused days and its step-backs."""
+        ...
+
+    def stream_of(self, queue_id: str) -> str | None:
+        """The stream of the message Postfix queued as ``queue_id`` on this host, as the daemon counted or
+        held it at END-OF-MESSAGE (or marked it for the family); None when the store has no record of it
+        (mail in no stream, or a record past the store's retention of about a day)."""
+        ...
+
+    def streams_of(self, queue_ids: Collection[str]) -> dict[str, str]:
+        """:meth:`stream_of` for many queue ids in one look-up (the watcher asks per batch of log lines):
+        the queue ids the store knows, with their streams."""
         ...
 
     def close(self) -> None:

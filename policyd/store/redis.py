@@ -26,6 +26,9 @@ lives in one cluster slot and every script touches one slot only:
   as they are; they never expire, and the step-backs' times are the caller's (they are compared
   with the warmup's day boundaries, which are the daemon's).
 * ``{sendguard:S}:pauses`` / ``:pausehist``: the stream's pauses (``redis_pauses.py``).
+* ``{sendguard:S}:q:QUEUEID@HOST`` (string): "this host's queue id is in stream S", written
+  when a message is counted, marked for the family or released, kept as long as a counted
+  record (a day): what the watcher's ``stream_of`` reads (with ``heldq`` for held mail).
 
 One key stands outside any stream, ``sendguard:streams`` (a set of the stream names
 written to): the calls that name no stream (``message_state``, ``held_backlog``,
@@ -56,7 +59,7 @@ from __future__ import annotations
 import datetime as dt
 import socket
 import uuid
-from typing import Callable, cast
+from typing import Callable, Collection, cast
 import redis
 
 from sendguard_policyd.store import (
@@ -118,6 +121,10 @@ class StreamKeys:
         """The key of one message's record."""
         return f"{self.tag}:m:{instance}"
 
+    def queued(self, field: str) -> str:
+        """The key marking one host's queue id (``QUEUEID@HOST``) as this stream's."""
+        return f"{self.tag}:q:{field}"
+
 
 def _cap(value: int | None) -> str:
     return "" if value is None else str(value)
@@ -169,7 +176,7 @@ class RedisCounterStore:
         w = self._spans
         reply = self._conn.script(
             "admit",
-            [*keys.window, keys.record(instance)],
+            [*keys.window, keys.record(instance), keys.queued(self._held_field(queue_id))],
             [recipients, _cap(hourly_cap), _cap(daily_cap), w.hour, w.day, self._window_ttl, self._record_ttl, queue_id],
         )
         return _admission(reply, now)
@@ -182,8 +189,8 @@ class RedisCounterStore:
         self._register(stream)
         first = self._conn.script(
             "family_hold",
-            [keys.record(instance), *keys.family],
-            [queue_id, rule, self._family_ttl, self._spans.day, self._window_ttl],
+            [keys.record(instance), *keys.family, keys.queued(self._held_field(queue_id))],
+            [queue_id, rule, self._family_ttl, self._spans.day, self._window_ttl, self._record_ttl],
         )
         return first == 1
 
@@ -241,7 +248,7 @@ class RedisCounterStore:
         keys = StreamKeys(stream)
         self._conn.script(
             "finish_release",
-            [keys.record(instance), keys.held, keys.heldrec, keys.heldq],
+            [keys.record(instance), keys.held, keys.heldrec, keys.heldq, keys.queued(self._held_field(queue_id))],
             [queue_id, instance, state, self._record_ttl, self.host, self._held_field(queue_id)],
         )
         self._held_index.pop(queue_id, None)
@@ -353,6 +360,34 @@ class RedisCounterStore:
             out.append(message)
             if queue_id:
                 self._held_index[queue_id] = (stream, instance)
+        return out
+
+    def stream_of(self, queue_id: str) -> str | None:
+        """The stream of this host's message queued as ``queue_id``, or None."""
+        return self.streams_of((queue_id,)).get(queue_id)
+
+    def streams_of(self, queue_ids: Collection[str]) -> dict[str, str]:
+        """The streams of this host's messages queued as ``queue_ids``: counted, marked for the family,
+        released (the ``q:`` marks) or still held (``heldq``); one pipeline for them all."""
+        wanted = [q for q in dict.fromkeys(queue_ids) if q]
+        if not wanted:
+            return {}
+        streams = self._streams()
+        asked = [(stream, q) for q in wanted for stream in streams]
+
+        def read(client: redis.Redis) -> list[int]:
+            pipe = client.pipeline(transaction=False)
+            for stream, q in asked:
+                keys = StreamKeys(stream)
+                pipe.exists(keys.queued(self._held_field(q)))
+                pipe.hexists(keys.heldq, self._held_field(q))
+            return pipe.execute()
+
+        replies = self._conn.call(read)
+        out: dict[str, str] = {}
+        for i, (stream, q) in enumerate(asked):
+            if q not in out and (replies[2 * i] or replies[2 * i + 1]):
+                out[q] = stream
         return out
 
     def held_backlog(self) -> dict[str, Backlog]:

@@ -111,8 +111,8 @@ local function counts_now(hour, day)
 end
 """
 
-#: KEYS sec, cum, meta, record; ARGV recipients, hourly cap, daily cap, hour, day, window ttl,
-#: record ttl, queue id.
+#: KEYS sec, cum, meta, record, queued (the queue id's stream mark); ARGV recipients, hourly cap,
+#: daily cap, hour, day, window ttl, record ttl, queue id.
 ADMIT = (
     _COMMON
     + r"""
@@ -129,6 +129,7 @@ local r = check_add(n, cap(ARGV[2]), cap(ARGV[3]), hour, day, tonumber(ARGV[6]))
 if r[1] == 'counted' then
   redis.call('HSET', KEYS[4], 'state', 'counted', 'recipients', n, 'at', at_text(r[5], r[6]), 'queue_id', ARGV[8])
   redis.call('EXPIRE', KEYS[4], tonumber(ARGV[7]))
+  if ARGV[8] ~= '' then redis.call('SET', KEYS[5], '1', 'EX', tonumber(ARGV[7])) end
 end
 return r
 """
@@ -143,7 +144,8 @@ return {h, d}
 """
 )
 
-#: KEYS record, fam, famn; ARGV queue id, rule, record ttl, day, window ttl. Reply 1: first mark.
+#: KEYS record, fam, famn, queued; ARGV queue id, rule, record ttl, day, window ttl, queued ttl.
+#: Reply 1: first mark.
 FAMILY_HOLD = (
     _COMMON
     + r"""
@@ -153,6 +155,7 @@ local t, us = tonumber(clock[1]), tonumber(clock[2])
 redis.call('HSET', KEYS[1], 'state', 'family_hold', 'recipients', 0, 'at', at_text(t, us),
   'queue_id', ARGV[1], 'reason', ARGV[2])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+if ARGV[1] ~= '' then redis.call('SET', KEYS[4], '1', 'EX', tonumber(ARGV[6])) end
 -- The per-second family counts keep one day (what status shows); older seconds go one by one,
 -- as a long idle gap can leave more of them than Lua may unpack at once.
 local first_kept = t - tonumber(ARGV[4])
@@ -226,7 +229,7 @@ return r
 """
 )
 
-#: KEYS record, held, heldrec, heldq; ARGV queue id, instance, final state, record ttl, host,
+#: KEYS record, held, heldrec, heldq, queued; ARGV queue id, instance, final state, record ttl, host,
 #: heldq field. Reply 1 when a held or releasing record was closed.
 FINISH_RELEASE = r"""
 local state, queue_id, host = unpack(redis.call('HMGET', KEYS[1], 'state', 'queue_id', 'host'))
@@ -238,5 +241,7 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('HDEL', KEYS[3], ARGV[2])
 if redis.call('HGET', KEYS[4], ARGV[6]) == ARGV[2] then redis.call('HDEL', KEYS[4], ARGV[6]) end
+-- Released mail is delivered from now on: the watcher still finds its stream (heldq no longer has it).
+if ARGV[3] == 'released' and ARGV[1] ~= '' then redis.call('SET', KEYS[5], '1', 'EX', tonumber(ARGV[4])) end
 return 1
 """

@@ -19,7 +19,7 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 from sendguard_policyd.store import (
     ALREADY_COUNTED,
@@ -59,6 +59,7 @@ from sendguard_policyd.store.sqlite_reader import (
     hour_floor,
     read_family_holds,
     read_held_backlog,
+    read_streams_of,
     read_windows,
 )
 from sendguard_policyd.store.sqlite_ramp import ADD_SENT, MARK_PAUSED, STEP_BACK, day_text, read_ramp_history
@@ -428,6 +429,17 @@ class SQLiteCounterStore:
         """The stream's ramp history (on the calling thread's reader connection)."""
         try:
             return read_ramp_history(self._reader(), stream, self.path)
+        except sqlite3.Error as exc:
+            raise StoreError(f"counter store {self.path}: {exc}") from exc
+
+    def stream_of(self, queue_id: str) -> str | None:
+        """The stream of the message queued as ``queue_id``, or None (on the calling thread's reader)."""
+        return self.streams_of((queue_id,)).get(queue_id)
+
+    def streams_of(self, queue_ids: Collection[str]) -> dict[str, str]:
+        """The streams of the messages recorded under ``queue_ids`` (on the calling thread's reader)."""
+        try:
+            return read_streams_of(self._reader(), queue_ids)
         except sqlite3.Error as exc:
             raise StoreError(f"counter store {self.path}: {exc}") from exc
 

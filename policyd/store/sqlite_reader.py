@@ -17,6 +17,7 @@ connections.
 from __future__ import annotations
 
 import sqlite3
+from typing import Collection
 
 from sendguard_policyd.store import (
     HOLD_PAUSE,
@@ -32,6 +33,7 @@ from sendguard_policyd.store import (
 from sendguard_policyd.store.sqlite_ramp import read_ramp_history
 from sendguard_policyd.store.sqlite_pauses import read_history, read_pauses
 from sendguard_policyd.store.sqlite_schema import connect
+from sendguard_policyd.store.sqlite_text import from_sql, to_sql
 
 # A window's count, on any connection: the stream's total (the newest bucket's) and the totals
 # before the first bucket of each window (NULL when the window holds no bucket).
@@ -86,6 +88,25 @@ def read_held_backlog(conn: sqlite3.Connection) -> dict[str, Backlog]:
     }
 
 
+#: Queue ids per look-up (SQLite's limit on bound parameters is 32,766; a batch of log lines has fewer).
+_QUEUE_IDS_PER_READ = 500
+
+
+def read_streams_of(conn: sqlite3.Connection, queue_ids: Collection[str]) -> dict[str, str]:
+    """The streams of the messages recorded under ``queue_ids`` (those that have a record).
+
+    The message table has no index on the queue id (it would cost every counted message one
+    more b-tree to write): each look-up scans it, so the watcher asks once per batch of lines."""
+    wanted = [to_sql(q) for q in dict.fromkeys(queue_ids) if q]
+    out: dict[str, str] = {}
+    for start in range(0, len(wanted), _QUEUE_IDS_PER_READ):
+        chunk = wanted[start : start + _QUEUE_IDS_PER_READ]
+        marks = ",".join("?" * len(chunk))
+        for queue_id, stream in conn.execute(f"SELECT queue_id, stream FROM messages WHERE queue_id IN ({marks})", chunk):
+            out[from_sql(queue_id)] = stream
+    return out
+
+
 def read_family_holds(conn: sqlite3.Connection, since: float) -> dict[str, int]:
     """Messages held for the family since ``since``, per stream."""
     return {stream: int(n) for stream, n in conn.execute(_FAMILY_HOLDS, (since,))}
@@ -138,6 +159,17 @@ class SQLiteReader:
         """The pauses kept that lasted past ``since``, oldest first."""
         try:
             return read_history(self._conn, since)
+        except sqlite3.Error as exc:
+            raise StoreError(f"counter store {self.path}: {exc}") from exc
+
+    def stream_of(self, queue_id: str) -> str | None:
+        """The stream of the message queued as ``queue_id``, or None."""
+        return self.streams_of((queue_id,)).get(queue_id)
+
+    def streams_of(self, queue_ids: Collection[str]) -> dict[str, str]:
+        """The streams of the messages recorded under ``queue_ids``."""
+        try:
+            return read_streams_of(self._conn, queue_ids)
         except sqlite3.Error as exc:
             raise StoreError(f"counter store {self.path}: {exc}") from exc
 

@@ -129,13 +129,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     metrics_http.serve(settings.policyd.metrics_listen, "the policy daemon and the milter")
     handle = policyd_service.start(settings.config, settings.policyd)
     releaser = None
+    watcher = None
     try:
         if release_service.wanted_in_run(settings.policyd):
             releaser = _start_releaser(settings)
+        watch = settings.policyd.watch
+        if watch.enabled and watch.configured:
+            from sendguard_policyd.watch import service as watch_service
+
+            watcher = watch_service.start(settings.config, settings.policyd)
         freeze_start_up_heap()
         # The milter's SIGHUP reloads the milter's part only, and says so for the policy daemon's.
         milter_service.run(settings.config, settings.milter, _milter_loader(args.config, policyd_too=True))
     finally:
+        if watcher is not None:
+            watcher.stop()
         if releaser is not None:
             releaser.stop()
         handle.stop()
@@ -204,6 +212,28 @@ def cmd_resume(args: argparse.Namespace) -> int:
     )
     print(outcome.text, file=sys.stderr if outcome.code else sys.stdout)
     return outcome.code
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Follow Postfix's log: delivery metrics per stream and operator (and what the consumers do with them)."""
+    settings = _load(args.config)
+    from sendguard import metrics_http
+    from sendguard_policyd.watch import service as watch_service
+
+    stop = _stop_on_signal()
+    # SIGHUP's default would kill the watcher; it reads its settings once, at start.
+    signal.signal(signal.SIGHUP, lambda *_: logs.get("watch").warning(
+        "SIGHUP: the watcher does not reload its configuration ([watch], [operators]); restart it to apply changes"))
+    watch = settings.policyd.watch
+    if not watch.configured:  # before the metrics endpoint, so the config error is the only output
+        raise ConfigError(settings.file, "watch.log", "sendguard watch needs a log file (watch.log) or watch.journal = true")
+    metrics_http.serve(watch.metrics_listen, "the watcher")
+    handle = watch_service.start(settings.config, settings.policyd)
+    try:
+        _wait_for_signal(stop)
+    finally:
+        handle.stop()
+    return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -277,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     release = with_config(sub.add_parser("release", help="release over-cap held mail as the windows free"))
     release.add_argument("--once", action="store_true", help="one pass, then exit (status 1 if it hit an error)")
     release.set_defaults(func=cmd_release)
+    with_config(sub.add_parser("watch", help="follow Postfix's log: deliveries per stream and receiving operator")
+                ).set_defaults(func=cmd_watch)  # fmt: skip
     check = sub.add_parser("check-config", help="validate a config and print the effective configuration")
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=cmd_check_config)
