@@ -141,3 +141,25 @@ def test_check_config_never_prints_the_token(tmp_path):
     assert out.returncode == 0, out.stderr
     assert f'password_file = "{token}"' in out.stdout and 'stream = "trucking"' in out.stdout
     assert "api-token-1234" not in out.stdout + out.stderr
+
+
+def test_the_example_s_listmonk_tables_parse_once_uncommented(tmp_path):
+    import tomllib
+
+    example = (Path(__file__).resolve().parents[2] / "examples" / "sendguard.toml").read_text()
+    lines, inside = [], False
+    for line in example.splitlines():
+        if line.startswith("# [listmonk."):
+            inside = True
+        elif inside and line.startswith("# ---"):
+            inside = False
+        lines.append(line[2:] if inside and line.startswith("# ") else ("" if inside and line == "#" else line))
+    text = "\n".join(lines).replace("/var/lib/sendguard", str(tmp_path / "state")).replace("/etc/sendguard", str(tmp_path))
+    (tmp_path / "state").mkdir()
+    for stream in ("trucking", "healthcare"):
+        (tmp_path / "state" / f"{stream}.start").write_text("1700000000\n")
+        token_file(tmp_path).rename(tmp_path / f"listmonk-{stream}.token")
+    settings = parse(tomllib.loads(text), str(tmp_path / "sendguard.toml"))
+    assert [(one.name, one.stream, one.pause_campaigns) for one in settings.listmonk] == [
+        ("trucking", "trucking", True), ("healthcare", "healthcare", True)
+    ]
