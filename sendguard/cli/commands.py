@@ -21,6 +21,7 @@ from sendguard.metrics_http import ListenError
 if TYPE_CHECKING:
     from sendguard.config import Config
     from sendguard_milter.settings import MilterSettings
+    from sendguard_policyd.listmonk.service import ListmonkHandle
 
 EXIT_USAGE = 64  # EX_USAGE from sysexits.h
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h, as Postfix's own tools use it
@@ -96,10 +97,13 @@ def cmd_policyd(args: argparse.Namespace) -> int:
     _policyd_ignores_hup()
     metrics_http.serve(settings.policyd.metrics_listen, "the policy daemon")
     handle = service.start(settings.config, settings.policyd)
+    listmonk = _start_listmonk(settings)
     freeze_start_up_heap()
     try:
         _wait_for_signal(stop)
     finally:
+        if listmonk is not None:
+            listmonk.stop()
         handle.stop()
     return 0
 
@@ -130,6 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     handle = policyd_service.start(settings.config, settings.policyd)
     releaser = None
     watcher = None
+    listmonk = None
     try:
         if release_service.wanted_in_run(settings.policyd):
             releaser = _start_releaser(settings)
@@ -138,16 +143,28 @@ def cmd_run(args: argparse.Namespace) -> int:
             from sendguard_policyd.watch import service as watch_service
 
             watcher = watch_service.start(settings.config, settings.policyd)
+        listmonk = _start_listmonk(settings)
         freeze_start_up_heap()
         # The milter's SIGHUP reloads the milter's part only, and says so for the policy daemon's.
         milter_service.run(settings.config, settings.milter, _milter_loader(args.config, policyd_too=True))
     finally:
         if watcher is not None:
             watcher.stop()
+        if listmonk is not None:
+            listmonk.stop()
         if releaser is not None:
             releaser.stop()
         handle.stop()
     return 0
+
+
+def _start_listmonk(settings: Settings) -> ListmonkHandle | None:
+    """The Listmonk syncs, each on a thread of its own (None when no ``[listmonk.NAME]`` is enabled)."""
+    if not any(one.enabled for one in settings.listmonk):
+        return None
+    from sendguard_policyd.listmonk import service as listmonk_service
+
+    return listmonk_service.start(settings.config, settings.listmonk, settings.policyd)
 
 
 def _start_releaser(settings: Settings):  # type: ignore[no-untyped-def]

@@ -19,6 +19,7 @@ from sendguard.config_reader import ConfigError, Section
 from sendguard.streams import Stream
 from sendguard_milter.keys import KeyLoadError, load_key
 from sendguard_milter.settings import MilterSettings, parse_milter
+from sendguard_policyd.listmonk.settings import ListmonkSettings, parse_listmonk
 from sendguard_policyd.settings import PolicydSettings, parse_policyd
 from sendguard_policyd.stop_signals_settings import StopSignalSettings, parse_stop_signals
 
@@ -30,6 +31,8 @@ class Settings:
     config: core.Config
     policyd: PolicydSettings
     milter: MilterSettings
+    #: ``[listmonk.NAME]``: the Listmonk instances told their stream's cap.
+    listmonk: tuple[ListmonkSettings, ...] = ()
     #: The file as every part read it (values and defaults): what ``check-config`` prints.
     source: Section = field(default_factory=lambda: Section({}, "", core.EMBEDDED), compare=False, repr=False)
     #: ``[stop_signals.*]``: the rules that pause a stream (read by the watcher's consumers).
@@ -61,11 +64,14 @@ def _compose(doc: core.ConfigDocument, check_keys: bool = False) -> Settings:
     policyd = doc.errors.attempt(lambda: parse_policyd(doc))
     milter = doc.errors.attempt(lambda: parse_milter(doc))
     stop_signals = doc.errors.attempt(lambda: parse_stop_signals(doc))
+    listmonk = parse_listmonk(doc)  # collects its own problems, one per table
     if check_keys and milter is not None:
         doc.errors.errors.extend(_check_key_files(doc.config.file, milter))
     doc.finish()  # raises every problem collected
     assert policyd is not None and milter is not None and stop_signals is not None
-    return Settings(config=doc.config, policyd=policyd, milter=milter, source=doc.top, stop_signals=stop_signals)
+    return Settings(
+        config=doc.config, policyd=policyd, milter=milter, listmonk=listmonk, source=doc.top, stop_signals=stop_signals
+    )
 
 
 def parse(data: dict[str, Any], file: str = core.EMBEDDED) -> Settings:

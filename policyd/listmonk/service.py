@@ -1,0 +1,70 @@
+"""Running the Listmonk syncs: one thread per enabled ``[listmonk.NAME]``, beside the policy daemon.
+
+The threads share nothing with the daemon's event loop: a Listmonk that is
+down, slow or refusing only delays its own sync.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from sendguard.config import Config
+from sendguard_policyd.cap_in_force import CapInForceSource, WarmupCapInForce
+from sendguard_policyd.listmonk.settings import ListmonkSettings
+from sendguard_policyd.listmonk.sync import ListmonkSync
+from sendguard_policyd.listmonk.window import HOUR
+from sendguard_policyd.settings import PolicydSettings
+
+
+
+@dataclass
+class ListmonkHandle:
+    """The running syncs."""
+
+    syncs: list[ListmonkSync]
+    _threads: list[threading.Thread] = field(repr=False)
+    _stop: threading.Event = field(repr=False)
+
+    def stop(self) -> None:
+        """Stop every sync (a request under way finishes within its timeout); idempotent."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+
+def build(
+    config: Config,
+    listmonks: Sequence[ListmonkSettings],
+    policyd: PolicydSettings,
+    cap_in_force: CapInForceSource | None = None,
+) -> list[ListmonkSync]:
+    """A sync per enabled table; ``cap_in_force`` defaults to the streams' warmup caps (no pauses)."""
+    enabled = [one for one in listmonks if one.enabled]
+    source = cap_in_force or WarmupCapInForce(config.streams)
+    # Several Listmonk instances feeding one stream share its caps equally: each window counts one instance.
+    shares = Counter(one.stream for one in enabled)
+    hour = policyd.test_window_seconds or HOUR
+    return [ListmonkSync(one, source, shares[one.stream], hour) for one in enabled]
+
+
+def start(
+    config: Config,
+    listmonks: Sequence[ListmonkSettings],
+    policyd: PolicydSettings,
+    cap_in_force: CapInForceSource | None = None,
+) -> ListmonkHandle:
+    """Start a thread per enabled table; return at once (the first pass runs on the thread)."""
+    syncs = build(config, listmonks, policyd, cap_in_force)
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=sync.serve, args=(stop,), name=f"sendguard-listmonk-{sync.settings.name}", daemon=True)
+        for sync in syncs
+    ]
+    for thread in threads:
+        thread.start()
+    return ListmonkHandle(syncs, threads, stop)
