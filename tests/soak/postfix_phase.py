@@ -92,9 +92,13 @@ class Sent:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def metric(url: str, name: str, **labels: str) -> float:
-    """The sum of the samples of ``name`` (with these labels) at a Prometheus endpoint."""
-    body = urllib.request.urlopen(url, timeout=30).read().decode()
+def metric(url: str, name: str, **labels: str) -> float | None:
+    """The sum of the samples of ``name`` (with these labels) at a Prometheus endpoint;
+    None when the endpoint does not answer (its process died, say)."""
+    try:
+        body = urllib.request.urlopen(url, timeout=30).read().decode()
+    except OSError:
+        return None
     total = 0.0
     for family in text_string_to_metric_families(body):
         for s in family.samples:
@@ -242,6 +246,15 @@ def postfix_phase(work: Path, messages: int, sessions: int, seed: int, limit: fl
     return out
 
 
+def _n(value: float | None) -> str:
+    return "unknown (its metrics endpoint is gone)" if value is None else f"{value:,.0f}"
+
+
+def _off(counted: float | None, accepted: int) -> int:
+    # An unknown count is as far off as it can be: none of the accepted messages is vouched for.
+    return max(accepted, 1) if counted is None else abs(int(counted) - accepted)
+
+
 def report(p: dict[str, object]) -> dict[str, int]:
     """Print the phase's summary lines; return its figures that must be zero."""
     sent: Sent = p["sent"]  # type: ignore[assignment]
@@ -254,7 +267,7 @@ def report(p: dict[str, object]) -> dict[str, int]:
     print(f"postfix: {sent.accepted:,} of {p['messages']:,} messages accepted over {sent.sessions} SMTP sessions "
           f"({p['sessions']} at a time) in {p['send_seconds']:.0f} s ({sent.accepted / max(p['send_seconds'], 1e-9):,.0f}/s); "
           f"Postfix queued {log.received:,}, delivered {delivered:,} (status=sent), the sink stored {p['stored']:,}; "
-          f"statuses {dict(log.statuses)}; policy daemon counted {p['policy_counted']:,.0f}, milter signed {p['signed']:,.0f}")  # fmt: skip
+          f"statuses {dict(log.statuses)}; policy daemon counted {_n(p['policy_counted'])}, milter signed {_n(p['signed'])}")  # fmt: skip
     print(f"  sample of every {p['sample_every']}th message: {sample['checked']:,} checked in the sink, "
           f"{sample['changed']} bodies changed (all with a link that could need a repair)")  # fmt: skip
     print(f"  milter RSS: start {rss.samples[0][1]['milter']:.0f} MB, {at10k}peak {rss.peak('milter'):.0f} MB, "
@@ -275,8 +288,8 @@ def report(p: dict[str, object]) -> dict[str, int]:
         "postfix: milter timeouts (hangs)": len(log.milter_timeouts) + sent.timeouts,
         "postfix: other milter or policy errors": len(log.milter_errors) + len(log.policy_errors) + sent.broken_sessions,
         "postfix: Postfix fatal or panic": len(log.panics),
-        "postfix: policy count off what was accepted": abs(int(p["policy_counted"]) - sent.accepted),
-        "postfix: signatures off what was accepted": abs(int(p["signed"]) - sent.accepted),
+        "postfix: policy count off what was accepted": _off(p["policy_counted"], sent.accepted),
+        "postfix: signatures off what was accepted": _off(p["signed"], sent.accepted),
         "postfix: sample unsigned or not in the sink": sample["unsigned"] + sample["missing"],
         "postfix: sample unverifiable signatures": sample["unverifiable"],
         "postfix: sample bodies changed, no link to repair": sample["changed_without_cause"],

@@ -1,7 +1,7 @@
 """The fault-and-fuzz campaign, full version (not run by CI): prints the figures that must stay zero.
 
     .venv/bin/python tests/soak/run_campaign.py                       # the full campaign
-    .venv/bin/python tests/soak/run_campaign.py --policy-requests 100000 --messages 1000 --large 5
+    .venv/bin/python tests/soak/run_campaign.py --policy-requests 100000 --messages 1000 --large 5 --postfix-messages 1000
 
 1. Policy protocol: ``--policy-requests`` fuzzed requests (valid and broken, pipelined over
    ``--connections`` connections, the stream cut at random boundaries) against a real
@@ -14,6 +14,12 @@
    sampled throughout (start, peak, end).
 4. Stopping: ``--stop-cycles`` times, a policy daemon is started, sent 100 fuzzed requests and
    SIGTERMed; a daemon still running 10 s later has ignored SIGTERM (it is then killed).
+5. Postfix: ``--postfix-messages`` Listmonk-shaped messages over ``--postfix-sessions`` SMTP
+   sessions through a private Postfix instance on loopback (postfix-snippets/, a real milter
+   and policy daemon, smtp-sink behind it; tests/soak/postfix_phase.py), RSS sampled; counts
+   refusals, deliveries, crashes, hangs, the policy count against what Postfix accepted, and on
+   a sample of what the sink stored, unverifiable signatures and bodies changed without cause.
+   Needs root; installs Debian's postfix if it is missing (the system instance stays off).
 
 Every loop is bounded in count and in time (``--time-limit`` seconds per phase); all traffic
 goes to 127.0.0.1. The generators are the fast tests' (tests/fuzz).
