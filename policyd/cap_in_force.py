@@ -13,7 +13,7 @@ ceilings alone, with an optional pause lookup.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from sendguard.streams import Stream
 from sendguard_policyd.warmup import Warmup, cap_text
@@ -50,8 +50,12 @@ class WarmupCapInForce:
     stream that is not configured.
     """
 
-    def __init__(self, streams: Sequence[Stream], paused: PauseLookup | None = None) -> None:
-        self._warmups = {s.name: Warmup(s) for s in streams}
+    def __init__(
+        self, streams: Sequence[Stream], paused: PauseLookup | None = None, warmups: Mapping[str, Warmup] | None = None
+    ) -> None:
+        """``warmups``: the streams' warmups, kept fed with their ramp history (ramp_refresh.py) so the
+        cap is the effective warmup day's; default: calendar days from the streams' settings alone."""
+        self._warmups = dict(warmups) if warmups is not None else {s.name: Warmup(s) for s in streams}
         self._paused = paused
 
     def __call__(self, stream: str, now: float) -> CapInForce:

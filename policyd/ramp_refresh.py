@@ -11,6 +11,11 @@ minute late, so just after a day ends the day may stay one lower for up to a
 minute. A step-back recorded by this process (:meth:`RampRefresher.step_back`)
 is read back at once.
 
+Before each read it marks the ramp days a whole-stream pause spanned (from the
+store's pauses, in force or ended in the last two days: a pause set by the
+watcher's stop signals, by ``sendguard pause`` or on another host), so that a
+paused day never advances a sending-mode ramp (sending_days.PausedDays).
+
 When the store cannot be read, the warmups keep the history they had and one
 warning is logged until it can be read again.
 """
@@ -18,10 +23,12 @@ warning is logged until it can be read again.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Mapping
 
 from sendguard import logs
-from sendguard_policyd.store import CounterStore, StoreBusy, StoreError
+from sendguard_policyd.sending_days import PausedDays
+from sendguard_policyd.store import DAY, CounterStore, StoreBusy, StoreError
 from sendguard_policyd.warmup import Warmup, refresh_histories
 
 log = logs.get("policyd")
@@ -37,6 +44,7 @@ class RampRefresher:
         self.warmups = warmups
         self.store = store
         self.interval = interval
+        self._paused_days = PausedDays(warmups, store)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one refresh at a time (the thread's, a caller's)
@@ -47,6 +55,7 @@ class RampRefresher:
         """Read every stream's history now, on the calling thread (never the event loop's); True if read."""
         with self._lock:
             try:
+                self._mark_paused_days(time.time())
                 refresh_histories(self.warmups, self.store)
             except (StoreError, StoreBusy) as exc:
                 if not self._failing:
@@ -58,6 +67,12 @@ class RampRefresher:
                 log.info("ramp history readable again")
                 self._failing = False
             return True
+
+    def _mark_paused_days(self, now: float) -> None:
+        # Ended pauses too: one shorter than the interval would otherwise never be seen in force.
+        for p in self.store.pause_history(now - 2 * DAY):
+            if not p.operator:
+                self._paused_days.paused(p.stream, p.since, now if p.until is None else min(p.until, now))
 
     def step_back(self, stream: str, days: int, rule: str, now: float) -> None:
         """Record a step-back in the store and read the history again (the stop signals' hook)."""

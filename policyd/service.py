@@ -22,6 +22,7 @@ from sendguard.config_reader import ConfigError
 from sendguard_policyd import metrics
 from sendguard_policyd.backend import open_store, store_key, store_label, store_windows
 from sendguard_policyd.decide import Decider
+from sendguard_policyd.operators import Operators
 from sendguard_policyd.ramp_refresh import RampRefresher
 from sendguard_policyd.server import PolicyServer
 from sendguard_policyd.settings import PolicydSettings
@@ -68,7 +69,7 @@ def start(config: Config, settings: PolicydSettings) -> Handle:
         store = open_store(settings)
     except (StoreError, OSError) as exc:
         raise ConfigError(config.file, store_key(settings), str(exc)) from None
-    decider = Decider(settings, config.streams, store)
+    decider = Decider(settings, config.streams, store, operators=Operators(settings.operators))
     ramps = RampRefresher(decider.warmups, store)
     ramps.refresh()  # the first warmup days from the store's history, before the first request
     decider.pauses.start()  # the pauses in force, read now and every second off the loop (pause_board.py)

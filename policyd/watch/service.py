@@ -23,6 +23,7 @@ from sendguard.config_reader import ConfigError
 from sendguard_policyd.backend import open_store, store_key
 from sendguard_policyd.operators import Operators
 from sendguard_policyd.settings import PolicydSettings
+from sendguard_policyd.stop_signal_rules import Rule
 from sendguard_policyd.store import CounterStore, StoreError
 from sendguard_policyd.watch import Delivery, DeliveryConsumer
 from sendguard_policyd.watch import metrics
@@ -116,10 +117,11 @@ def follower_for(settings: PolicydSettings) -> Follower:
     return FileFollower(w.log, w.position_file, w.start_at, w.poll_interval)
 
 
-def build(config: Config, settings: PolicydSettings, store: CounterStore) -> Watcher:
-    """A watcher for the configured source, its deliveries placed through ``store``."""
+def build(config: Config, settings: PolicydSettings, store: CounterStore, rules: Sequence[Rule] = ()) -> Watcher:
+    """A watcher for the configured source, its deliveries placed through ``store``, acting on the
+    stop-signal ``rules``."""
     parser = DeliveryParser(StreamMap(store, settings.watch.syslog_streams), Operators(settings.operators))
-    return Watcher(follower_for(settings), parser, configured_consumers(config, settings, store))
+    return Watcher(follower_for(settings), parser, configured_consumers(config, settings, store, rules))
 
 
 @dataclass
@@ -142,7 +144,7 @@ class WatchHandle:
         log.info("watcher stopped")
 
 
-def start(config: Config, settings: PolicydSettings) -> WatchHandle:
+def start(config: Config, settings: PolicydSettings, rules: Sequence[Rule] = ()) -> WatchHandle:
     """Start the watcher on a daemon thread; a ConfigError when no source is configured or the store cannot open."""
     w = settings.watch
     if not w.configured:
@@ -152,7 +154,7 @@ def start(config: Config, settings: PolicydSettings) -> WatchHandle:
     except (StoreError, OSError) as exc:
         raise ConfigError(config.file, store_key(settings), str(exc)) from None
     try:
-        watcher = build(config, settings, store)
+        watcher = build(config, settings, store, rules)
     except BaseException:
         store.close()
         raise

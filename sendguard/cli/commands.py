@@ -142,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if watch.enabled and watch.configured:
             from sendguard_policyd.watch import service as watch_service
 
-            watcher = watch_service.start(settings.config, settings.policyd)
+            watcher = watch_service.start(settings.config, settings.policyd, settings.stop_signals.rules)
         listmonk = _start_listmonk(settings)
         freeze_start_up_heap()
         # The milter's SIGHUP reloads the milter's part only, and says so for the policy daemon's.
@@ -245,7 +245,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if not watch.configured:  # before the metrics endpoint, so the config error is the only output
         raise ConfigError(settings.file, "watch.log", "sendguard watch needs a log file (watch.log) or watch.journal = true")
     metrics_http.serve(watch.metrics_listen, "the watcher")
-    handle = watch_service.start(settings.config, settings.policyd)
+    handle = watch_service.start(settings.config, settings.policyd, settings.stop_signals.rules)
     try:
         _wait_for_signal(stop)
     finally:
