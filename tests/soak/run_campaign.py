@@ -1,7 +1,7 @@
 """The fault-and-fuzz campaign, full version (not run by CI): prints the figures that must stay zero.
 
     .venv/bin/python tests/soak/run_campaign.py                       # the full campaign
-    .venv/bin/python tests/soak/run_campaign.py --policy-requests 100000 --messages 1000 --large 5
+    .venv/bin/python tests/soak/run_campaign.py --policy-requests 100000 --messages 1000 --large 5 --postfix-messages 1000
 
 1. Policy protocol: ``--policy-requests`` fuzzed requests (valid and broken, pipelined over
    ``--connections`` connections, the stream cut at random boundaries) against a real
@@ -14,6 +14,12 @@
    sampled throughout (start, peak, end).
 4. Stopping: ``--stop-cycles`` times, a policy daemon is started, sent 100 fuzzed requests and
    SIGTERMed; a daemon still running 10 s later has ignored SIGTERM (it is then killed).
+5. Postfix: ``--postfix-messages`` Listmonk-shaped messages over ``--postfix-sessions`` SMTP
+   sessions through a private Postfix instance on loopback (postfix-snippets/, a real milter
+   and policy daemon, smtp-sink behind it; tests/soak/postfix_phase.py), RSS sampled; counts
+   refusals, deliveries, crashes, hangs, the policy count against what Postfix accepted, and on
+   a sample of what the sink stored, unverifiable signatures and bodies changed without cause.
+   Needs root; installs Debian's postfix if it is missing (the system instance stays off).
 
 Every loop is bounded in count and in time (``--time-limit`` seconds per phase); all traffic
 goes to 127.0.0.1. The generators are the fast tests' (tests/fuzz).
@@ -41,6 +47,7 @@ sys.path.insert(0, str(SUPPORT))
 from ports import free_port  # noqa: E402
 from sendguard_testing.milter_client import MilterClient, MilterProcess, final_message  # noqa: E402
 from sendguard_testing.mime_fuzz import could_need_repair, message, unverifiable_signatures, write_milter_config  # noqa: E402
+from sendguard_testing.rss import rss_mb  # noqa: E402
 from sendguard_testing.policy_fuzz import (  # noqa: E402
     BAD_ACTION,
     Figures,
@@ -50,6 +57,7 @@ from sendguard_testing.policy_fuzz import (  # noqa: E402
     policyd_process,
     stopped_on_sigterm,
 )
+from postfix_phase import postfix_phase, report  # noqa: E402
 
 CAP = 100
 POLICY_CONFIG = """[general]
@@ -68,17 +76,6 @@ over_cap = "defer"
 [streams.trucking.match]
 server_port = [25]
 """
-def rss_mb(pid: int) -> float:
-    """Resident set size of ``pid`` in MB (0 when it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def start_policyd(work: Path) -> tuple[subprocess.Popen[bytes], int]:
     """A ``sendguard policyd`` process with the campaign's config in ``work``, and its port."""
     port = free_port()
@@ -226,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--messages", type=int, default=10_000)
     ap.add_argument("--large", type=int, default=100, help="10 MB messages through the milter, RSS sampled")
     ap.add_argument("--stop-cycles", type=int, default=30, help="start, fuzz briefly, SIGTERM the policy daemon")
+    ap.add_argument("--postfix-messages", type=int, default=100_000,
+                    help="Listmonk-shaped messages through a private Postfix instance (0: skip)")  # fmt: skip
+    ap.add_argument("--postfix-sessions", type=int, default=10,
+                    help="concurrent SMTP sessions into that Postfix (Listmonk's default: 10 connections)")  # fmt: skip
     ap.add_argument("--seed", type=int, default=15)
     ap.add_argument("--time-limit", type=float, default=1800.0, help="seconds per phase at most")
     args = ap.parse_args(argv)
@@ -238,9 +239,14 @@ def main(argv: list[str] | None = None) -> int:
         (work / "policy").mkdir()
         (work / "milter").mkdir()
         (work / "stop").mkdir()
+        (work / "postfix").mkdir()
         pol = policy_phase(work / "policy", args.policy_requests, args.connections, args.seed, args.time_limit)
         mil = milter_phase(work / "milter", args.messages, args.large, args.seed, args.time_limit)
         stops = stop_phase(work / "stop", args.stop_cycles, args.seed, args.time_limit)
+        post = None
+        if args.postfix_messages:
+            work.chmod(0o755)  # the private Postfix's daemons run as the postfix user, inside it
+            post = postfix_phase(work / "postfix", args.postfix_messages, args.postfix_sessions, args.seed, args.time_limit)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     f: Figures = pol["figures"]  # type: ignore[assignment]
@@ -270,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {mil['large']} x 10 MB messages one at a time: RSS after the first {lrss[0]:.0f} MB, peak {max(lrss):.0f} MB, after the last {lrss[-1]:.0f} MB")
     print(f"stop cycles: {stops['cycles']} x (start policyd, 100 fuzzed requests, SIGTERM, wait 10 s): "
           f"SIGTERM ignored {stops['ignored']} times (plus {int(pol['ignored_sigterm'])} of 1 after the policy phase, waited 30 s)")  # fmt: skip
+    if post is not None:
+        zero.update(report(post))
     print()
     for name, value in zero.items():
         print(f"  {name:<42} {value}")

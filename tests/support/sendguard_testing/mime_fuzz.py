@@ -7,6 +7,9 @@ boundaries, missing close delimiters, preambles, nesting with the same boundary)
 charsets), links that need no repair and, in a share of messages, links that do
 (``&`` starting a query, ``@TrackLink`` markers), then byte-level damage.
 
+:func:`listmonk_message` writes well-formed campaign mail from the same link text, for the
+campaign's run through a real Postfix, where every message must pass.
+
 Whether a message *could* need a link repair is judged independently of the code under test:
 only a message whose raw body or any leaf decoded by the standard library holds ``&`` or
 ``TrackLink`` may come out with a different body.
@@ -18,8 +21,10 @@ import base64
 import binascii
 import email
 import email.policy
+import email.utils
 import os
 import random
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -74,9 +79,9 @@ client_address = ["172.18.0.5/32"]
 DnsFunc = Callable[..., "bytes | None"]
 
 
-def write_milter_config(folder: Path, listen: str = "") -> tuple[Path, DnsFunc]:
-    """Generate a signing key in ``folder``, write the config (``listen``: extra ``[milter]``
-    lines); return its path and the DNS lookup that serves the key's public half to dkimpy."""
+def signing_key(folder: Path) -> tuple[Path, DnsFunc]:
+    """Generate the bulk domain's 2048-bit key as ``folder/send.private``; return its path and
+    the DNS lookup that serves its public half (``send._domainkey.send.example.net``) to dkimpy."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     key_file = folder / "send.private"
     key_file.write_bytes(
@@ -85,12 +90,19 @@ def write_milter_config(folder: Path, listen: str = "") -> tuple[Path, DnsFunc]:
     os.chmod(key_file, 0o600)
     der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
-    config = folder / "sendguard.toml"
-    config.write_text(MILTER_CONFIG.format(listen=listen, key=key_file))
 
     def dns(name: bytes, timeout: int = 5) -> bytes | None:
         return record if name.rstrip(b".") == b"send._domainkey.send.example.net" else None
 
+    return key_file, dns
+
+
+def write_milter_config(folder: Path, listen: str = "") -> tuple[Path, DnsFunc]:
+    """Generate a signing key in ``folder``, write the config (``listen``: extra ``[milter]``
+    lines); return its path and the DNS lookup that serves the key's public half to dkimpy."""
+    key_file, dns = signing_key(folder)
+    config = folder / "sendguard.toml"
+    config.write_text(MILTER_CONFIG.format(listen=listen, key=key_file))
     return config, dns
 
 
@@ -204,6 +216,48 @@ def message(rng: random.Random, dirty_share: float = 0.5) -> Fuzzed:
         else:
             body[pos : pos + len(piece)] = piece
     return Fuzzed(headers, bytes(body), dirty)
+
+
+def listmonk_message(rng: random.Random, seq: int, dirty_share: float = 0.3) -> Fuzzed:
+    """A well-formed campaign message as Listmonk renders it, from the bulk sender, numbered ``seq``.
+
+    multipart/alternative, a text and an HTML part (quoted-printable, base64 or 8-bit UTF-8
+    in lines of at most 76 characters) written from the fuzzer's link text, Listmonk's own
+    header fields, and ``Message-Id: <seq.N@send.example.net>`` so the copy a sink stored can
+    be matched to it. In ``dirty_share`` of them, links that need a repair.
+    """
+    dirty = rng.random() < dirty_share
+    boundary = f"{rng.getrandbits(64):016x}"
+    body = b""
+    for ctype, html in (("text/plain", False), ("text/html", True)):
+        text = _text(rng, dirty, html)
+        if html:
+            text = f"<!doctype html><html><body><p>{text}</p></body></html>"
+        cte = rng.choice(["quoted-printable", "quoted-printable", "base64", "8bit"])
+        if cte == "8bit":
+            text = "\n".join(textwrap.wrap(text, 76, break_long_words=False, break_on_hyphens=False))
+        head = f'Content-Type: {ctype}; charset="UTF-8"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n'
+        if cte == "base64":  # Listmonk's (Go's) width; the fuzzer's widths include over-long lines
+            encoded = base64.encodebytes(text.encode()).replace(b"\n", CRLF)
+        else:
+            encoded = _encode(rng, text, "utf-8", cte)
+        body += b"--" + boundary.encode() + CRLF + head.encode() + encoded + (b"" if encoded.endswith(CRLF) else CRLF)
+    body += b"--" + boundary.encode() + b"--" + CRLF
+    subscriber = f"{rng.getrandbits(128):032x}"
+    headers: list[Field] = [
+        ("From", b'"Example Freight" <noreply@send.example.net>'),
+        ("To", f"<dispatch{seq}@carrier{seq % 97}.example.org>".encode()),
+        ("Subject", b"Your lane rates for next week"),
+        ("Message-Id", f"<seq.{seq}@send.example.net>".encode()),
+        ("Date", email.utils.formatdate(usegmt=True).encode()),
+        ("List-Unsubscribe", f"<https://lists.example.net/subscription/{subscriber}>".encode()),
+        ("List-Unsubscribe-Post", b"List-Unsubscribe=One-Click"),
+        ("X-Listmonk-Campaign", b"5f1b2c3d-0000-4000-8000-00000000000f"),
+        ("X-Listmonk-Subscriber", subscriber.encode()),
+        ("MIME-Version", b"1.0"),
+        ("Content-Type", f'multipart/alternative; boundary="{boundary}"'.encode()),
+    ]
+    return Fuzzed(headers, body, dirty)
 
 
 def could_need_repair(msg: Fuzzed) -> bool:
