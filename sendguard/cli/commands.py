@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from sendguard.config import Config
     from sendguard_milter.settings import MilterSettings
     from sendguard_policyd.listmonk.service import ListmonkHandle
+    from sendguard_policyd.stop_signal_rules import Rule
 
 EXIT_USAGE = 64  # EX_USAGE from sysexits.h
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h, as Postfix's own tools use it
@@ -260,8 +261,26 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     settings = load(args.file, check_keys=True)  # as start-up does, every key file must serve
     notes = {("streams", s.name, "match"): f"match: {s.rule.describe()}" for s in settings.streams}
     sys.stdout.write(effective.render(settings.source, notes))
+    sys.stdout.write(_stop_signal_summary(settings.stop_signals.rules))
     print(f"# {args.file}: OK", file=sys.stderr)
     return 0
+
+
+def _stop_signal_summary(rules: Sequence[Rule]) -> str:
+    """The stop-signal rules in force, built-in ones included, as comments: the file shows only what it changes."""
+    from sendguard.timetext import format_duration
+
+    lines = ["", "# stop-signal rules in force (built-in and [stop_signals.*]; docs/policyd.md):"]
+    for r in rules:
+        if not r.enabled:
+            lines.append(f"#   {r.name}: off")
+            continue
+        duration = "until resumed" if r.duration is None else f"for {format_duration(r.duration)}"
+        lines.append(
+            f"#   {r.name}: /{r.pattern}/ from {r.operator or 'any operator'}, {r.threshold}/h -> {r.action}"
+            f" {duration}, step back {r.step_back_days} day(s)"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def cmd_status(args: argparse.Namespace) -> int:

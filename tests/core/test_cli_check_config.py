@@ -38,6 +38,32 @@ def test_valid_config_prints_effective_configuration(tmp_path):
     assert f"{cfg}: OK" in result.stderr
 
 
+def test_check_config_lists_the_stop_signal_rules_in_force_built_in_ones_too(tmp_path):
+    cfg = tmp_path / "sendguard.toml"
+    cfg.write_text(
+        "[general]\n"
+        f"state_dir = '{tmp_path}'\n"
+        "[stop_signals.gmail_unsolicited]\n"
+        "threshold = 9\n"
+        "[stop_signals.microsoft_s3150]\n"
+        "enabled = false\n"
+        "[stop_signals.local_block]\n"
+        "pattern = 'blocked by policy'\n"
+        "threshold = 4\n"
+        "action = 'pause_stream'\n"
+        "duration = 'until_resumed'\n"
+    )
+    result = sendguard("check-config", str(cfg))
+    assert result.returncode == 0, result.stderr
+    rules = [line for line in result.stdout.splitlines() if line.startswith("#   ")]
+    # Untouched built-ins are shown as they run, changed ones with the change, then the new rule.
+    assert "#   yahoo_tss04: /\\[TSS04\\]/ from yahoo, 1/h -> pause_stream for 3d, step back 2 day(s)" in rules
+    assert any(r.startswith("#   gmail_unsolicited: /likely unsolicited mail/ from google, 9/h ") for r in rules)
+    assert "#   microsoft_s3150: off" in rules
+    assert "#   local_block: /blocked by policy/ from any operator, 4/h -> pause_stream until resumed," \
+        " step back 0 day(s)" in rules
+
+
 def test_invalid_config_exits_78_with_file_key_reason(tmp_path):
     cfg = tmp_path / "bad.toml"
     cfg.write_text("[streams.a.match]\nserver_port = [25]\n[streams.b.match]\nserver_port = [25]\n")
