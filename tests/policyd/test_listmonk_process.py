@@ -19,7 +19,7 @@ from sendguard_testing.command import sendguard_command
 from sendguard_testing.policy_client import PolicyClient, postfix_request
 
 
-def write_config(tmp_path: Path, listmonk_url: str, policy: int, metrics: int, milter: int) -> Path:
+def write_config(tmp_path: Path, listmonk_url: str, policy: int, metrics: int, milter: int, extra: str = "") -> Path:
     token = tmp_path / "listmonk.token"
     token.write_text("api-token-1234\n")
     token.chmod(0o600)
@@ -52,7 +52,7 @@ username = "sendguard"
 password_file = "listmonk.token"
 stream = "trucking"
 interval = 5
-""")
+{extra}""")
     return cfg
 
 
@@ -72,9 +72,9 @@ def wait_for(check, what: str, proc: subprocess.Popen, log: Path, timeout: float
         time.sleep(0.1)
 
 
-def start(tmp_path: Path, command: str, listmonk_url: str) -> tuple[subprocess.Popen, Path, int, int]:
+def start(tmp_path: Path, command: str, listmonk_url: str, extra: str = "") -> tuple[subprocess.Popen, Path, int, int]:
     policy, metrics, milter = free_port(), free_port(), free_port()
-    cfg = write_config(tmp_path, listmonk_url, policy, metrics, milter)
+    cfg = write_config(tmp_path, listmonk_url, policy, metrics, milter, extra)
     log = tmp_path / f"{command}.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen([sendguard_command(), command, "--config", str(cfg)], stdout=fh, stderr=subprocess.STDOUT)
@@ -111,3 +111,35 @@ def test_listmonk_down_does_not_touch_the_policy_daemon(tmp_path):
     finally:
         proc.terminate()
         assert proc.wait(timeout=20) == 0
+
+
+def test_sendguard_pause_and_resume_reach_listmonk_through_the_store(tmp_path):
+    """The wiring of sendguard run: a pause put in the counter store by the CLI (as the watcher's
+    rules put theirs) lowers Listmonk's window to the floor and pauses its campaign; the resume
+    raises the window to the cap again and starts the campaign sendguard paused."""
+    standin = ListmonkStandin().start()
+    cid = standin.add_campaign("spring newsletter")
+    proc, log, policy, metrics = start(tmp_path, "run", standin.url, "pause_campaigns = true\nresume_campaigns = true\n")
+    cfg = str(tmp_path / "sendguard.toml")
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([sendguard_command(), *args, "--config", cfg], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    try:
+        wait_for(lambda: standin.applied_window() == (True, 1, "150s"), "the warmup window", proc, log)
+        cli("pause", "trucking", "--for", "2h", "--reason", "Yahoo TSS04 seen by hand")
+        # One sync interval (5 s) and the apply: Listmonk gets the floor and its campaign stops.
+        wait_for(lambda: standin.applied_window() == (True, 1, "1h") and standin.status(cid) == "paused",
+                 "the floor and the campaign's pause", proc, log, timeout=40)  # fmt: skip
+        assert "Yahoo TSS04 seen by hand" in log.read_text()
+        cli("resume", "trucking")
+        wait_for(lambda: standin.applied_window() == (True, 1, "150s") and standin.status(cid) == "running",
+                 "the window back at the cap and the campaign started again", proc, log, timeout=40)  # fmt: skip
+        wait_for(lambda: scrape(metrics, 'sendguard_listmonk_window_mismatch{listmonk="trucking"}') == "0.0",
+                 "the read-back", proc, log)  # fmt: skip
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
+        standin.stop()
