@@ -11,15 +11,20 @@ JSON file: ``{"queue": [{"queue_id", "queue_name", "arrival_time"}...],
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import stat
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _PROGRAM = r'''#!PYTHON
-import json, os, sys
+import fcntl, json, os, sys
 state_path = os.environ["FAKE_POSTFIX_STATE"]
+lock = open(state_path + ".lock", "a")
+fcntl.flock(lock, fcntl.LOCK_EX)
 with open(state_path) as fh:
     state = json.load(fh)
 name = os.path.basename(sys.argv[0])
@@ -28,8 +33,9 @@ state["calls"].append([name, *args])
 if args[:1] == ["-c"]:
     args = args[2:]
 def save():
-    with open(state_path, "w") as fh:
+    with open(state_path + ".tmp", "w") as fh:
         json.dump(state, fh)
+    os.replace(state_path + ".tmp", state_path)
 if name in state.get("fail", []):
     state["calls"][-1].append("(failed)")
     save()
@@ -64,7 +70,8 @@ class FakePostfix:
         self.bin = folder / "bin"
         self.bin.mkdir(parents=True, exist_ok=True)
         self.state_file = folder / "postfix-state.json"
-        self._write({"queue": [], "calls": [], "fail": [], "lifetime": "5d"})
+        with self._state() as state:
+            state.update({"queue": [], "calls": [], "fail": [], "lifetime": "5d"})
         program = _PROGRAM.replace("PYTHON", sys.executable)
         for name in ("postqueue", "postsuper", "postconf"):
             path = self.bin / name
@@ -75,34 +82,41 @@ class FakePostfix:
         """The environment a process needs to find the stand-ins."""
         return {"PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}", "FAKE_POSTFIX_STATE": str(self.state_file)}
 
-    def _read(self) -> dict:
-        return json.loads(self.state_file.read_text())
+    # The stand-ins run as the releaser's child processes while the test reads
+    # and changes the queue: every read-modify-write holds one lock and every
+    # write is a rename, so neither side ever sees a half-written file.
+    @contextmanager
+    def _state(self) -> Iterator[dict]:
+        with open(f"{self.state_file}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+            yield state
+            tmp = self.state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(state))
+            os.replace(tmp, self.state_file)
 
-    def _write(self, state: dict) -> None:
-        self.state_file.write_text(json.dumps(state))
+    def _read(self) -> dict:
+        with self._state() as state:
+            return state
 
     def hold(self, queue_id: str, arrival_time: float) -> None:
         """Put a message in the hold queue (as a HOLD answer makes Postfix do)."""
-        state = self._read()
-        state["queue"].append({"queue_id": queue_id, "queue_name": "hold", "arrival_time": arrival_time})
-        self._write(state)
+        with self._state() as state:
+            state["queue"].append({"queue_id": queue_id, "queue_name": "hold", "arrival_time": arrival_time})
 
     def remove(self, queue_id: str) -> None:
         """Take a message out of the queue (``postsuper -d`` by an operator)."""
-        state = self._read()
-        state["queue"] = [e for e in state["queue"] if e["queue_id"] != queue_id]
-        self._write(state)
+        with self._state() as state:
+            state["queue"] = [e for e in state["queue"] if e["queue_id"] != queue_id]
 
     def fail(self, *programs: str) -> None:
         """Make these programs fail from now on (none: every one works again)."""
-        state = self._read()
-        state["fail"] = list(programs)
-        self._write(state)
+        with self._state() as state:
+            state["fail"] = list(programs)
 
     def set_lifetime(self, value: str) -> None:
-        state = self._read()
-        state["lifetime"] = value
-        self._write(state)
+        with self._state() as state:
+            state["lifetime"] = value
 
     def queue_of(self, queue_id: str) -> str | None:
         """The queue a message is in (None: not in Postfix's queue)."""
