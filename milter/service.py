@@ -34,6 +34,7 @@ from .app import Runtime, SendguardMilter
 from .command_size import COMMAND_LIMIT, raise_command_limit
 from .keys import open_keys
 from .settings import MilterSettings
+from .tcp_nodelay import set_nodelay_on_listener
 
 log = logs.get("milter")
 
@@ -153,6 +154,8 @@ def run(config: Config, settings: MilterSettings, loader: Loader | None = None) 
 
     worker = threading.Thread(target=serve, name="libmilter")
     worker.start()
+    if settings.listen.startswith(("inet:", "inet6:")):
+        set_nodelay_on_listener(int(settings.listen.split(":", 1)[1].split("@", 1)[0]), worker.is_alive)
     try:
         while worker.is_alive():
             worker.join(0.5)  # wakes for signal handlers
