@@ -64,6 +64,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -218,7 +219,7 @@ def machine_cpu() -> tuple[int, int, int]:
 class Service:
     """A signer or policy daemon run for one setup; ``pid`` is the process whose CPU is counted."""
 
-    def __init__(self, argv: list[str], log: Path, ready: callable, env: dict[str, str] | None = None) -> None:
+    def __init__(self, argv: list[str], log: Path, ready: Callable[[Service], None], env: dict[str, str] | None = None) -> None:
         self.log_file = open(log, "wb")
         self.log = log
         self.proc = subprocess.Popen(argv, stdout=self.log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
