@@ -44,7 +44,7 @@ def test_a_large_body_waits_in_a_temporary_file_and_is_released_at_end_of_messag
     assert ctx._connect(host="localhost", helo="helo.example", ip="127.0.0.1") == Milter.CONTINUE
     assert ctx._envfrom(b"<bounce@send.example.net>") == Milter.CONTINUE
     for name, value in headers:
-        assert ctx._priv.header_bytes(name, value) == Milter.CONTINUE
+        assert ctx._header_bytes(name, value) == Milter.CONTINUE
     assert ctx._eoh() == Milter.CONTINUE
     assert ctx._feed_body(io.BytesIO(body)) == Milter.CONTINUE
     milter = ctx._priv
@@ -65,7 +65,7 @@ def test_a_small_body_stays_in_memory_and_an_aborted_one_is_released(driver, mak
     assert ctx._connect(host="localhost", helo="helo.example", ip="127.0.0.1") == Milter.CONTINUE
     assert ctx._envfrom(b"<bounce@send.example.net>") == Milter.CONTINUE
     for name, value in headers:
-        assert ctx._priv.header_bytes(name, value) == Milter.CONTINUE
+        assert ctx._header_bytes(name, value) == Milter.CONTINUE
     assert ctx._feed_body(io.BytesIO(body)) == Milter.CONTINUE
     milter = ctx._priv
     assert milter.body_file is not None and not milter.body_file._rolled

@@ -85,7 +85,7 @@ def test_a_message_in_flight_finishes_with_the_runtime_it_started_with(write_con
     assert ctx._envfrom(b"<bounce@send.example.net>") == Milter.CONTINUE
     switch.switch(build_runtime(after.config, after.milter))  # SIGHUP mid-message
     for name, value in headers:
-        assert ctx._priv.header_bytes(name, value) == Milter.CONTINUE
+        assert ctx._header_bytes(name, value) == Milter.CONTINUE
     assert ctx._eoh() == Milter.CONTINUE
     assert ctx._feed_body(io.BytesIO(body)) == Milter.CONTINUE
     assert ctx._eom() == Milter.CONTINUE
@@ -94,7 +94,7 @@ def test_a_message_in_flight_finishes_with_the_runtime_it_started_with(write_con
     # The next message on the same connection runs with the new scope: 172.18.0.5 is no longer trusted.
     assert ctx._envfrom(b"<bounce@send.example.net>") == Milter.CONTINUE
     for name, value in headers:
-        ctx._priv.header_bytes(name, value)
+        ctx._header_bytes(name, value)
     ctx._eoh()
     ctx._feed_body(io.BytesIO(body))
     assert ctx._eom() == Milter.REJECT

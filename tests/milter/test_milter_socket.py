@@ -12,6 +12,9 @@ import urllib.request
 
 import dkim
 from sendguard_testing.command import sendguard_command
+from sendguard_testing.milter_client import (
+    P_NODATA, P_NOEOH, P_NOHELO, P_NR_BODY, P_NR_CONN, P_NR_DATA, P_NR_HDR, P_NR_MAIL, P_NR_RCPT,
+)  # fmt: skip
 
 
 def test_signs_refuses_and_passes_over_a_real_socket(milter_process, milter_client, as_sent, make_msg, test_keys):
@@ -92,3 +95,13 @@ def test_a_taken_port_is_a_clear_start_up_failure(milter_process, write_config, 
     proc = subprocess.run([sendguard_command(), "milter", "--config", str(config)], capture_output=True, timeout=30)
     assert proc.returncode != 0
     assert f"cannot serve on inet:{first.port}@127.0.0.1" in proc.stderr.decode()
+
+
+def test_the_milter_asks_for_no_replies_to_what_it_only_records(milter_process, milter_client):
+    # Each reply is a round trip and a thread hand-off per header field and body chunk:
+    # Postfix must not wait for them. DATA stays answered (the TCP hand-off stall).
+    c = milter_client(milter_process().port)
+    for bit in (P_NR_CONN, P_NR_MAIL, P_NR_RCPT, P_NR_HDR, P_NR_BODY, P_NOHELO, P_NOEOH):
+        assert c.protocol & bit, hex(bit)
+    assert not c.protocol & (P_NODATA | P_NR_DATA)
+    c.close()

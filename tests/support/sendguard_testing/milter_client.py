@@ -75,13 +75,64 @@ def forwarded(added: Sequence[Added], headers: Sequence[Field], body: bytes) -> 
 # -- in-process, through pymilter's test harness ---------------------------------------
 
 
+def _as_mta(rc: int) -> int:
+    """What the MTA makes of a callback's code: NOREPLY (a no-reply callback) means go on."""
+    return Milter.CONTINUE if rc == Milter.NOREPLY else rc
+
+
 class RecordingCtx(TestCtx):
-    """TestCtx that keeps header additions and body replacements as the MTA would receive them."""
+    """TestCtx that keeps header additions and body replacements as the MTA would receive them.
+
+    It also treats a no-reply callback as Postfix does: pymilter's TestCtx
+    offers every no-reply bit in its negotiation, and then stops the message
+    (connect) or the body (after the first chunk) when a callback answers
+    NOREPLY. Here NOREPLY means "go on", as it does for an MTA.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.added: list[Added] = []
         self.new_body: bytes | None = None
+
+    def _connect(self, host: str = "localhost", helo: str = "spamrelay", ip: str = "1.2.3.4") -> int:
+        self._negotiate()
+        if self._protocol & Milter.P_NOCONNECT:
+            return Milter.CONTINUE
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        self._stage = Milter.M_CONNECT
+        rc = _as_mta(Milter.connect_callback(self, host, family, ip))
+        self._stage = None
+        if rc != Milter.CONTINUE:
+            self._close()
+            return rc
+        return _as_mta(self._helo(helo))
+
+    def _envfrom(self, *args: bytes) -> int:
+        return _as_mta(super()._envfrom(*args))
+
+    def _envrcpt(self, recipient: bytes) -> int:
+        return _as_mta(super()._envrcpt(recipient))
+
+    def _data(self) -> int:
+        return _as_mta(super()._data())
+
+    def _header_bytes(self, name: str, value: bytes) -> int:
+        """One header field, as Postfix sends it (HEADER), unless negotiated away."""
+        if self._protocol & Milter.P_NOHDRS:
+            return Milter.CONTINUE
+        return _as_mta(self._priv.header_bytes(name, value))
+
+    def _eoh(self) -> int:
+        return _as_mta(super()._eoh())
+
+    def _feed_body(self, bfp: io.BufferedIOBase) -> int:
+        if self._protocol & Milter.P_NOBODY:
+            return Milter.CONTINUE
+        while chunk := bfp.read(8192):
+            rc = _as_mta(self._priv.body(chunk))
+            if rc != Milter.CONTINUE:
+                return rc
+        return Milter.CONTINUE
 
     def addheader(self, field: str, value: str, idx: int) -> None:
         self.added.append((field, value, idx))
@@ -120,8 +171,9 @@ def feed(
     assert ctx._connect(host=hostname, helo=helo, ip=client) == Milter.CONTINUE
     assert ctx._envfrom(f"<{sender}>".encode()) == Milter.CONTINUE
     assert ctx._envrcpt(f"<{recipient}>".encode()) == Milter.CONTINUE
+    assert ctx._data() == Milter.CONTINUE
     for name, value in headers:
-        assert ctx._priv.header_bytes(name, value) == Milter.CONTINUE
+        assert ctx._header_bytes(name, value) == Milter.CONTINUE
     assert ctx._eoh() == Milter.CONTINUE
     assert ctx._feed_body(io.BytesIO(body)) == Milter.CONTINUE
     return ctx, ctx._eom()
