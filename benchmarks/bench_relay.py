@@ -16,7 +16,13 @@ rotated order, and each run builds the whole path afresh and tears it down:
   ``postfix``            Postfix alone (no milter, no policy service);
   ``policyd``            Postfix with ``sendguard policyd`` in
                          smtpd_recipient_restrictions and smtpd_end_of_data_restrictions
-                         (postfix-snippets/policyd-main.cf), caps never reached;
+                         (postfix-snippets/policyd-main.cf), caps never reached, on
+                         inet 127.0.0.1 (the snippets' default);
+  ``policyd-unix``       the same on the daemon's unix socket ([policyd] socket);
+  ``policyd-rate-limit`` policyd-rate-limit (PyPI, the version bench_policyd_anchor.py
+                         pins, its own venv) on inet 127.0.0.1, asked at RCPT and at
+                         DATA (smtpd_data_restrictions: it counts there, count_mode 1),
+                         limits never reached: the same two requests per message;
   ``opendkim-tcp``       OpenDKIM (Debian's package) on inet 127.0.0.1;
   ``sendguard-tcp``      ``sendguard milter`` on inet 127.0.0.1;
   ``opendkim-unix``      OpenDKIM on a unix socket;
@@ -41,9 +47,9 @@ not deliver every message.
 one run and samples the milter's RSS every 10,000 messages (the 10k/100k
 flatness goal).
 
-The policy daemon beside policyd-rate-limit on the same request stream is
-bench_policyd_anchor.py's job (RESULTS-policyd-anchor.md); here the policy
-question is only what the hook costs Postfix.
+The policy daemons' own speed on a request stream with a day of traffic in
+the store is bench_policyd_anchor.py's job (RESULTS-policyd-anchor.md); here
+the question is what each hook costs Postfix.
 
 Usage (as root, from the repository root, with the project's venv; Debian's
 postfix and opendkim are installed when missing):
@@ -54,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import platform
 import random
@@ -79,8 +86,12 @@ sys.path.insert(0, str(REPO / "tests" / "support"))
 from ports import free_port, wait_listening  # noqa: E402
 from sendguard_testing.postfix_instance import PostfixInstance, split_sink_file  # noqa: E402
 
-SETUPS = ("postfix", "policyd", "opendkim-tcp", "sendguard-tcp", "opendkim-unix", "sendguard-unix")
+SETUPS = (
+    "postfix", "policyd", "policyd-unix", "policyd-rate-limit",
+    "opendkim-tcp", "sendguard-tcp", "opendkim-unix", "sendguard-unix",
+)  # fmt: skip
 SIGNERS = {s for s in SETUPS if s.startswith(("opendkim", "sendguard"))}
+POLICY_SERVICES = {s for s in SETUPS if s.startswith("policyd")}
 DOMAIN, SELECTOR = "send.example.net", "bench"
 SENDER, RECIPIENT = "bounce@send.example.net", "carrier@example.org"
 SMTP_SOURCE = "/usr/sbin/smtp-source"
@@ -117,6 +128,7 @@ log_level = "warning"
 listen = "127.0.0.1:{port}"
 metrics_listen = "127.0.0.1:{mport}"
 database = "{work}/policyd.sqlite"
+socket = "{socket}"
 
 [streams.trucking]
 hourly_ceiling = 10000000
@@ -284,29 +296,48 @@ def start_signer(setup: str, work: Path, keys: Keys) -> tuple[Service, str]:
     return service, f"inet:127.0.0.1:{port}"
 
 
-def start_policyd(work: Path) -> tuple[Service, str]:
+def start_policyd(setup: str, work: Path, prl_venv: Path) -> tuple[Service, str]:
+    """Start the setup's policy daemon; return it and the check_policy_service address."""
     port = free_port()
+    if setup == "policyd-rate-limit":
+        # The anchor benchmark's installer and configuration, so both benchmarks measure the same daemon.
+        from bench_policyd_anchor import ensure_prl, prl_config
+
+        script = ensure_prl(prl_venv)
+        conf = prl_config(work, port)
+        conf["limits"] = [[10_000_000, 3600], [10_000_000, 86400]]  # never reached, like sendguard's caps here
+        (work / "policyd-rate-limit.yaml").write_text(json.dumps(conf, indent=2))
+        argv = [str(script.parent / "python"), str(script), "--file", str(work / "policyd-rate-limit.yaml")]
+        service = Service(argv, work / "policyd.log", lambda s: wait_listening(port, s.proc, s.log.read_text))
+        return service, f"inet:127.0.0.1:{port}"
+    sock = work / "policy.sock" if setup == "policyd-unix" else None
     config = work / "policyd.toml"
-    config.write_text(POLICYD_CONFIG.format(work=work, port=port, mport=free_port(), sender=SENDER))
+    config.write_text(POLICYD_CONFIG.format(work=work, port=port, mport=free_port(), socket=sock or ""))
     service = Service([sendguard_exe(), "policyd", "--config", str(config)], work / "policyd.log",
                       lambda s: wait_listening(port, s.proc, s.log.read_text))  # fmt: skip
+    if sock is not None:
+        wait_socket(sock, service)
+        return service, f"unix:{sock}"
     return service, f"inet:127.0.0.1:{port}"
 
 
 class BenchPostfix(PostfixInstance):
     """The private instance with the setup's milter and policy service (None: that hook off)."""
 
-    def __init__(self, root: Path, milter: str | None, policy: str | None, concurrency: int) -> None:
+    def __init__(self, root: Path, milter: str | None, policy: str | None, concurrency: int, policy_at_data: bool = False) -> None:
         super().__init__(root, 1, 1, concurrency=concurrency)
         self.milter_spec, self.policy_spec = milter, policy
+        #: Ask the policy service at DATA rather than at end of data (policyd-rate-limit counts there).
+        self.policy_at_data = policy_at_data
 
     def write_config(self) -> None:
         super().write_config()
         edits = []
         for name in ("smtpd_milters", "non_smtpd_milters"):
             edits.append(f"{name} = {{ {self.milter_spec}, default_action=tempfail }}" if self.milter_spec else f"{name} =")
-        for name in ("smtpd_recipient_restrictions", "smtpd_end_of_data_restrictions"):
-            edits.append(f"{name} = check_policy_service {self.policy_spec}" if self.policy_spec else f"{name} =")
+        asked = {"smtpd_recipient_restrictions", "smtpd_data_restrictions" if self.policy_at_data else "smtpd_end_of_data_restrictions"}
+        for name in ("smtpd_recipient_restrictions", "smtpd_data_restrictions", "smtpd_end_of_data_restrictions"):
+            edits.append(f"{name} = check_policy_service {self.policy_spec}" if self.policy_spec and name in asked else f"{name} =")
         done = subprocess.run(["postconf", "-c", str(self.etc), "-e", *edits], capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"postconf -e failed: {done.stderr}")
@@ -369,12 +400,13 @@ def run_setup(setup: str, base: Path, keys: Keys, args: argparse.Namespace, mess
     try:
         if setup in SIGNERS:
             service, milter = start_signer(setup, work, keys)
-        elif setup == "policyd":
-            service, policy = start_policyd(work)
+        elif setup in POLICY_SERVICES:
+            service, policy = start_policyd(setup, work, args.prl_venv)
         message_file = work / "message.eml"
         # smtp-source -F sends each line with CRLF appended: give it LF lines.
         message_file.write_bytes(listmonk_message(args.size).replace(b"\r\n", b"\n"))
-        with BenchPostfix(work / "postfix", milter, policy, concurrency=args.sessions * 2) as pf:
+        at_data = setup == "policyd-rate-limit"
+        with BenchPostfix(work / "postfix", milter, policy, concurrency=args.sessions * 2, policy_at_data=at_data) as pf:
             cpu0 = cpu_seconds(service.pid) if service else 0.0
             total0, idle0, steal0 = machine_cpu()
             started = time.monotonic()
@@ -440,10 +472,14 @@ def summarise(rounds: list[list[Run]], setups: list[str], args: argparse.Namespa
         f"OpenDKIM {opendkim_version()}. Steal over the whole run: {med([r.steal for rnd in rounds for r in rnd]) * 100:.1f} % (median of runs)."
     )
     out.append("")
-    anchor_of = {"sendguard-tcp": "opendkim-tcp", "sendguard-unix": "opendkim-unix", "policyd": "postfix"}
+    anchors = [
+        ("sendguard-tcp", "opendkim-tcp"), ("sendguard-unix", "opendkim-unix"),
+        ("policyd", "postfix"), ("policyd-unix", "postfix"), ("policyd-rate-limit", "postfix"),
+        ("policyd", "policyd-rate-limit"),
+    ]  # fmt: skip
     ratio_rows = []
-    for s, anchor in anchor_of.items():
-        if s in by and anchor in by:
+    for s, anchor in anchors:
+        if by.get(s) and by.get(anchor):
             rates = [a.rate / b.rate for a, b in zip(by[s], by[anchor])]
             line = f"| {s} / {anchor} | **{med(rates):.2f}×** | " + ", ".join(f"{x:.2f}" for x in rates)
             if s.startswith("sendguard"):
@@ -501,6 +537,7 @@ def main() -> int:
     ap.add_argument("--rss-run", type=int, default=0, help="one sendguard-unix run of N messages, RSS every 10,000")
     ap.add_argument("--workdir", type=Path, default=Path("/var/lib/sendguard-bench-relay"), help="where each run's folder goes")
     ap.add_argument("--keep", action="store_true", help="keep each run's folder (config, logs, sink dumps)")
+    ap.add_argument("--prl-venv", type=Path, default=REPO / "benchmarks" / ".venv-policyd-rate-limit", help="policyd-rate-limit's own venv (made if missing)")
     ap.add_argument("--out", type=Path, help="append the results to this Markdown file")
     ap.add_argument("--label", default="", help="a heading for the results")
     args = ap.parse_args()
