@@ -44,6 +44,16 @@ _SELECTOR_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-
 _HEADER_RE = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")
 
 
+def check_domain(domain: str) -> str | None:
+    """Why ``domain`` (normalised) cannot be a signing domain, or None."""
+    return None if _DOMAIN_RE.match(domain) else f"{domain!r} is not a domain name with at least two labels"
+
+
+def check_selector(selector: str) -> str | None:
+    """Why ``selector`` cannot be a DKIM selector, or None."""
+    return None if _SELECTOR_RE.match(selector) else f"{selector!r} is not a DKIM selector (letters, digits, '-', '.')"
+
+
 @dataclass(frozen=True)
 class StreamRules:
     """The milter's keys in one ``[streams.NAME]`` table."""
@@ -196,11 +206,10 @@ def _parse_keys(signing: Section, config: Config) -> tuple[KeySpec, ...]:
     specs: list[KeySpec] = []
     for name, section in signing.tables("keys"):
         domain = normalise_domain(section.get("domain", str))
-        if not _DOMAIN_RE.match(domain):
-            raise section.error("domain", f"{domain!r} is not a domain name with at least two labels")
-        selector = section.get("selector", str)
-        if not _SELECTOR_RE.match(selector):
-            raise section.error("selector", f"{selector!r} is not a DKIM selector (letters, digits, '-', '.')")
+        problem = check_domain(domain)
+        if problem:
+            raise section.error("domain", problem)
+        selector = section.get("selector", str, REQUIRED, check_selector)
         key_file = section.get_path("key_file", config.base_dir, REQUIRED)
         assert key_file is not None  # required: absent raised
         algorithm = section.get("algorithm", str, "rsa-sha256")
