@@ -10,6 +10,7 @@ The key files themselves are opened once, by :func:`sendguard_milter.keys.open_k
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -62,6 +63,10 @@ class StreamRules:
     bulk: bool = False
     #: The link mode for this stream; None means the ``[links]`` mode.
     links: str | None = None
+    #: The public address this stream's mail leaves from (what SPF and FCrDNS are checked for).
+    egress_ip: str | None = None
+    #: The From domains of this stream's bulk mail (what ``dns-check`` checks SPF and DMARC of).
+    from_domains: tuple[str, ...] = ()
 
 
 #: The rules of mail in no stream, and of a stream that sets none of the milter's keys.
@@ -283,12 +288,32 @@ def _dedupe(names: list[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def check_egress_ip(value: str) -> str | None:
+    """Why ``value`` cannot be an egress address (one address, no network), or None."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return f"{value!r} is not an IP address (one address, e.g. \"203.0.113.94\")"
+    return None
+
+
+def _check_from_domain(value: str) -> str | None:
+    return check_domain(normalise_domain(value))
+
+
 def _parse_stream_rules(doc: ConfigDocument) -> dict[str, StreamRules]:
     rules: dict[str, StreamRules] = {}
     for name, table in doc.stream_tables.items():
         bulk = table.get("bulk", bool, False)
         links = table.get("links", str, None, check_one_of(*LINK_MODES))
-        rules[name] = StreamRules(bulk=bulk, links=links)
+        egress = table.get("egress_ip", str, None, check_egress_ip)
+        domains = table.get_list("from_domains", str, [], _check_from_domain)
+        rules[name] = StreamRules(
+            bulk=bulk,
+            links=links,
+            egress_ip=str(ipaddress.ip_address(egress)) if egress is not None else None,
+            from_domains=_dedupe([normalise_domain(d) for d in domains]),
+        )
     return rules
 
 

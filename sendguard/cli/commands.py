@@ -359,6 +359,22 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dns_check(args: argparse.Namespace) -> int:
+    """Check the DNS for every signing key and stream: DKIM records, SPF, DMARC, reverse DNS."""
+    from sendguard_milter import dns_check
+    from sendguard_milter.dns_records import make_resolver
+
+    settings = _load(args.config)
+    try:
+        resolver = make_resolver(args.nameserver)
+    except ValueError as exc:
+        print(f"sendguard dns-check: --nameserver {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    findings = dns_check.run_checks(settings.milter, settings.streams, resolver)
+    sys.stdout.write(dns_check.render_json(findings) if args.json else dns_check.render_text(findings))
+    return 0 if dns_check.passed(findings) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``sendguard`` command."""
     parser = argparse.ArgumentParser(prog="sendguard", description=__doc__.splitlines()[0])
@@ -413,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--name", metavar="NAME", help="the [signing.keys.NAME] of the printed block (default: the selector)")
     keygen.add_argument("--force", action="store_true", help="replace existing key and record files")
     keygen.set_defaults(func=cmd_keygen)
+    dns = with_config(sub.add_parser("dns-check", help="check DKIM records, SPF, DMARC and reverse DNS (exit 1 on any problem)"))
+    dns.add_argument("--json", action="store_true", help="print the findings as a JSON list")
+    dns.add_argument("--nameserver", metavar="IP[:PORT]", help="ask this server (default: the system's resolvers)")
+    dns.set_defaults(func=cmd_dns_check)
     return parser
 
 
