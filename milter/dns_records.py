@@ -7,6 +7,7 @@ question, the SPF evaluation's included.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import asdict, dataclass
 
 import dns.exception
@@ -61,9 +62,15 @@ class Answer:
 
 
 def make_resolver(nameserver: str | None) -> dns.resolver.Resolver:
-    """A resolver that asks ``nameserver`` (``IP``, ``IP:PORT``, ``[IPv6]:PORT``), or the system's resolvers."""
+    """A resolver that asks ``nameserver`` (``IP``, ``IP:PORT``, ``[IPv6]:PORT``), or the system's resolvers.
+
+    Raises ValueError with the reason when ``nameserver`` does not parse or the system has none.
+    """
     if nameserver is None:
-        resolver = dns.resolver.Resolver()
+        try:
+            resolver = dns.resolver.Resolver()
+        except dns.resolver.NoResolverConfiguration:
+            raise ValueError("no nameserver in /etc/resolv.conf: give one (IP[:PORT])") from None
     else:
         host, port = parse_nameserver(nameserver)
         resolver = dns.resolver.Resolver(configure=False)
@@ -77,8 +84,6 @@ def make_resolver(nameserver: str | None) -> dns.resolver.Resolver:
 
 def parse_nameserver(value: str) -> tuple[str, int]:
     """``IP[:PORT]`` (``[IPv6]:PORT`` for a v6 address with a port) as (address, port); ValueError with the reason."""
-    import ipaddress
-
     host, port = value, "53"
     if value.startswith("["):
         host, sep, rest = value[1:].partition("]")

@@ -368,7 +368,7 @@ def cmd_dns_check(args: argparse.Namespace) -> int:
     try:
         resolver = make_resolver(args.nameserver)
     except ValueError as exc:
-        print(f"sendguard dns-check: --nameserver {exc}", file=sys.stderr)
+        print(f"sendguard dns-check: nameserver {exc}", file=sys.stderr)
         return EXIT_USAGE
     findings = dns_check.run_checks(settings.milter, settings.streams, resolver)
     sys.stdout.write(dns_check.render_json(findings) if args.json else dns_check.render_text(findings))

@@ -235,3 +235,22 @@ def test_bad_nameserver_and_egress_settings_are_refused(world):
     check = sendguard("check-config", str(cfg))
     assert check.returncode == 78
     assert f"sendguard: config error: {cfg}: streams.t.egress_ip: '127.0.0.0/8' is not an IP address" in check.stderr
+
+
+@pytest.mark.parametrize(
+    "value, parsed",
+    [("192.0.2.53", ("192.0.2.53", 53)), ("127.0.0.1:5353", ("127.0.0.1", 5353)), ("2001:db8::53", ("2001:db8::53", 53)),
+     ("[2001:db8::53]:5300", ("2001:db8::53", 5300))],
+)  # fmt: skip
+def test_nameserver_forms(value, parsed):
+    from sendguard_milter.dns_records import parse_nameserver
+
+    assert parse_nameserver(value) == parsed
+
+
+@pytest.mark.parametrize("value", ["ns1.example.net", "127.0.0.1:0", "127.0.0.1:x", "[2001:db8::53", "[::1]x"])
+def test_nameserver_nonsense_is_refused(value):
+    from sendguard_milter.dns_records import parse_nameserver
+
+    with pytest.raises(ValueError):
+        parse_nameserver(value)
