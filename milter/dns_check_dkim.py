@@ -34,11 +34,17 @@ def check_key(spec: KeySpec, resolver: dns.resolver.Resolver) -> list[Finding]:
         key = load_key(spec)
     except KeyLoadError as exc:
         return [Finding("dkim", "fail", name, f"{where}: {exc}", "fix the key file (sendguard check-config says the same)")]
-    publish = f"publish TXT {name} \"{key.dns_txt()}\""
     try:
-        answer = lookup(resolver, name, "TXT")
+        return published_findings(spec, key, resolver)
     except LookupFailed as exc:
         return [Finding("dkim", "fail", name, f"lookup failed: {exc}", "check the nameserver answers for the domain")]
+
+
+def published_findings(spec: KeySpec, key: LoadedKey, resolver: dns.resolver.Resolver) -> list[Finding]:
+    """The findings for the record of ``key`` (already loaded); raise LookupFailed when DNS cannot answer."""
+    name = record_name(spec)
+    publish = f"publish TXT {name} \"{key.dns_txt()}\""
+    answer = lookup(resolver, name, "TXT")
     records = [t for t in answer.texts if "p=" in t or t.lower().startswith("v=dkim1")]
     if not records:
         return [Finding("dkim", "fail", name, f"no DKIM record (key {spec.name})", publish)]

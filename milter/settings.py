@@ -24,6 +24,7 @@ from sendguard.streams import Stream
 
 from .bulk import DEFAULT_HEADERS, DEFAULT_PRECEDENCE, BulkRules
 from .dkim_sign import NEVER_SIGN
+from .dns_records import parse_nameserver
 from .keys import KeySpec
 from .links.rewrite import LinkPolicy
 from .links.settings import LINK_MODES, parse_links
@@ -93,6 +94,12 @@ class MilterSettings:
     links: LinkPolicy = field(default_factory=LinkPolicy)
     #: Per stream name, the milter's keys of ``[streams.NAME]`` (rendered with each stream).
     stream_rules: Mapping[str, StreamRules] = field(default_factory=dict)
+    #: Re-check each key's DNS record while running; refuse bulk mail for a key whose record differs.
+    verify_published_keys: bool = False
+    #: Seconds between those checks.
+    published_key_interval: float = 300.0
+    #: The nameserver (``IP[:PORT]``) they ask; None: the system's resolvers.
+    published_key_nameserver: str | None = None
 
     @property
     def refusal_xcode(self) -> str:
@@ -257,10 +264,27 @@ def _parse_table(signing: Section, keys: tuple[KeySpec, ...]) -> SigningTable:
     return SigningTable(tuple(rows))
 
 
+@dataclass(frozen=True)
+class _PublishedCheck:
+    enabled: bool
+    interval: float
+    nameserver: str | None
+
+
+def _parse_published_check(signing: Section) -> _PublishedCheck:
+    enabled = signing.get("verify_published_keys", bool, False)
+    interval = signing.get(
+        "published_key_interval", (int, float), 300.0, lambda v: None if v >= 1 else "must be at least 1 second"
+    )
+    nameserver = signing.get("published_key_nameserver", str, None, check_parses(parse_nameserver))
+    return _PublishedCheck(enabled, float(interval), nameserver)
+
+
 def _parse_signing(
     top: Section, config: Config
-) -> tuple[tuple[KeySpec, ...], SigningTable, tuple[str, ...], tuple[str, ...]]:
+) -> tuple[tuple[KeySpec, ...], SigningTable, tuple[str, ...], tuple[str, ...], _PublishedCheck]:
     signing = top.sub("signing")
+    published = _parse_published_check(signing)
     keys = _parse_keys(signing, config)
     table = _parse_table(signing, keys)
     signed = signing.get_list("signed_headers", str, list(DEFAULT_SIGNED_HEADERS), _check_header_name)
@@ -275,7 +299,7 @@ def _parse_signing(
     if "from" not in {h.lower() for h in oversign}:
         oversign = ["From", *oversign]
     signing.finish()
-    return keys, table, _dedupe(signed), _dedupe(oversign)
+    return keys, table, _dedupe(signed), _dedupe(oversign), published
 
 
 def _dedupe(names: list[str]) -> tuple[str, ...]:
@@ -333,7 +357,7 @@ def parse_milter(doc: ConfigDocument) -> MilterSettings:
     scope = _parse_scope(section)
     bulk = _parse_bulk(section.sub("bulk"))
     section.finish()
-    keys, table, signed, oversign = _parse_signing(top, doc.config)
+    keys, table, signed, oversign, published = _parse_signing(top, doc.config)
     links = parse_links(top.sub("links"))
     stream_rules = _parse_stream_rules(doc)
     return MilterSettings(
@@ -350,4 +374,7 @@ def parse_milter(doc: ConfigDocument) -> MilterSettings:
         key_check_interval=float(interval),
         links=links,
         stream_rules=stream_rules,
+        verify_published_keys=published.enabled,
+        published_key_interval=published.interval,
+        published_key_nameserver=published.nameserver,
     )
