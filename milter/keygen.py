@@ -133,7 +133,11 @@ def generate(
                 raise KeygenError(f"{path} exists; not replacing a key that may be published (use --force)")
     owner = _service_owner()
     try:
-        directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+        if not directory.is_dir():
+            directory.mkdir(mode=0o750, parents=True)
+            if owner is not None:
+                # A root-owned 0750 folder would keep the service user from the key it owns.
+                os.chown(directory, *owner)
     except OSError as exc:
         raise KeygenError(f"cannot create {directory}: {exc.strerror or exc}") from None
     private: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import os
+import pwd
 import re
 import stat
 import subprocess
@@ -46,6 +48,12 @@ def test_rsa_key_is_private_and_its_record_verifies_a_signature(tmp_path):
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
     assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
+    # Run as root on a host with the service user, the key and its new folder are the service's.
+    try:
+        service = pwd.getpwnam("sendguard").pw_uid if os.geteuid() == 0 else os.geteuid()
+    except KeyError:
+        service = os.geteuid()
+    assert key_file.stat().st_uid == service and keys.stat().st_uid == service
 
     zone = txt_file.read_text()
     assert zone.startswith("s2026._domainkey.send.example.net.\tIN\tTXT\t(")
