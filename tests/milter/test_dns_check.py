@@ -254,3 +254,14 @@ def test_nameserver_nonsense_is_refused(value):
 
     with pytest.raises(ValueError):
         parse_nameserver(value)
+
+
+def test_a_bad_published_key_nameserver_stops_start_up(world):
+    base, _ = world
+    cfg = write_config(base, "published", "[signing]\nverify_published_keys = true\npublished_key_nameserver = 'dns.example'\n")
+    check = sendguard("check-config", str(cfg))
+    assert check.returncode == 78
+    assert (
+        f"sendguard: config error: {cfg}: signing.published_key_nameserver: 'dns.example': 'dns.example' is not an IP address"
+        in check.stderr
+    )
