@@ -30,6 +30,7 @@ from .command_size import COMMAND_LIMIT
 from .links import log as link_log, metrics as link_metrics, rewrite as link_rewrite
 from .decision import Decision, Facts, after_signing_error, check_body, decide, find_long_line
 from .keys import KeyStore
+from .published_keys import PublishedKeyCheck
 from .refusal import INTERNAL_ERROR, reply_args
 from .settings import MilterSettings
 from .trusted_scope import is_local_submission
@@ -46,10 +47,30 @@ BODY_SPILL_BYTES = 1 << 20
 class Runtime:
     """What every connection shares: the settings, the streams and the keys in service."""
 
-    def __init__(self, settings: MilterSettings, streams: tuple[Stream, ...], keys: KeyStore) -> None:
+    def __init__(
+        self, settings: MilterSettings, streams: tuple[Stream, ...], keys: KeyStore, published: PublishedKeyCheck | None = None
+    ) -> None:
         self.settings = settings
         self.streams = streams
         self.keys = keys
+        #: The published-record check, with ``[signing] verify_published_keys``.
+        self.published = published
+
+    def key_problem(self, name: str) -> str | None:
+        """Why key ``name``'s published record does not match it (None when it does or is not checked)."""
+        return self.published.problem(name) if self.published is not None else None
+
+    def start_watching(self) -> None:
+        """Start the key-file watcher and the published-record check."""
+        self.keys.watch(self.settings.key_check_interval)
+        if self.published is not None:
+            self.published.watch(self.settings.published_key_interval)
+
+    def stop_watching(self) -> None:
+        """Stop both threads."""
+        self.keys.stop()
+        if self.published is not None:
+            self.published.stop()
 
 
 def header_block(headers: list[tuple[str, bytes]]) -> bytes:
@@ -244,7 +265,7 @@ class SendguardMilter(Milter.Base):
         body = self._take_body()
         # Scope, stream, bulk, From, row and key depend on the headers only, which
         # link repair leaves alone: decide once, check the final body afterwards.
-        decision = decide(settings, self.runtime.streams, self.runtime.keys.get, self.facts())
+        decision = decide(settings, self.runtime.streams, self.runtime.keys.get, self.facts(), self.runtime.key_problem)
 
         new_body: bytes | None = None
         if decision.scope.trusted:

@@ -7,7 +7,7 @@ The order of the checks is the order an operator fixes things in:
    refused (the brief's first incident: campaign mail from the Docker bridge).
 2. From — exactly one From with one usable address (the DKIM d= aligns with it).
 3. signing table — a row for the From domain (exact first, then ``*.domain``).
-4. key — the row's key is loaded.
+4. key — the row's key is loaded (and, with ``verify_published_keys``, its DNS record matches it).
 5. body — no line over 998 bytes (Postfix would fold it and break the body hash);
    :func:`check_body`, which the milter runs on the body as sent, after link repair.
 
@@ -84,6 +84,9 @@ class Decision:
 
 KeyGetter = Callable[[str], LoadedKey | None]
 
+#: Key name -> why its published record does not match it (None: it matches, or is not checked).
+KeyProblem = Callable[[str], str | None]
+
 
 #: Half a long line: a run of MAX_LINE + 1 bytes without a newline always covers one
 #: whole aligned window of this size, so a window that holds a newline rules it out there.
@@ -119,8 +122,14 @@ def _first_long_line(header_block: bytes, body: bytes) -> tuple[int, int] | None
     return None
 
 
-def decide(settings: MilterSettings, streams: Sequence[Stream], get_key: KeyGetter, facts: Facts) -> Decision:
-    """Decide what to do with the message described by ``facts``, in one of ``streams`` or none."""
+def decide(
+    settings: MilterSettings, streams: Sequence[Stream], get_key: KeyGetter, facts: Facts, key_problem: KeyProblem | None = None
+) -> Decision:
+    """Decide what to do with the message described by ``facts``, in one of ``streams`` or none.
+
+    ``key_problem`` tells of a key whose published record no longer matches
+    (``[signing] verify_published_keys``): its mail is treated like mail without a key.
+    """
     stream = match_stream(streams, facts.stream_attrs())
     sender_from = parse_from(facts.headers)
     bulk = bulk_reasons(
@@ -156,6 +165,11 @@ def decide(settings: MilterSettings, streams: Sequence[Stream], get_key: KeyGett
     key = get_key(row.key)
     if key is None:
         return fail("key_unavailable", f"signing key {row.key} for {sender_from.domain} is not loaded", row=row)
+
+    problem = key_problem(row.key) if key_problem is not None else None
+    if problem is not None:
+        detail = f"the DNS record of signing key {row.key} for {sender_from.domain} does not match it: {problem}"
+        return fail("published_key_mismatch", detail, row=row)
 
     return check_body(Decision("sign", "signed", row=row, key=key, **base), facts.long_line, client)
 

@@ -44,6 +44,17 @@ KEY_FAULTY = Gauge(
     "1 while a key's file fails its checks (the key loaded before still signs), 0 once it loads again.",
     ["key"],
 )
+PUBLISHED_KEY_CHECKS = Counter(
+    "sendguard_milter_published_key_checks_total",
+    "Checks of a key's DNS record against the key in service ([signing] verify_published_keys), by key and"
+    " result (match, mismatch, lookup_failed).",
+    ["key", "result"],
+)
+PUBLISHED_KEY_MISMATCH = Gauge(
+    "sendguard_milter_published_key_mismatch",
+    "1 while a key's published DNS record does not match the key in service (its bulk mail is refused), else 0.",
+    ["key"],
+)
 INTERNAL_ERRORS = Counter(
     "sendguard_milter_internal_errors_total",
     "End-of-message failures inside the milter (answered with a temporary failure).",
@@ -53,6 +64,13 @@ EOM_SECONDS = Histogram(
     "Time spent at end of message: link rewriting, decision and signing.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+
+
+def count_published_check(key: str, result: str) -> None:
+    """PublishedKeyCheck observer: count one check and track whether the record matches."""
+    PUBLISHED_KEY_CHECKS.labels(key=key, result=result).inc()
+    if result in ("match", "mismatch"):
+        PUBLISHED_KEY_MISMATCH.labels(key=key).set(1 if result == "mismatch" else 0)
 
 
 def count_reload(key: str, result: str) -> None:

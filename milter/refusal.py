@@ -15,6 +15,7 @@ FIXES = {
     "client_not_trusted": "add the address to [milter] trusted_hosts or have the client authenticate with SASL",
     "no_signing_key": "add a [signing.table] row and key for that domain",
     "key_unavailable": "fix the key file named in the sendguard log, then reload with SIGHUP",
+    "published_key_mismatch": "publish the key's record (sendguard dns-check prints it) or restore the key that matches it",
     "from_missing": "the message needs exactly one From header",
     "from_duplicated": "the message needs exactly one From header",
     "from_unparseable": "the From header needs one address of the form user@domain",

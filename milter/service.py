@@ -32,7 +32,9 @@ from sendguard.config_reader import ConfigError
 from . import metrics
 from .app import Runtime, SendguardMilter
 from .command_size import COMMAND_LIMIT, raise_command_limit
+from .dns_records import make_resolver
 from .keys import open_keys
+from .published_keys import PublishedKeyCheck
 from .settings import MilterSettings
 from .tcp_nodelay import set_nodelay_on_listener
 
@@ -51,7 +53,15 @@ RESTART_ONLY = ("listen", "metrics_listen", "timeout")
 def build_runtime(config: Config, settings: MilterSettings) -> Runtime:
     """Open the keys (a failure is a config error) and bundle them with the settings and streams."""
     keys = open_keys(settings.keys, config.file, observer=metrics.count_reload)
-    return Runtime(settings, config.streams, keys)
+    published = None
+    if settings.verify_published_keys:
+        try:
+            resolver = make_resolver(settings.published_key_nameserver)
+        except ValueError as exc:
+            keys.stop()
+            raise ConfigError(config.file, "signing.published_key_nameserver", str(exc)) from None
+        published = PublishedKeyCheck(keys, resolver, observer=metrics.count_published_check)
+    return Runtime(settings, config.streams, keys, published)
 
 
 class RuntimeSwitch:
@@ -87,8 +97,8 @@ def reload(switch: RuntimeSwitch, loader: Loader) -> bool:
         log.error("SIGHUP: %s; keeping the running configuration", _describe_error(exc))
         return False
     old = switch.switch(new)
-    old.keys.stop()
-    new.keys.watch(settings.key_check_interval)
+    old.stop_watching()
+    new.start_watching()
     logs.set_level(config.general.log_level)
     metrics.CONFIG_RELOADS.labels(result="ok").inc()
     pending = [
@@ -138,7 +148,7 @@ def run(config: Config, settings: MilterSettings, loader: Loader | None = None) 
     signal.signal(signal.SIGHUP, on_hup)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    switch.current().keys.watch(settings.key_check_interval)
+    switch.current().start_watching()
     scope = settings.scope
     names = ", ".join(f"{s.name} (d={s.domain} s={s.selector})" for s in settings.keys) or "none"
     log.info(
@@ -160,7 +170,7 @@ def run(config: Config, settings: MilterSettings, loader: Loader | None = None) 
         while worker.is_alive():
             worker.join(0.5)  # wakes for signal handlers
     finally:
-        switch.current().keys.stop()
+        switch.current().stop_watching()
     if failure:
         log.error("milter stopped: %s", failure[0])
         raise SystemExit(f"sendguard milter: cannot serve on {settings.listen}: {failure[0]}")

@@ -10,6 +10,7 @@ The key files themselves are opened once, by :func:`sendguard_milter.keys.open_k
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -23,6 +24,7 @@ from sendguard.streams import Stream
 
 from .bulk import DEFAULT_HEADERS, DEFAULT_PRECEDENCE, BulkRules
 from .dkim_sign import NEVER_SIGN
+from .dns_records import parse_nameserver
 from .keys import KeySpec
 from .links.rewrite import LinkPolicy
 from .links.settings import LINK_MODES, parse_links
@@ -44,6 +46,16 @@ _SELECTOR_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-
 _HEADER_RE = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")
 
 
+def check_domain(domain: str) -> str | None:
+    """Why ``domain`` (normalised) cannot be a signing domain, or None."""
+    return None if _DOMAIN_RE.match(domain) else f"{domain!r} is not a domain name with at least two labels"
+
+
+def check_selector(selector: str) -> str | None:
+    """Why ``selector`` cannot be a DKIM selector, or None."""
+    return None if _SELECTOR_RE.match(selector) else f"{selector!r} is not a DKIM selector (letters, digits, '-', '.')"
+
+
 @dataclass(frozen=True)
 class StreamRules:
     """The milter's keys in one ``[streams.NAME]`` table."""
@@ -52,6 +64,10 @@ class StreamRules:
     bulk: bool = False
     #: The link mode for this stream; None means the ``[links]`` mode.
     links: str | None = None
+    #: The public address this stream's mail leaves from (what SPF and FCrDNS are checked for).
+    egress_ip: str | None = None
+    #: The From domains of this stream's bulk mail (what ``dns-check`` checks SPF and DMARC of).
+    from_domains: tuple[str, ...] = ()
 
 
 #: The rules of mail in no stream, and of a stream that sets none of the milter's keys.
@@ -78,6 +94,12 @@ class MilterSettings:
     links: LinkPolicy = field(default_factory=LinkPolicy)
     #: Per stream name, the milter's keys of ``[streams.NAME]`` (rendered with each stream).
     stream_rules: Mapping[str, StreamRules] = field(default_factory=dict)
+    #: Re-check each key's DNS record while running; refuse bulk mail for a key whose record differs.
+    verify_published_keys: bool = False
+    #: Seconds between those checks.
+    published_key_interval: float = 300.0
+    #: The nameserver (``IP[:PORT]``) they ask; None: the system's resolvers.
+    published_key_nameserver: str | None = None
 
     @property
     def refusal_xcode(self) -> str:
@@ -196,11 +218,10 @@ def _parse_keys(signing: Section, config: Config) -> tuple[KeySpec, ...]:
     specs: list[KeySpec] = []
     for name, section in signing.tables("keys"):
         domain = normalise_domain(section.get("domain", str))
-        if not _DOMAIN_RE.match(domain):
-            raise section.error("domain", f"{domain!r} is not a domain name with at least two labels")
-        selector = section.get("selector", str)
-        if not _SELECTOR_RE.match(selector):
-            raise section.error("selector", f"{selector!r} is not a DKIM selector (letters, digits, '-', '.')")
+        problem = check_domain(domain)
+        if problem:
+            raise section.error("domain", problem)
+        selector = section.get("selector", str, REQUIRED, check_selector)
         key_file = section.get_path("key_file", config.base_dir, REQUIRED)
         assert key_file is not None  # required: absent raised
         algorithm = section.get("algorithm", str, "rsa-sha256")
@@ -243,10 +264,27 @@ def _parse_table(signing: Section, keys: tuple[KeySpec, ...]) -> SigningTable:
     return SigningTable(tuple(rows))
 
 
+@dataclass(frozen=True)
+class _PublishedCheck:
+    enabled: bool
+    interval: float
+    nameserver: str | None
+
+
+def _parse_published_check(signing: Section) -> _PublishedCheck:
+    enabled = signing.get("verify_published_keys", bool, False)
+    interval = signing.get(
+        "published_key_interval", (int, float), 300.0, lambda v: None if v >= 1 else "must be at least 1 second"
+    )
+    nameserver = signing.get("published_key_nameserver", str, None, check_parses(parse_nameserver))
+    return _PublishedCheck(enabled, float(interval), nameserver)
+
+
 def _parse_signing(
     top: Section, config: Config
-) -> tuple[tuple[KeySpec, ...], SigningTable, tuple[str, ...], tuple[str, ...]]:
+) -> tuple[tuple[KeySpec, ...], SigningTable, tuple[str, ...], tuple[str, ...], _PublishedCheck]:
     signing = top.sub("signing")
+    published = _parse_published_check(signing)
     keys = _parse_keys(signing, config)
     table = _parse_table(signing, keys)
     signed = signing.get_list("signed_headers", str, list(DEFAULT_SIGNED_HEADERS), _check_header_name)
@@ -261,7 +299,7 @@ def _parse_signing(
     if "from" not in {h.lower() for h in oversign}:
         oversign = ["From", *oversign]
     signing.finish()
-    return keys, table, _dedupe(signed), _dedupe(oversign)
+    return keys, table, _dedupe(signed), _dedupe(oversign), published
 
 
 def _dedupe(names: list[str]) -> tuple[str, ...]:
@@ -274,12 +312,32 @@ def _dedupe(names: list[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def check_egress_ip(value: str) -> str | None:
+    """Why ``value`` cannot be an egress address (one address, no network), or None."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return f"{value!r} is not an IP address (one address, e.g. \"203.0.113.94\")"
+    return None
+
+
+def _check_from_domain(value: str) -> str | None:
+    return check_domain(normalise_domain(value))
+
+
 def _parse_stream_rules(doc: ConfigDocument) -> dict[str, StreamRules]:
     rules: dict[str, StreamRules] = {}
     for name, table in doc.stream_tables.items():
         bulk = table.get("bulk", bool, False)
         links = table.get("links", str, None, check_one_of(*LINK_MODES))
-        rules[name] = StreamRules(bulk=bulk, links=links)
+        egress = table.get("egress_ip", str, None, check_egress_ip)
+        domains = table.get_list("from_domains", str, [], _check_from_domain)
+        rules[name] = StreamRules(
+            bulk=bulk,
+            links=links,
+            egress_ip=str(ipaddress.ip_address(egress)) if egress is not None else None,
+            from_domains=_dedupe([normalise_domain(d) for d in domains]),
+        )
     return rules
 
 
@@ -299,7 +357,7 @@ def parse_milter(doc: ConfigDocument) -> MilterSettings:
     scope = _parse_scope(section)
     bulk = _parse_bulk(section.sub("bulk"))
     section.finish()
-    keys, table, signed, oversign = _parse_signing(top, doc.config)
+    keys, table, signed, oversign, published = _parse_signing(top, doc.config)
     links = parse_links(top.sub("links"))
     stream_rules = _parse_stream_rules(doc)
     return MilterSettings(
@@ -316,4 +374,7 @@ def parse_milter(doc: ConfigDocument) -> MilterSettings:
         key_check_interval=float(interval),
         links=links,
         stream_rules=stream_rules,
+        verify_published_keys=published.enabled,
+        published_key_interval=published.interval,
+        published_key_nameserver=published.nameserver,
     )

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 EXIT_USAGE = 64  # EX_USAGE from sysexits.h
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h, as Postfix's own tools use it
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: a listener could not be opened
+EXIT_CANTCREAT = 73  # EX_CANTCREAT: an output file exists or cannot be written
 
 
 def _load(path: str | None) -> Settings:
@@ -326,6 +327,54 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """Generate a DKIM key pair: the key file, its DNS record, and the config block to paste."""
+    from pathlib import Path
+
+    from sendguard_milter import keygen
+    from sendguard_milter.settings import check_domain, check_selector
+    from sendguard_milter.signing_table import normalise_domain
+
+    domain = normalise_domain(args.domain)
+    problem = check_domain(domain) or check_selector(args.selector)
+    if problem:
+        print(f"sendguard keygen: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        key = keygen.generate(domain, args.selector, Path(args.dir).absolute(), args.type, args.bits, args.force)
+    except keygen.KeygenError as exc:
+        print(f"sendguard keygen: {exc}", file=sys.stderr)
+        return EXIT_CANTCREAT
+    print(f"# wrote {key.key_file} ({key.key_type}, {key.bits} bits, mode 0600) and {key.txt_file}")
+    print(f"# publish at {key.record_name} (zone-file form in {key.txt_file}):")
+    print(key.zone_text)
+    print("# the TXT value as one string, for a DNS provider's web form:")
+    print(key.txt_value)
+    print()
+    if key.key_type == "rsa":
+        print("# then add to the config (check with sendguard dns-check once the record is published):")
+        print(keygen.config_block(key, args.name or args.selector), end="")
+    else:
+        print("# the milter signs with rsa-sha256 only: this ed25519 key is for a second signer beside it")
+    return 0
+
+
+def cmd_dns_check(args: argparse.Namespace) -> int:
+    """Check the DNS for every signing key and stream: DKIM records, SPF, DMARC, reverse DNS."""
+    from sendguard_milter import dns_check
+    from sendguard_milter.dns_records import make_resolver
+
+    settings = _load(args.config)
+    try:
+        resolver = make_resolver(args.nameserver)
+    except ValueError as exc:
+        print(f"sendguard dns-check: nameserver {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    findings = dns_check.run_checks(settings.milter, settings.streams, resolver)
+    sys.stdout.write(dns_check.render_json(findings) if args.json else dns_check.render_text(findings))
+    return 0 if dns_check.passed(findings) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``sendguard`` command."""
     parser = argparse.ArgumentParser(prog="sendguard", description=__doc__.splitlines()[0])
@@ -371,6 +420,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--header", action="append", default=[], metavar="'Name: value'", help="a header the message carries"
     )
     explain.set_defaults(func=cmd_explain)
+    keygen = sub.add_parser("keygen", help="generate a DKIM key, its DNS record and the [signing.keys] block")
+    keygen.add_argument("domain", metavar="DOMAIN", help="the signing domain (d=)")
+    keygen.add_argument("selector", metavar="SELECTOR", help="the selector (s=): the record goes at SELECTOR._domainkey.DOMAIN")
+    keygen.add_argument("--dir", default="/etc/sendguard/keys", metavar="DIR", help="where DOMAIN.SELECTOR.pem and .txt go (default: %(default)s)")
+    keygen.add_argument("--type", choices=("rsa", "ed25519"), default="rsa", help="key type (default: rsa)")
+    keygen.add_argument("--bits", type=int, default=2048, metavar="N", help="RSA key size (default: 2048)")
+    keygen.add_argument("--name", metavar="NAME", help="the [signing.keys.NAME] of the printed block (default: the selector)")
+    keygen.add_argument("--force", action="store_true", help="replace existing key and record files")
+    keygen.set_defaults(func=cmd_keygen)
+    dns = with_config(sub.add_parser("dns-check", help="check DKIM records, SPF, DMARC and reverse DNS (exit 1 on any problem)"))
+    dns.add_argument("--json", action="store_true", help="print the findings as a JSON list")
+    dns.add_argument("--nameserver", metavar="IP[:PORT]", help="ask this server (default: the system's resolvers)")
+    dns.set_defaults(func=cmd_dns_check)
     return parser
 
 
