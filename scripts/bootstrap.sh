@@ -78,8 +78,9 @@ cmd_test() {
     need_root
     # opendkim-tools: the independent DKIM verifier; redis-server: real Redis; util-linux
     # (unshare), iproute2 and openssl: the private DNS namespace the OpenDKIM test builds;
-    # logrotate and systemd-journal-remote: the watcher's rotations and journal files, for real.
-    apt_install opendkim-tools redis-server util-linux iproute2 openssl logrotate systemd-journal-remote
+    # logrotate and systemd-journal-remote: the watcher's rotations and journal files, for real;
+    # systemd: systemd-analyze verifies the units in systemd/ (tests/core/test_install.py).
+    apt_install opendkim-tools redis-server util-linux iproute2 openssl logrotate systemd-journal-remote systemd
     python_env "[test]"
     promtool_env
     # The venv (with podman-compose from the test extras) first on PATH, for the
