@@ -226,3 +226,41 @@ def test_install_refuses_to_run_as_another_user(staged):
     out = subprocess.run(["runuser", "-u", staged.user, "--", "bash", str(script), "--root", str(staged.root)],
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 1 and "run as root" in out.stderr
+
+
+def test_a_socket_group_the_user_is_not_in_stops_start_up_naming_the_key(staged, tmp_path):
+    # Only root, or a member of the group, may give a file to a group: the service says which key to fix.
+    gid = grp.getgrnam(staged.user).gr_gid
+    run_dir = staged.root / "run/sendguard-eperm"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.chown(run_dir, pwd.getpwnam(staged.user).pw_uid, gid)
+    config = staged.root / "etc/sendguard/eperm.toml"
+    config.write_text(f"""
+[general]
+state_dir = "{staged.root}/var/lib/sendguard"
+[policyd]
+listen = "127.0.0.1:{free_port()}"
+metrics_listen = "127.0.0.1:{free_port()}"
+socket = "{run_dir}/policy"
+socket_group = "mail"
+[milter]
+listen = "unix:{run_dir}/milter"
+metrics_listen = "127.0.0.1:{free_port()}"
+socket_group = "mail"
+""")
+    os.chown(config, 0, gid)
+    config.chmod(0o640)
+    for unit, key, path in (("sendguard-policyd.service", "policyd.socket_group", "policy"),
+                            ("sendguard-milter.service", "milter.socket_group", "milter")):  # fmt: skip
+        argv = staged.exec_start(unit)
+        argv[argv.index("--config") + 1] = str(config)
+        log = tmp_path / f"{path}.log"
+        proc = _as_user(staged, argv, log)
+        try:
+            code = proc.wait(timeout=30)
+        finally:
+            _stop(proc)
+        text = log.read_text()
+        assert code == 78, text
+        assert f"{config}: {key}: cannot set the access of {run_dir}/{path}: Operation not permitted" in text
+        assert not (run_dir / path).exists(), "no socket left behind that Postfix could not use"

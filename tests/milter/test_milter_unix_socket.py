@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import grp
 import os
+import socket
 import stat
 import subprocess
 import time
@@ -46,6 +47,11 @@ def _start(config: Path, log: Path, path: Path) -> subprocess.Popen:
 def test_the_socket_gets_its_mode_and_group_and_serves(write_config, tmp_path, milter_client, make_msg, as_sent, test_keys):
     path = tmp_path / "private" / "sendguard-milter"
     path.parent.mkdir()
+    # A socket file an earlier run left behind: libmilter replaces it, and the access must be set on
+    # the new one, not on this one while it is still there (the new one would keep the umask's 0700).
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()
     config = _unix_config(write_config, path, f'socket_mode = "0660"\nsocket_group = "{GROUP}"')
     proc = _start(config, tmp_path / "milter.log", path)
     try:
