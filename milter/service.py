@@ -107,7 +107,7 @@ def _set_socket_access(file: str, settings: MilterSettings, worker: threading.Th
     """Give libmilter's unix socket ``socket_mode`` / ``socket_group``; stop the milter with a config error when that fails."""
     path = settings.listen.split(":", 1)[1]
     if not wait_for_unix_listener(path, worker.is_alive):
-        if worker.is_alive():  # listening but not found: never serve with the wrong access
+        if worker.is_alive():  # still not listening after 10 s: never serve with the wrong access
             libmilter.stop()
             worker.join()
             raise ConfigError(file, "milter.listen", f"libmilter did not listen on {path} within 10 s")
