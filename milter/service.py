@@ -28,6 +28,7 @@ import milter as libmilter  # pymilter's C extension
 from sendguard import logs
 from sendguard.config import Config
 from sendguard.config_reader import ConfigError
+from sendguard.socket_access import AccessError, apply_access
 
 from . import metrics
 from .app import Runtime, SendguardMilter
@@ -37,6 +38,7 @@ from .keys import open_keys
 from .published_keys import PublishedKeyCheck
 from .settings import MilterSettings
 from .tcp_nodelay import set_nodelay_on_listener
+from .unix_socket import wait_for_unix_listener
 
 log = logs.get("milter")
 
@@ -47,7 +49,7 @@ MILTER_NAME = "sendguard"
 Loader = Callable[[], tuple[Config, MilterSettings]]
 
 #: Settings libmilter (or the metrics endpoint) takes once, at start: a change waits for a restart.
-RESTART_ONLY = ("listen", "metrics_listen", "timeout")
+RESTART_ONLY = ("listen", "socket_mode", "socket_group", "metrics_listen", "timeout")
 
 
 def build_runtime(config: Config, settings: MilterSettings) -> Runtime:
@@ -111,6 +113,27 @@ def reload(switch: RuntimeSwitch, loader: Loader) -> bool:
     return True
 
 
+def _set_socket_access(file: str, settings: MilterSettings, worker: threading.Thread) -> None:
+    """Give libmilter's unix socket ``socket_mode`` / ``socket_group``; stop the milter with a config error when that fails."""
+    path = settings.listen.split(":", 1)[1]
+    if not wait_for_unix_listener(path, worker.is_alive):
+        if worker.is_alive():  # still not listening after 10 s: never serve with the wrong access
+            libmilter.stop()
+            worker.join()
+            raise ConfigError(file, "milter.listen", f"libmilter did not listen on {path} within 10 s")
+        return  # it never listened: run() reports libmilter's reason
+    try:
+        apply_access(path, settings.socket_mode, settings.socket_group)
+    except AccessError as exc:
+        libmilter.stop()
+        worker.join()
+        key = "milter.socket_group" if settings.socket_group is not None else "milter.socket_mode"
+        raise ConfigError(file, key, f"cannot set the access of {path}: {exc.strerror or exc}") from None
+    mode = "" if settings.socket_mode is None else f" mode {settings.socket_mode:04o}"
+    group = "" if settings.socket_group is None else f" group {settings.socket_group}"
+    log.info("milter socket %s:%s%s", path, mode, group)
+
+
 def run(config: Config, settings: MilterSettings, loader: Loader | None = None) -> None:
     """Serve Postfix until SIGTERM or SIGINT (blocking). SIGHUP reloads the configuration through ``loader``.
 
@@ -167,6 +190,8 @@ def run(config: Config, settings: MilterSettings, loader: Loader | None = None) 
     if settings.listen.startswith(("inet:", "inet6:")):
         set_nodelay_on_listener(int(settings.listen.split(":", 1)[1].split("@", 1)[0]), worker.is_alive)
     try:
+        if settings.listen.startswith("unix:") and (settings.socket_mode is not None or settings.socket_group is not None):
+            _set_socket_access(config.file, settings, worker)
         while worker.is_alive():
             worker.join(0.5)  # wakes for signal handlers
     finally:

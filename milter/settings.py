@@ -20,6 +20,7 @@ from sendguard.config import Config, ConfigDocument
 from sendguard.config_reader import REQUIRED, Section, check_one_of, check_parses
 from sendguard.public_space import public_addresses, total_public_addresses
 from sendguard.senders import SenderSet, check_sender
+from sendguard.socket_access import check_group, check_octal_mode
 from sendguard.streams import Stream
 
 from .bulk import DEFAULT_HEADERS, DEFAULT_PRECEDENCE, BulkRules
@@ -79,6 +80,10 @@ class MilterSettings:
     """Settings of the milter (``[milter]`` + ``[signing]`` + ``[links]``)."""
 
     listen: str = "inet:8891@127.0.0.1"
+    #: The mode given to a unix ``listen`` socket once libmilter has created it (None: the umask's).
+    socket_mode: int | None = None
+    #: The group given to that socket (None: the process's own), e.g. "postfix" with socket_mode 0o660.
+    socket_group: str | None = None
     metrics_listen: str = "127.0.0.1:9467"
     #: libmilter's I/O timeout towards Postfix, seconds.
     timeout: int = 600
@@ -346,6 +351,11 @@ def parse_milter(doc: ConfigDocument) -> MilterSettings:
     top = doc.top
     section = top.sub("milter")
     listen = section.get("listen", str, "inet:8891@127.0.0.1", check_parses(milter_socket))
+    mode = section.get("socket_mode", str, None, check_octal_mode)
+    group = section.get("socket_group", str, None, check_group)
+    for key, value in (("socket_mode", mode), ("socket_group", group)):
+        if value is not None and not milter_socket(listen).startswith("unix:"):
+            raise section.error(key, f"applies only to a unix socket, and listen is {listen!r}")
     metrics = section.get("metrics_listen", str, "127.0.0.1:9467", check_hostport)
     timeout = section.get("timeout", int, 600, lambda v: None if 0 < v <= 86400 else "must be 1..86400 seconds")
     code = section.get(
@@ -362,6 +372,8 @@ def parse_milter(doc: ConfigDocument) -> MilterSettings:
     stream_rules = _parse_stream_rules(doc)
     return MilterSettings(
         listen=milter_socket(listen),
+        socket_mode=None if mode is None else int(mode, 8),
+        socket_group=group,
         metrics_listen=metrics,
         timeout=timeout,
         scope=scope,

@@ -57,6 +57,7 @@ from collections import deque
 from typing import Callable
 
 from sendguard import logs
+from sendguard.socket_access import apply_access
 from sendguard_policyd import metrics
 from sendguard_policyd.decide import Decider
 from sendguard_policyd.store import StoreBusy
@@ -182,8 +183,8 @@ class PolicyServer:
         self._add_listener(sock)
         return sock.getsockname()[:2]
 
-    def listen_unix(self, path: str, mode: int) -> None:
-        """Listen on a unix socket at ``path``.
+    def listen_unix(self, path: str, mode: int, group: str | None = None) -> None:
+        """Listen on a unix socket at ``path``, with file ``mode`` and ``group`` (None: the daemon's own).
 
         A socket file left by a daemon that is gone is replaced; one that a live process
         still answers on is not (OSError EADDRINUSE): a second daemon started with the same
@@ -208,10 +209,13 @@ class PolicyServer:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(path)
-            os.chmod(path, mode)
+            # Before listen(): no client can connect while the socket still has the umask's mode.
+            apply_access(path, mode, group)
             sock.listen(1024)
         except BaseException:
             sock.close()
+            if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)  # ours, half set up: no socket file left that nobody answers on
             raise
         self._unix_paths.append((path, os.stat(path).st_ino))
         self._add_listener(sock)

@@ -19,6 +19,7 @@ from sendguard import logs
 from sendguard.addresses import parse_hostport
 from sendguard.config import Config
 from sendguard.config_reader import ConfigError
+from sendguard.socket_access import AccessError
 from sendguard_policyd import metrics
 from sendguard_policyd.backend import open_store, store_key, store_label, store_windows
 from sendguard_policyd.decide import Decider
@@ -108,7 +109,10 @@ def _bind(file: str, settings: PolicydSettings, server: PolicyServer) -> tuple[s
         raise ConfigError(file, "policyd.listen", f"cannot listen on {settings.listen}: {exc.strerror or exc}")
     if settings.socket:
         try:
-            server.listen_unix(settings.socket, settings.socket_mode)
+            server.listen_unix(settings.socket, settings.socket_mode, settings.socket_group)
+        except AccessError as exc:
+            key = "policyd.socket_group" if settings.socket_group is not None else "policyd.socket_mode"
+            raise ConfigError(file, key, f"cannot set the access of {settings.socket}: {exc.strerror or exc}")
         except OSError as exc:
             raise ConfigError(file, "policyd.socket", f"cannot listen on {settings.socket}: {exc.strerror or exc}")
     return bound

@@ -14,6 +14,7 @@ from typing import Mapping
 from sendguard.addresses import check_hostport
 from sendguard.config import ConfigDocument
 from sendguard.config_reader import ErrorCollector, Section, check_one_of
+from sendguard.socket_access import check_group, check_octal_mode
 from sendguard.streams import Stream
 from sendguard_policyd.effective_day import CALENDAR, MODES, SENDING
 from sendguard_policyd.family_mx import parse_nameserver
@@ -78,6 +79,8 @@ class PolicydSettings:
     #: An extra unix-domain socket to listen on ("" = none).
     socket: str = ""
     socket_mode: int = 0o666
+    #: The group the unix socket is given (None: the daemon's own), e.g. "postfix" with socket_mode "0660".
+    socket_group: str | None = None
     #: What END-OF-MESSAGE of mail in no stream gets: "dunno" (pass, uncounted) or "defer".
     unmatched: str = "dunno"
     #: The full answer to a request that cannot be understood.
@@ -134,14 +137,6 @@ def _check_action(value: str) -> str | None:
     return None
 
 
-def _check_mode(value: str) -> str | None:
-    try:
-        mode = int(value, 8)
-    except ValueError:
-        return f"{value!r} is not an octal file mode like \"0660\""
-    return None if 0 <= mode <= 0o777 else f"{value!r} is not a file mode"
-
-
 def _check_family_entry(value: str) -> str | None:
     entry = value.strip().lower()
     if not entry or entry.startswith(".") or " " in entry or "@" in entry:
@@ -170,7 +165,10 @@ def parse_policyd(doc: ConfigDocument) -> PolicydSettings:
     metrics = section.get("metrics_listen", str, "127.0.0.1:9466", check_hostport)
     database = section.get("database", str, os.path.join(general.state_dir, "policyd.sqlite"))
     socket = section.get("socket", str, "")
-    mode = section.get("socket_mode", str, "0666", _check_mode)
+    mode = section.get("socket_mode", str, "0666", check_octal_mode)
+    group = section.get("socket_group", str, None, check_group)
+    if group is not None and not socket:
+        raise section.error("socket_group", "applies only to the unix socket: set policyd.socket too")
     unmatched = section.get("unmatched", str, "dunno", check_one_of("dunno", "defer"))
     bad = section.get("bad_request_action", str, "DUNNO", _check_action)
     states = section.get_list("expected_states", str, ["RCPT", "END-OF-MESSAGE"], check_one_of(*PROTOCOL_STATES))
@@ -208,6 +206,7 @@ def parse_policyd(doc: ConfigDocument) -> PolicydSettings:
         database=database,
         socket=socket,
         socket_mode=int(mode, 8),
+        socket_group=group,
         unmatched=unmatched,
         bad_request_action=bad,
         expected_states=tuple(states),

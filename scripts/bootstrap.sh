@@ -35,6 +35,22 @@ apt_install() {
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+without_service_start() {
+    # Run "$@" with Debian's policy-rc.d answering "no" (101): packages installed meanwhile do
+    # not start their daemons (an nsd on port 53, a second redis) on the machine.
+    local policy=/usr/sbin/policy-rc.d
+    if [ -e "$policy" ]; then
+        "$@"
+        return
+    fi
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 0755 "$policy"
+    local rc=0
+    "$@" || rc=$?
+    rm -f "$policy"
+    return "$rc"
+}
+
 python_env() {
     # The milter's C extension (pymilter) builds against libmilter.
     apt_install python3 python3-venv python3-dev gcc libc6-dev libmilter-dev ca-certificates
@@ -79,8 +95,12 @@ cmd_test() {
     # opendkim-tools: the independent DKIM verifier; redis-server: real Redis; util-linux
     # (unshare), iproute2 and openssl: the private DNS namespace the OpenDKIM test builds;
     # logrotate and systemd-journal-remote: the watcher's rotations and journal files, for real;
-    # nsd: the authoritative server dns-check's tests ask (tests/milter/nsd_server.py).
-    apt_install opendkim-tools redis-server util-linux iproute2 openssl logrotate systemd-journal-remote nsd
+    # nsd: the authoritative server dns-check's tests ask (tests/support/nsd_server.py);
+    # systemd: systemd-analyze verifies the units in systemd/ (tests/core/test_install.py).
+    # These are tools for the tests: their services are not started (policy-rc.d), and the
+    # tests start their own instances on loopback.
+    without_service_start apt_install opendkim-tools redis-server util-linux iproute2 openssl logrotate \
+        systemd-journal-remote nsd systemd
     python_env "[test]"
     promtool_env
     # The venv (with podman-compose from the test extras) first on PATH, for the

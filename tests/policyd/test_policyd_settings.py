@@ -55,6 +55,8 @@ def test_all_keys_parse(tmp_path):
         ("family_extra_domains", ["*.example.com"], "wildcard"),
         ("family_extra_domains", ["bob@example.com"], "not a domain"),
         ("socket_mode", "rw-rw-rw-", "octal"),
+        ("socket_group", "no-such-group-here", "no group 'no-such-group-here' on this host"),
+        ("socket_group", "mail", "set policyd.socket too"),
         ("idle_timeout", 0, "between"),
         ("sqlite_synchronous", "off", "is not one of"),
         ("busy_poll_usec", 20000, "between 0 and 10000"),

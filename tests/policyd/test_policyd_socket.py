@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import grp
+import os
+import stat
 import socket
 import time
 
@@ -155,6 +158,20 @@ def test_unix_socket(daemon, tmp_path):
     with PolicyClient(path) as client:
         assert send_message(client, "u1", ["x@example.com"])[-1] == "DUNNO"
         assert send_message(client, "u2", ["x@aol.com"])[0].startswith("HOLD ")
+
+
+def test_unix_socket_with_a_group_postfix_can_use(daemon, tmp_path):
+    # umask 077 while it starts: the socket's access comes from socket_mode and socket_group alone.
+    path = str(tmp_path / "private" / "sendguard-policy")
+    old = os.umask(0o077)
+    try:
+        _, handle = daemon(socket=path, socket_mode="0660", socket_group="mail")
+    finally:
+        os.umask(old)
+    st = os.stat(path)
+    assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == grp.getgrnam("mail").gr_gid
+    with PolicyClient(path) as client:
+        assert send_message(client, "g1", ["x@example.com"])[-1] == "DUNNO"
 
 
 def test_restart_keeps_the_window(make_config):

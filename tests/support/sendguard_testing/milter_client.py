@@ -239,8 +239,14 @@ P_NR_CONN, P_NR_HELO, P_NR_MAIL, P_NR_RCPT, P_NR_DATA, P_NR_EOH, P_NR_BODY = (
 class MilterClient:
     """A minimal MTA side of the milter protocol (version 6), the part Postfix speaks to a milter."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port: int | str, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+        """Connect to the milter on TCP ``port`` of ``host``, or on the unix socket at path ``port``."""
+        if isinstance(port, str):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            self.sock.connect(port)
+        else:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
         self._send(b"O", struct.pack("!III", 6, 0x1FF, 0x1FFFFF))
         cmd, data = self._recv()
         assert cmd == b"O", cmd
