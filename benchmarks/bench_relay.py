@@ -106,6 +106,7 @@ log_level = "warning"
 listen = "{listen}"
 metrics_listen = "127.0.0.1:{mport}"
 trusted_hosts = ["127.0.0.0/8"]
+{socket_access}
 
 [milter.bulk]
 headers = ["List-Unsubscribe", "X-Listmonk-Campaign"]
@@ -250,8 +251,9 @@ class Service:
 
 
 def wait_socket(path: Path, service: Service, timeout: float = 20) -> None:
+    """Wait until ``path`` is a socket Postfix's group may write (sendguard sets the mode just after it listens)."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while not (path.exists() and path.stat().st_mode & 0o020):
         if service.proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"{service.proc.args[0]} did not listen on {path}: {service.log.read_text()[-2000:]}")
         time.sleep(0.05)
@@ -274,10 +276,11 @@ def start_signer(setup: str, work: Path, keys: Keys) -> tuple[Service, str]:
         key_file.chmod(0o600)
         listen = f"unix:{sock}" if unix else f"inet:{port}@127.0.0.1"
         config = work / "sendguard.toml"
-        config.write_text(SENDGUARD_CONFIG.format(work=work, listen=listen, mport=free_port(), domain=DOMAIN, selector=SELECTOR, key=key_file))
+        # As the snippets advise: a socket Postfix's group may write, whatever the umask.
+        access = 'socket_mode = "0660"\nsocket_group = "postfix"' if unix else ""
+        config.write_text(SENDGUARD_CONFIG.format(work=work, listen=listen, mport=free_port(), domain=DOMAIN, selector=SELECTOR,
+                                                  key=key_file, socket_access=access))  # fmt: skip
         argv = [sendguard_exe(), "milter", "--config", str(config)]
-        # Until [milter] socket_mode exists the socket takes the process umask: Postfix must be able to write it.
-        argv = ["sh", "-c", 'umask 000 && exec "$@"', "sh", *argv]
     else:
         key_file = work / "opendkim.private"
         key_file.write_bytes(keys.pem)
