@@ -78,3 +78,14 @@ def count_reload(key: str, result: str) -> None:
     KEY_RELOADS.labels(key=key, result=result).inc()
     if result in ("ok", "failed"):
         KEY_FAULTY.labels(key=key).set(1 if result == "failed" else 0)
+MESSAGE_ID_REPAIRED = Counter(
+    "sendguard_milter_message_id_repaired_total",
+    "Message-IDs written before signing ([milter] message_id_repair), by reason: missing, bad_host.",
+    ["reason"],
+)
+TEXT_PARTS = Counter(
+    "sendguard_milter_text_parts_total",
+    "HTML-only messages given a text/plain part (outcome added), or left without one: broken_mime, too_large,"
+    " empty (the HTML renders to no text).",
+    ["outcome"],
+)

@@ -14,7 +14,7 @@ short, fixed reason (used as a metric label) and a human detail.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import Message
 from typing import Sequence
 
@@ -205,3 +205,89 @@ def _walk(
             child_fields = _header_fields(body[part_start : blank.start()])
             content_start = min(blank.end(), part_end)
         _walk(child_fields, child_default, body, content_start, part_end, depth + 1, limits, out)
+
+
+@dataclass
+class Node:
+    """One part of the MIME tree, with where it lies in the raw body.
+
+    ``part_start`` is where the part's own header block starts (for the top
+    level: 0, its headers are the message's); ``content_start``..``end`` is its
+    content. A multipart keeps the start of its first delimiter line, where a
+    new first child can go in.
+    """
+
+    content_type: str
+    charset: str | None
+    transfer_encoding: str
+    attachment: bool
+    part_start: int
+    content_start: int
+    end: int
+    boundary: str | None = None
+    first_delimiter: int = -1
+    children: list["Node"] = field(default_factory=list)
+
+
+def part_tree(headers: Sequence[tuple[str, bytes | str]], body: bytes, limits: MimeLimits) -> Node:
+    """The whole MIME tree of a message (the same walk as :func:`leaf_parts`, keeping the multiparts)."""
+    fields: dict[str, str] = {}
+    for name, value in headers:
+        key = name.strip().lower()
+        if key.startswith("content-") and key not in fields:
+            fields[key] = _text(value)
+    counter = [0]
+    return _node(fields, "text/plain", body, 0, 0, len(body), 0, limits, counter)
+
+
+def _node(
+    fields: dict[str, str],
+    default_type: str,
+    body: bytes,
+    part_start: int,
+    start: int,
+    end: int,
+    depth: int,
+    limits: MimeLimits,
+    counter: list[int],
+) -> Node:
+    ctype, params, cte, attachment = _describe(fields, default_type)
+    node = Node(ctype, params.get("charset"), cte, attachment, part_start, start, end)
+    if not ctype.startswith("multipart/"):
+        counter[0] += 1
+        if counter[0] > limits.max_parts:
+            raise BrokenMime("too_many_parts", f"more than {limits.max_parts} parts")
+        return node
+    if depth >= limits.max_depth:
+        raise BrokenMime("too_deep", f"multiparts nested deeper than {limits.max_depth}")
+    if cte not in ("", "7bit", "8bit", "binary"):
+        raise BrokenMime("encoded_multipart", f"{ctype} with Content-Transfer-Encoding {cte}")
+    boundary = params.get("boundary")
+    if not boundary:
+        raise BrokenMime("no_boundary", f"{ctype} without a boundary parameter")
+    delims = _delimiters(body, boundary.encode("latin-1", "replace"), start, end)
+    if not delims:
+        raise BrokenMime("boundary_not_found", f"{ctype} boundary {boundary!r} never occurs")
+    if not delims[-1].closing:
+        raise BrokenMime("unterminated_multipart", f"{ctype} boundary {boundary!r} is never closed")
+    if len(delims) < 2:
+        raise BrokenMime("empty_multipart", f"{ctype} has no parts")
+    node.boundary = boundary
+    node.first_delimiter = delims[0].start
+    child_default = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
+    for opening, closing in zip(delims, delims[1:]):
+        child_start = _line_end(body, opening.end, end)
+        child_end = max(child_start, _before_line_break(body, closing.start, child_start))
+        if body.startswith(b"\r\n", child_start) or body.startswith(b"\n", child_start):
+            child_fields: dict[str, str] = {}
+            content_start = _line_end(body, child_start, child_end)
+        else:
+            blank = _HEADER_END.search(body, child_start, closing.start)
+            if blank is None:
+                raise BrokenMime("bad_part_headers", f"a part of {ctype} has no end of headers")
+            child_fields = _header_fields(body[child_start : blank.start()])
+            content_start = min(blank.end(), child_end)
+        node.children.append(
+            _node(child_fields, child_default, body, child_start, content_start, child_end, depth + 1, limits, counter)
+        )
+    return node
