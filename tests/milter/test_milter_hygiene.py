@@ -8,6 +8,7 @@ import re
 import urllib.request
 
 import dkim
+import Milter
 from email import policy as email_policy
 
 HTML_ONLY = (
@@ -113,3 +114,37 @@ def test_off_by_default_and_never_for_mail_outside_the_scope(milter_process, mil
     c.close()
     assert r["result"] in (b"c", b"a")
     assert r["changed"] == [] and r["body"] is None and r["added"] == []
+
+
+def _with_stream_key(text: str, stream: str, line: str) -> str:
+    return text.replace(f"[streams.{stream}]\n", f"[streams.{stream}]\n{line}\n", 1)
+
+
+def test_the_stream_decides_and_mail_in_no_stream_follows_the_milter_key(driver, test_keys):
+    # trucking says true, healthcare says false, [milter] says false: only trucking's mail changes.
+    d = driver(edit=lambda t: _with_stream_key(_with_stream_key(t, "trucking", "add_text_part = true"), "healthcare", "add_text_part = false"))
+    trucking = d.run(HTML_ONLY, client="172.18.0.5", daemon_port="25")
+    assert trucking.new_body is not None and b"text/plain" in trucking.new_body
+    assert dkim.verify(trucking.message, dnsfunc=test_keys.dnsfunc)
+    assert email.message_from_bytes(trucking.message).get_content_type() == "multipart/alternative"
+    changed = {name for name, _, _ in trucking.changed}
+    assert changed == {"Content-Type", "Content-Transfer-Encoding"}  # Message-ID repair is off here
+    healthcare = d.run(HTML_ONLY, client="127.0.0.1", daemon_port="2526")
+    assert healthcare.new_body is None
+    loopback = d.run(HTML_ONLY, client="127.0.0.1", daemon_port="25")
+    assert loopback.new_body is None
+
+    # [milter] add_text_part = true reaches mail in no stream, and streams that do not say.
+    d = driver(milter_extra="add_text_part = true\n", edit=lambda t: _with_stream_key(t, "healthcare", "add_text_part = false"))
+    assert d.run(HTML_ONLY, client="127.0.0.1", daemon_port="25").new_body is not None
+    assert d.run(HTML_ONLY, client="172.18.0.5", daemon_port="25").new_body is not None
+    assert d.run(HTML_ONLY, client="127.0.0.1", daemon_port="2526").new_body is None
+
+
+def test_a_refused_message_is_not_changed(driver):
+    d = driver(milter_extra=_milter_extra(**TRUSTED))
+    # Bulk from a trusted client whose From domain has no key: refused, and nothing is changed on the way.
+    message = HTML_ONLY.replace(b"noreply@send.example.net", b"noreply@unsigned.example.org")
+    out = d.run(message, client="127.0.0.1")
+    assert out.rc == Milter.REJECT
+    assert out.new_body is None and out.added == [] and out.changed == []

@@ -221,6 +221,8 @@ class Outcome:
     new_body: bytes | None
     message: bytes  # added headers on top, body possibly replaced
     milter: SendguardMilter | None = field(repr=False, default=None)
+    #: Header fields the milter asked to change (chgheader).
+    changed: list[Changed] = field(default_factory=list)
 
     @property
     def signature_headers(self) -> list[bytes]:
@@ -256,7 +258,7 @@ class Driver:
         """Feed header fields and a body as the milter receives them."""
         ctx, rc = feed(self.runtime, headers, body, **connection)
         sent = forwarded(ctx.added, headers, ctx.new_body if ctx.new_body is not None else body, ctx.changed)
-        return Outcome(rc=rc, reply=ctx._reply, added=ctx.added, new_body=ctx.new_body, message=sent, milter=ctx._priv)
+        return Outcome(rc=rc, reply=ctx._reply, added=ctx.added, new_body=ctx.new_body, message=sent, milter=ctx._priv, changed=ctx.changed)
 
 
 # -- over a socket, through the real libmilter -----------------------------------------
