@@ -5,7 +5,9 @@ other byte of the message exactly as it arrived: preamble, epilogue,
 boundaries, part headers and untouched parts. So nothing here re-serialises a
 parsed message; :func:`leaf_parts` only returns, for every leaf part, where its
 content lies in the raw body and how it is declared (type, charset, transfer
-encoding, disposition).
+encoding, disposition); :func:`part_tree` returns the same walk with the
+multiparts kept (where each part and its first delimiter start), for the text
+part's surgery (``text_part/add.py``).
 
 Anything that cannot be walked with certainty raises :class:`BrokenMime` with a
 short, fixed reason (used as a metric label) and a human detail.
@@ -148,63 +150,17 @@ def _before_line_break(body: bytes, pos: int, floor: int) -> int:
 
 def leaf_parts(headers: Sequence[tuple[str, bytes | str]], body: bytes, limits: MimeLimits) -> list[Leaf]:
     """Every leaf part of the message in depth-first order, with its content span."""
-    fields: dict[str, str] = {}
-    for name, value in headers:
-        key = name.strip().lower()
-        if key.startswith("content-") and key not in fields:
-            fields[key] = _text(value)
     out: list[Leaf] = []
-    _walk(fields, "text/plain", body, 0, len(body), 0, limits, out)
+    _collect(part_tree(headers, body, limits), out)
     return out
 
 
-def _walk(
-    fields: dict[str, str],
-    default_type: str,
-    body: bytes,
-    start: int,
-    end: int,
-    depth: int,
-    limits: MimeLimits,
-    out: list[Leaf],
-) -> None:
-    ctype, params, cte, attachment = _describe(fields, default_type)
-    if not ctype.startswith("multipart/"):
-        if len(out) >= limits.max_parts:
-            raise BrokenMime("too_many_parts", f"more than {limits.max_parts} parts")
-        out.append(Leaf(len(out), ctype, params.get("charset"), cte, attachment, start, end))
+def _collect(node: "Node", out: list[Leaf]) -> None:
+    if node.content_type.startswith("multipart/"):
+        for child in node.children:
+            _collect(child, out)
         return
-    if depth >= limits.max_depth:
-        raise BrokenMime("too_deep", f"multiparts nested deeper than {limits.max_depth}")
-    if cte not in ("", "7bit", "8bit", "binary"):
-        # RFC 2045 forbids encoding a multipart; its boundaries would be hidden.
-        raise BrokenMime("encoded_multipart", f"{ctype} with Content-Transfer-Encoding {cte}")
-    boundary = params.get("boundary")
-    if not boundary:
-        raise BrokenMime("no_boundary", f"{ctype} without a boundary parameter")
-    delims = _delimiters(body, boundary.encode("latin-1", "replace"), start, end)
-    if not delims:
-        raise BrokenMime("boundary_not_found", f"{ctype} boundary {boundary!r} never occurs")
-    if not delims[-1].closing:
-        raise BrokenMime("unterminated_multipart", f"{ctype} boundary {boundary!r} is never closed")
-    if len(delims) < 2:
-        raise BrokenMime("empty_multipart", f"{ctype} has no parts")
-    child_default = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
-    for opening, closing in zip(delims, delims[1:]):
-        part_start = _line_end(body, opening.end, end)
-        part_end = max(part_start, _before_line_break(body, closing.start, part_start))
-        if body.startswith(b"\r\n", part_start) or body.startswith(b"\n", part_start):
-            child_fields: dict[str, str] = {}
-            content_start = _line_end(body, part_start, part_end)
-        else:
-            # Searched up to the delimiter itself: a part that is all headers
-            # ends them with the line break the delimiter line then claims.
-            blank = _HEADER_END.search(body, part_start, closing.start)
-            if blank is None:
-                raise BrokenMime("bad_part_headers", f"a part of {ctype} has no end of headers")
-            child_fields = _header_fields(body[part_start : blank.start()])
-            content_start = min(blank.end(), part_end)
-        _walk(child_fields, child_default, body, content_start, part_end, depth + 1, limits, out)
+    out.append(Leaf(len(out), node.content_type, node.charset, node.transfer_encoding, node.attachment, node.content_start, node.end))
 
 
 @dataclass
@@ -230,7 +186,7 @@ class Node:
 
 
 def part_tree(headers: Sequence[tuple[str, bytes | str]], body: bytes, limits: MimeLimits) -> Node:
-    """The whole MIME tree of a message (the same walk as :func:`leaf_parts`, keeping the multiparts)."""
+    """The whole MIME tree of a message, multiparts and leaves, each with its spans in ``body``."""
     fields: dict[str, str] = {}
     for name, value in headers:
         key = name.strip().lower()
@@ -261,6 +217,7 @@ def _node(
     if depth >= limits.max_depth:
         raise BrokenMime("too_deep", f"multiparts nested deeper than {limits.max_depth}")
     if cte not in ("", "7bit", "8bit", "binary"):
+        # RFC 2045 forbids encoding a multipart; its boundaries would be hidden.
         raise BrokenMime("encoded_multipart", f"{ctype} with Content-Transfer-Encoding {cte}")
     boundary = params.get("boundary")
     if not boundary:
@@ -282,6 +239,8 @@ def _node(
             child_fields: dict[str, str] = {}
             content_start = _line_end(body, child_start, child_end)
         else:
+            # Searched up to the delimiter itself: a part that is all headers
+            # ends them with the line break the delimiter line then claims.
             blank = _HEADER_END.search(body, child_start, closing.start)
             if blank is None:
                 raise BrokenMime("bad_part_headers", f"a part of {ctype} has no end of headers")

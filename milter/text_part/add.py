@@ -82,8 +82,9 @@ def add_text_part(headers: Sequence[Header], body: bytes, limits: MimeLimits = M
     eol = b"\n" if b"\n" in body and b"\r\n" not in body else b"\r\n"
     text_part = _text_part(text, eol)
     if action == "insert":
+        assert node.boundary is not None  # a multipart walked without error has one
         at = node.first_delimiter
-        new_part = b"--" + node.boundary.encode("latin-1") + eol + text_part + eol  # type: ignore[union-attr]
+        new_part = b"--" + node.boundary.encode("latin-1") + eol + text_part + eol
         return TextPartResult("added", body=body[:at] + new_part + body[at:])
     boundary = _new_boundary(body)
     if node.part_start == 0 and node is tree:
