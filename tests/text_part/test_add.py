@@ -180,3 +180,20 @@ def test_only_the_new_part_and_its_container_are_added(part: bytes):
     extra = next(i for i in range(len(after)) if i == len(before) or after[i] != before[i])
     assert after[extra][0] == "text/plain" and after[:extra] + after[extra + 1 :] == before
     assert _parent_of_new_part(out) == "multipart/alternative"
+
+
+def test_related_html_with_inline_images_is_wrapped_whole():
+    body = (
+        b"--r\r\nContent-Type: text/html\r\n\r\n<p>Logo: <img src=\"cid:logo\"> Hi</p>\r\n"
+        b"--r\r\nContent-Type: image/png\r\nContent-ID: <logo>\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n--r--\r\n"
+    )
+    message = b'From: a@send.example.net\r\nMIME-Version: 1.0\r\nContent-Type: multipart/related; boundary="r"\r\n\r\n' + body
+    headers, _, result = _apply(message)
+    assert result.outcome == "added"
+    out = _as_bytes(changed_headers(headers, result), result.body)
+    msg = email.message_from_bytes(out, policy=email.policy.compat32)
+    assert msg.get_content_type() == "multipart/alternative"
+    text, related = msg.get_payload()
+    assert text.get_payload(decode=True) == b"Logo: Hi"
+    assert related.get_content_type() == "multipart/related"  # the HTML keeps its inline image
+    assert body in result.body

@@ -43,3 +43,8 @@ def test_broken_markup_still_renders():
 def test_table_cells_are_spaced_and_mailto_links_show_the_address():
     html = '<table><tr><td>Load</td><td>Rate</td></tr><tr><td>A</td><td><a href="mailto:ops@send.example.net">mail us</a></td></tr></table>'
     assert html_to_text(html) == "Load  Rate\n\nA  mail us (ops@send.example.net)\n"
+
+
+def test_a_template_remnant_in_a_link_stays_as_written():
+    html = "<a href='{{ TrackLink \"https://x.example/a\" }}'>Read</a> {{ L.T \"email.unsub\" }}"
+    assert html_to_text(html) == 'Read ({{ TrackLink "https://x.example/a" }}) {{ L.T "email.unsub" }}\n'
