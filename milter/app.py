@@ -2,9 +2,11 @@
 
 It collects what the decision needs — client address and port, ``{daemon_port}``,
 ``{auth_authen}``, the envelope sender, every header as raw bytes and the raw
-body — and at end of message: decides on the client and headers, repairs links
-(in-scope mail only), checks the body as it will be sent, signs or refuses, and
-logs one line with the queue id. Header values and the body are
+body — and at end of message: decides on the client and headers, repairs links,
+adds a text part to HTML-only mail and repairs the Message-ID (in-scope mail
+only, each when configured), checks the message as it will be sent, signs it
+(header fields as Postfix will hold them after the milter's changes) or
+refuses, and logs one line with the queue id. Header values and the body are
 taken as bytes (``@Milter.decode('bytes')``) and never re-encoded, so 8-bit
 headers and bodies are signed exactly as they will be sent.
 
@@ -197,7 +199,7 @@ class SendguardMilter(Milter.Base):
         return data
 
     def eom(self) -> int:
-        """Repair links, decide, sign or refuse. Never lets an exception pass bulk mail unsigned."""
+        """Repair links, text part and Message-ID, decide, sign or refuse. Never lets an exception pass bulk mail unsigned."""
         started = time.perf_counter()
         queue_id = self.getsymval("i") or self.queue_id or "NOQUEUE"
         self.in_message = False
