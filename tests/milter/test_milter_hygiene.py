@@ -148,3 +148,31 @@ def test_a_refused_message_is_not_changed(driver):
     out = d.run(message, client="127.0.0.1")
     assert out.rc == Milter.REJECT
     assert out.new_body is None and out.added == [] and out.changed == []
+
+
+def test_html_with_an_attachment_over_the_socket_keeps_the_attachment_byte_for_byte(milter_process, milter_client, as_sent, test_keys):
+    attachment = (
+        b"--mix\r\nContent-Type: application/pdf; name=rates.pdf\r\nContent-Disposition: attachment; filename=rates.pdf\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQKJcfsj6IK\r\n--mix--\r\n"
+    )
+    message = (
+        b"From: Trucking <noreply@send.example.net>\r\nTo: carrier@example.org\r\nSubject: Rates\r\n"
+        b"Message-ID: <r1@send.example.net>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"mix\"\r\n"
+        b"List-Unsubscribe: <mailto:u@send.example.net>\r\n\r\n"
+        b"--mix\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>Rates attached.</p>\r\n" + attachment
+    )
+    m = milter_process(milter_extra=_milter_extra(**TRUSTED))
+    c = milter_client(m.port)
+    c.connect("127.0.0.1", 40015)
+    r = c.message(message, "bounce@send.example.net")
+    c.close()
+    assert r["changed"] == []  # the top level stays multipart/mixed; the good Message-ID stays
+    assert r["body"].endswith(b"\r\n" + attachment)
+    sent = as_sent(r)
+    assert dkim.verify(sent, dnsfunc=test_keys.dnsfunc)
+    parsed = email.message_from_bytes(sent, policy=email_policy.default)
+    body, pdf = parsed.get_payload()
+    assert body.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in body.get_payload()] == ["text/plain", "text/html"]
+    assert body.get_payload()[0].get_content().strip() == "Rates attached."
+    assert pdf.get_filename() == "rates.pdf"
