@@ -2,9 +2,11 @@
 
 It collects what the decision needs — client address and port, ``{daemon_port}``,
 ``{auth_authen}``, the envelope sender, every header as raw bytes and the raw
-body — and at end of message: decides on the client and headers, repairs links
-(in-scope mail only), checks the body as it will be sent, signs or refuses, and
-logs one line with the queue id. Header values and the body are
+body — and at end of message: decides on the client and headers, repairs links,
+adds a text part to HTML-only mail and repairs the Message-ID (in-scope mail
+only, each when configured), checks the message as it will be sent, signs it
+(header fields as Postfix will hold them after the milter's changes) or
+refuses, and logs one line with the queue id. Header values and the body are
 taken as bytes (``@Milter.decode('bytes')``) and never re-encoded, so 8-bit
 headers and bodies are signed exactly as they will be sent.
 
@@ -25,7 +27,7 @@ import Milter
 from sendguard import logs
 from sendguard.streams import Stream
 
-from . import dkim_sign, metrics
+from . import dkim_sign, message_id, metrics
 from .command_size import COMMAND_LIMIT
 from .links import log as link_log, metrics as link_metrics, rewrite as link_rewrite
 from .decision import Decision, Facts, after_signing_error, check_body, decide, find_long_line
@@ -33,6 +35,7 @@ from .keys import KeyStore
 from .published_keys import PublishedKeyCheck
 from .refusal import INTERNAL_ERROR, reply_args
 from .settings import MilterSettings
+from .text_part.add import HeaderChange, add_text_part, changed_headers
 from .trusted_scope import is_local_submission
 
 log = logs.get("milter")
@@ -196,7 +199,7 @@ class SendguardMilter(Milter.Base):
         return data
 
     def eom(self) -> int:
-        """Repair links, decide, sign or refuse. Never lets an exception pass bulk mail unsigned."""
+        """Repair links, text part and Message-ID, decide, sign or refuse. Never lets an exception pass bulk mail unsigned."""
         started = time.perf_counter()
         queue_id = self.getsymval("i") or self.queue_id or "NOQUEUE"
         self.in_message = False
@@ -268,6 +271,8 @@ class SendguardMilter(Milter.Base):
         decision = decide(settings, self.runtime.streams, self.runtime.keys.get, self.facts(), self.runtime.key_problem)
 
         new_body: bytes | None = None
+        changes: list[HeaderChange] = []
+        additions: list[tuple[str, str]] = []
         if decision.scope.trusted:
             # Only our own outgoing mail is repaired; inbound mail passes untouched.
             policy = settings.link_policy(decision.stream)
@@ -278,6 +283,23 @@ class SendguardMilter(Milter.Base):
                 if result.body is not None and result.body != body:
                     new_body = result.body
                     body = new_body
+            if settings.text_part(decision.stream):
+                # After link repair, so the text part shows the repaired links.
+                added = add_text_part(self.headers, body)
+                if added.body is not None:
+                    new_body = body = added.body
+                    changes += added.header_changes
+                    additions += added.header_additions
+                    # Signed as Postfix will send it: with the changed Content-Type.
+                    self.headers = changed_headers(self.headers, added)
+                    log.info("%s: text part: added a text/plain part rendered from the HTML", queue_id)
+                elif added.outcome != "not_html_only":
+                    log.warning("%s: text part: not added: %s: %s", queue_id, added.outcome, added.detail)
+                if added.outcome != "not_html_only":
+                    metrics.TEXT_PARTS.labels(outcome=added.outcome).inc()
+            repair = message_id.needed_repair(self.headers, settings.message_id, decision.sender_from.domain)
+            if repair is not None:
+                self._repair_message_id(queue_id, repair, changes, additions)
 
         block = header_block(self.headers)
         decision = check_body(decision, find_long_line(block, body), self.client_addr)
@@ -289,7 +311,26 @@ class SendguardMilter(Milter.Base):
                 log.error("%s: signing failed: %s: %s", queue_id, type(exc).__name__, exc)
                 decision = after_signing_error(decision, f"{type(exc).__name__}: {exc}", self.client_addr)
 
-        return self._apply(queue_id, decision, new_body, signature)
+        return self._apply(queue_id, decision, new_body, signature, changes, additions)
+
+    def _repair_message_id(
+        self, queue_id: str, repair: message_id.Repair, changes: list[HeaderChange], additions: list[tuple[str, str]]
+    ) -> None:
+        """Note the new Message-ID for Postfix (in ``changes``/``additions``) and in self.headers, which is signed."""
+        headers = self.headers
+        if repair.original is None:
+            additions.append(("Message-ID", repair.new_id))
+            headers.append(("Message-ID", repair.new_id.encode("ascii")))
+        else:
+            changes.append(HeaderChange("Message-ID", repair.new_id))
+            i = next(i for i, (n, _) in enumerate(headers) if n.lower() == "message-id")
+            headers[i] = (headers[i][0], repair.new_id.encode("ascii"))
+        if self.runtime.settings.message_id.keep_original and repair.original:
+            additions.append(("X-Original-Message-ID", repair.original))
+            headers.append(("X-Original-Message-ID", repair.original.encode("utf-8")))
+        metrics.MESSAGE_ID_REPAIRED.labels(reason=repair.reason).inc()
+        was = f" (right-hand side {repair.bad_host!r})" if repair.reason == "bad_host" else ""
+        log.info("%s: message-id: %s%s, replaced with %s", queue_id, repair.reason, was, repair.new_id)
 
     def _sign(self, decision: Decision, block: bytes, body: bytes) -> bytes:
         settings = self.runtime.settings
@@ -305,7 +346,15 @@ class SendguardMilter(Milter.Base):
             include_headers=include,
         )
 
-    def _apply(self, queue_id: str, decision: Decision, new_body: bytes | None, signature: bytes | None) -> int:
+    def _apply(
+        self,
+        queue_id: str,
+        decision: Decision,
+        new_body: bytes | None,
+        signature: bytes | None,
+        changes: list[HeaderChange],
+        additions: list[tuple[str, str]],
+    ) -> int:
         settings = self.runtime.settings
         bulk = "bulk (" + ", ".join(decision.bulk) + ")" if decision.bulk else "not bulk"
         stream = f" stream={decision.stream.name}" if decision.stream is not None else ""
@@ -323,6 +372,10 @@ class SendguardMilter(Milter.Base):
 
         if new_body is not None:
             self.replacebody(new_body)
+        for change in changes:
+            self.chgheader(change.name, change.index, change.value)
+        for name, value in additions:
+            self.addheader(name, value)
 
         if decision.action == "sign" and signature is not None:
             value = signature[len(_SIG_PREFIX) :].rstrip(b"\r\n").replace(b"\r\n", b"\n")

@@ -65,6 +65,17 @@ EOM_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 
+MESSAGE_ID_REPAIRED = Counter(
+    "sendguard_milter_message_id_repaired_total",
+    "Message-IDs written before signing ([milter] message_id_repair), by reason: missing, bad_host.",
+    ["reason"],
+)
+TEXT_PARTS = Counter(
+    "sendguard_milter_text_parts_total",
+    "HTML-only messages given a text/plain part (outcome added), or left without one: broken_mime, too_large,"
+    " empty (the HTML renders to no text).",
+    ["outcome"],
+)
 
 def count_published_check(key: str, result: str) -> None:
     """PublishedKeyCheck observer: count one check and track whether the record matches."""

@@ -141,8 +141,9 @@ def run(config: Config, settings: MilterSettings, loader: Loader | None = None) 
     """
     switch = RuntimeSwitch(build_runtime(config, settings))
     Milter.factory = lambda: SendguardMilter(switch.current)
-    # Only what the milter does: add the signature header, replace a repaired body.
-    Milter.set_flags(Milter.ADDHDRS | Milter.CHGBODY)
+    # Only what the milter does: add the signature header, replace a repaired body, change
+    # Content-Type (a text part added to a text/html message) and Message-ID (repaired).
+    Milter.set_flags(Milter.ADDHDRS | Milter.CHGBODY | Milter.CHGHDRS)
     # Postfix sends a header field whole; libmilter would drop the connection on one over 64 KiB.
     raise_command_limit(COMMAND_LIMIT)
 

@@ -29,6 +29,7 @@ from .dns_records import parse_nameserver
 from .keys import KeySpec
 from .links.rewrite import LinkPolicy
 from .links.settings import LINK_MODES, parse_links
+from .message_id import DEFAULT_BAD_HOSTS, MessageIdPolicy
 from .signing_table import SigningTable, TableRow, alignment_problem, normalise_domain
 from .trusted_scope import LOOPBACK, TrustedScope
 
@@ -69,6 +70,8 @@ class StreamRules:
     egress_ip: str | None = None
     #: The From domains of this stream's bulk mail (what ``dns-check`` checks SPF and DMARC of).
     from_domains: tuple[str, ...] = ()
+    #: Give this stream's HTML-only mail a text/plain part; None means ``[milter] add_text_part``.
+    add_text_part: bool | None = None
 
 
 #: The rules of mail in no stream, and of a stream that sets none of the milter's keys.
@@ -105,6 +108,10 @@ class MilterSettings:
     published_key_interval: float = 300.0
     #: The nameserver (``IP[:PORT]``) they ask; None: the system's resolvers.
     published_key_nameserver: str | None = None
+    #: Give HTML-only mail a text/plain part (mail in no stream, and streams that do not say).
+    add_text_part: bool = False
+    #: ``[milter] message_id_*``: Message-ID repair.
+    message_id: MessageIdPolicy = field(default_factory=MessageIdPolicy)
 
     @property
     def refusal_xcode(self) -> str:
@@ -120,6 +127,11 @@ class MilterSettings:
     def link_policy(self, stream: Stream | None) -> LinkPolicy:
         """The link policy for mail in ``stream``: ``[links]``, with the stream's mode if it sets one."""
         return self.links.with_mode(self.rules_for(stream).links)
+
+    def text_part(self, stream: Stream | None) -> bool:
+        """Whether HTML-only mail in ``stream`` gets a text/plain part: the stream's ``add_text_part``, else ``[milter]``'s."""
+        own = self.rules_for(stream).add_text_part
+        return self.add_text_part if own is None else own
 
     def key_spec(self, name: str) -> KeySpec | None:
         """The key named ``name``."""
@@ -330,6 +342,26 @@ def _check_from_domain(value: str) -> str | None:
     return check_domain(normalise_domain(value))
 
 
+def _check_bad_host(value: str) -> str | None:
+    host = value.strip().lower()
+    if not host or any(c in host for c in "<>@ \t"):
+        return f"{value!r} is not a host name (the part after @ in a Message-ID)"
+    return None
+
+
+def _parse_message_id(section: Section) -> MessageIdPolicy:
+    repair = section.get("message_id_repair", bool, False)
+    bad = section.get_list("message_id_bad_hosts", str, list(DEFAULT_BAD_HOSTS), _check_bad_host)
+    host = section.get("message_id_host", str, None, lambda v: check_domain(normalise_domain(v)))
+    keep = section.get("message_id_keep_original", bool, False)
+    return MessageIdPolicy(
+        repair=repair,
+        bad_hosts=tuple(_dedupe([h.strip().lower() for h in bad])),
+        host=normalise_domain(host) if host is not None else None,
+        keep_original=keep,
+    )
+
+
 def _parse_stream_rules(doc: ConfigDocument) -> dict[str, StreamRules]:
     rules: dict[str, StreamRules] = {}
     for name, table in doc.stream_tables.items():
@@ -337,7 +369,9 @@ def _parse_stream_rules(doc: ConfigDocument) -> dict[str, StreamRules]:
         links = table.get("links", str, None, check_one_of(*LINK_MODES))
         egress = table.get("egress_ip", str, None, check_egress_ip)
         domains = table.get_list("from_domains", str, [], _check_from_domain)
+        text_part = table.get("add_text_part", bool, None)
         rules[name] = StreamRules(
+            add_text_part=text_part,
             bulk=bulk,
             links=links,
             egress_ip=str(ipaddress.ip_address(egress)) if egress is not None else None,
@@ -365,6 +399,8 @@ def parse_milter(doc: ConfigDocument) -> MilterSettings:
         "key_check_interval", (int, float), 10.0, lambda v: None if v >= 0 else "cannot be negative"
     )
     scope = _parse_scope(section)
+    add_text_part = section.get("add_text_part", bool, False)
+    message_id = _parse_message_id(section)
     bulk = _parse_bulk(section.sub("bulk"))
     section.finish()
     keys, table, signed, oversign, published = _parse_signing(top, doc.config)
@@ -389,4 +425,6 @@ def parse_milter(doc: ConfigDocument) -> MilterSettings:
         verify_published_keys=published.enabled,
         published_key_interval=published.interval,
         published_key_nameserver=published.nameserver,
+        add_text_part=add_text_part,
+        message_id=message_id,
     )

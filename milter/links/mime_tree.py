@@ -5,7 +5,9 @@ other byte of the message exactly as it arrived: preamble, epilogue,
 boundaries, part headers and untouched parts. So nothing here re-serialises a
 parsed message; :func:`leaf_parts` only returns, for every leaf part, where its
 content lies in the raw body and how it is declared (type, charset, transfer
-encoding, disposition).
+encoding, disposition); :func:`part_tree` returns the same walk with the
+multiparts kept (where each part and its first delimiter start), for the text
+part's surgery (``text_part/add.py``).
 
 Anything that cannot be walked with certainty raises :class:`BrokenMime` with a
 short, fixed reason (used as a metric label) and a human detail.
@@ -14,7 +16,7 @@ short, fixed reason (used as a metric label) and a human detail.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import Message
 from typing import Sequence
 
@@ -148,32 +150,70 @@ def _before_line_break(body: bytes, pos: int, floor: int) -> int:
 
 def leaf_parts(headers: Sequence[tuple[str, bytes | str]], body: bytes, limits: MimeLimits) -> list[Leaf]:
     """Every leaf part of the message in depth-first order, with its content span."""
+    out: list[Leaf] = []
+    _collect(part_tree(headers, body, limits), out)
+    return out
+
+
+def _collect(node: "Node", out: list[Leaf]) -> None:
+    if node.content_type.startswith("multipart/"):
+        for child in node.children:
+            _collect(child, out)
+        return
+    out.append(Leaf(len(out), node.content_type, node.charset, node.transfer_encoding, node.attachment, node.content_start, node.end))
+
+
+@dataclass
+class Node:
+    """One part of the MIME tree, with where it lies in the raw body.
+
+    ``part_start`` is where the part's own header block starts (for the top
+    level: 0, its headers are the message's); ``content_start``..``end`` is its
+    content. A multipart keeps the start of its first delimiter line, where a
+    new first child can go in.
+    """
+
+    content_type: str
+    charset: str | None
+    transfer_encoding: str
+    attachment: bool
+    part_start: int
+    content_start: int
+    end: int
+    boundary: str | None = None
+    first_delimiter: int = -1
+    children: list["Node"] = field(default_factory=list)
+
+
+def part_tree(headers: Sequence[tuple[str, bytes | str]], body: bytes, limits: MimeLimits) -> Node:
+    """The whole MIME tree of a message, multiparts and leaves, each with its spans in ``body``."""
     fields: dict[str, str] = {}
     for name, value in headers:
         key = name.strip().lower()
         if key.startswith("content-") and key not in fields:
             fields[key] = _text(value)
-    out: list[Leaf] = []
-    _walk(fields, "text/plain", body, 0, len(body), 0, limits, out)
-    return out
+    counter = [0]
+    return _node(fields, "text/plain", body, 0, 0, len(body), 0, limits, counter)
 
 
-def _walk(
+def _node(
     fields: dict[str, str],
     default_type: str,
     body: bytes,
+    part_start: int,
     start: int,
     end: int,
     depth: int,
     limits: MimeLimits,
-    out: list[Leaf],
-) -> None:
+    counter: list[int],
+) -> Node:
     ctype, params, cte, attachment = _describe(fields, default_type)
+    node = Node(ctype, params.get("charset"), cte, attachment, part_start, start, end)
     if not ctype.startswith("multipart/"):
-        if len(out) >= limits.max_parts:
+        counter[0] += 1
+        if counter[0] > limits.max_parts:
             raise BrokenMime("too_many_parts", f"more than {limits.max_parts} parts")
-        out.append(Leaf(len(out), ctype, params.get("charset"), cte, attachment, start, end))
-        return
+        return node
     if depth >= limits.max_depth:
         raise BrokenMime("too_deep", f"multiparts nested deeper than {limits.max_depth}")
     if cte not in ("", "7bit", "8bit", "binary"):
@@ -189,19 +229,24 @@ def _walk(
         raise BrokenMime("unterminated_multipart", f"{ctype} boundary {boundary!r} is never closed")
     if len(delims) < 2:
         raise BrokenMime("empty_multipart", f"{ctype} has no parts")
+    node.boundary = boundary
+    node.first_delimiter = delims[0].start
     child_default = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
     for opening, closing in zip(delims, delims[1:]):
-        part_start = _line_end(body, opening.end, end)
-        part_end = max(part_start, _before_line_break(body, closing.start, part_start))
-        if body.startswith(b"\r\n", part_start) or body.startswith(b"\n", part_start):
+        child_start = _line_end(body, opening.end, end)
+        child_end = max(child_start, _before_line_break(body, closing.start, child_start))
+        if body.startswith(b"\r\n", child_start) or body.startswith(b"\n", child_start):
             child_fields: dict[str, str] = {}
-            content_start = _line_end(body, part_start, part_end)
+            content_start = _line_end(body, child_start, child_end)
         else:
             # Searched up to the delimiter itself: a part that is all headers
             # ends them with the line break the delimiter line then claims.
-            blank = _HEADER_END.search(body, part_start, closing.start)
+            blank = _HEADER_END.search(body, child_start, closing.start)
             if blank is None:
                 raise BrokenMime("bad_part_headers", f"a part of {ctype} has no end of headers")
-            child_fields = _header_fields(body[part_start : blank.start()])
-            content_start = min(blank.end(), part_end)
-        _walk(child_fields, child_default, body, content_start, part_end, depth + 1, limits, out)
+            child_fields = _header_fields(body[child_start : blank.start()])
+            content_start = min(blank.end(), child_end)
+        node.children.append(
+            _node(child_fields, child_default, body, child_start, content_start, child_end, depth + 1, limits, counter)
+        )
+    return node

@@ -17,6 +17,7 @@ import calendar
 import email
 import email.message
 import email.policy
+import quopri
 import re
 import time
 import tomllib
@@ -542,6 +543,59 @@ def test_signature_survives_a_7bit_next_hop_and_long_lines_are_refused(stack: St
     r = stack.submit("app", long_line, "bounces@send.example.net", ["carrier@example.com"])
     assert r.stage == "data" and r.code == 550 and "998" in r.message, r
     stack.assert_not_in_sink(token + "-long", wait=2)
+
+
+# 9b -------------------------------------------------------------------------------------------------
+
+
+def test_html_only_campaign_gets_a_text_part_and_a_repaired_message_id_and_still_verifies(stack: Stack, token: str) -> None:
+    """Issue 19 through Postfix: the trucking stream's HTML-only campaign with a container's
+    Message-ID leaves as multipart/alternative (text first) with <unique@send.example.net>,
+    and the signature verifies over what Postfix sent, so Postfix applied the milter's header
+    changes as the milter signed them; a message without a Message-ID gets one, signed."""
+    html = (
+        '<html><body><h1>Lanes this week</h1><p>Hello &amp; welcome,</p><ul><li>Dallas</li><li>Tulsa</li></ul>'
+        '<p><a href="https://example.net/lanes">See the lanes</a></p>'
+        '<img src="https://lists.example.net/campaign/open.gif" width="1" height="1"></body></html>'
+    )
+    head = (
+        "From: Trucking News <noreply@send.example.net>\r\nTo: carrier@example.com\r\n"
+        f"Subject: HTML only [{token}-html]\r\nMessage-ID: <{token}.1@3f2a9c1b7d0e>\r\n"
+        "List-Unsubscribe: <https://lists.example.net/optout>\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+    )
+    raw = head.encode() + quopri.encodestring(html.encode()).replace(b"\n", b"\r\n")
+    _wait_for_empty_window(stack, "trucking")
+    injector, port = STREAM_SOURCE["trucking"]
+    before = time.time()
+    r = stack.submit(injector, raw, "bounces@send.example.net", ["carrier@example.com"], port=port)
+    assert r.accepted, r
+    stack.ledger.append(Counted("trucking", 1, before, time.time()))
+    [got] = stack.wait_for_sink(token + "-html")
+    _signed_by(stack, got.raw, "send.example.net", "send")
+    msg = email.message_from_bytes(got.raw, policy=email.policy.default)
+    assert re.fullmatch(r"<\d{14}\.[0-9a-f]{16}@send\.example\.net>", msg["Message-ID"]), msg["Message-ID"]
+    assert msg.get_content_type() == "multipart/alternative"
+    text, html_part = msg.get_payload()
+    plain = text.get_content()
+    assert text.get_content_type() == "text/plain"
+    assert "Lanes this week" in plain and "- Dallas" in plain and "See the lanes (https://example.net/lanes)" in plain
+    assert "Hello & welcome," in plain and "open.gif" not in plain
+    assert html_part.get_content_type() == "text/html"
+    assert html_part.get_payload(decode=True).decode().rstrip("\r\n") == html, "the HTML arrives as it was sent"
+    assert "message-id: bad_host (right-hand side '3f2a9c1b7d0e')" in stack.logs("sendguard")
+
+    missing = make_message(token + "-noid", "Billing <billing@example.net>", "customer@example.com")
+    missing = re.sub(rb"Message-ID: [^\r\n]*\r\n", b"", missing, count=1, flags=re.I)
+    r = stack.submit("app", missing, "billing@example.net", ["customer@example.com"])
+    assert r.accepted, r
+    [got] = stack.wait_for_sink(token + "-noid")
+    _signed_by(stack, got.raw, "example.net", "mail")
+    ids = email.message_from_bytes(got.raw, policy=email.policy.default).get_all("Message-ID")
+    # Postfix adds no Message-ID for a remote client (local_header_rewrite_clients): the milter's is the one.
+    assert len(ids) == 1 and re.fullmatch(r"<\d{14}\.[0-9a-f]{16}@example\.net>", ids[0]), ids
+    assert f"message-id: missing, replaced with {ids[0]}" in stack.logs("sendguard")
+    assert "message-id" in dkim_tags(got.raw)[0]["h"].lower().split(":"), "the added Message-ID is signed"
 
 
 # 10 -------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 
 import pytest
@@ -202,3 +203,43 @@ def test_refusal_code_choices():
     assert parse({"milter": {"refusal_code": 451}}).milter.refusal_xcode == "4.7.1"
     with pytest.raises(ConfigError, match="milter.refusal_code"):
         parse({"milter": {"refusal_code": 554}})
+
+
+def test_text_part_and_message_id_keys_default_off_and_parse():
+    s = parse({}).milter
+    assert s.add_text_part is False and s.text_part(None) is False
+    assert s.message_id.repair is False and s.message_id.bad_hosts == ("localhost", "localhost.localdomain")
+    assert s.message_id.host is None and s.message_id.keep_original is False
+    doc = {
+        "milter": {
+            "add_text_part": True, "message_id_repair": True, "message_id_bad_hosts": ["Build.Local"],
+            "message_id_host": "Mail.Example.NET.", "message_id_keep_original": True,
+        },
+        "streams": {
+            "quiet": {"add_text_part": False, "match": {"server_port": [2525]}},
+            "other": {"match": {"server_port": [2526]}},
+        },
+    }  # fmt: skip
+    config = parse(doc)
+    s = config.milter
+    assert s.message_id.bad_hosts == ("build.local",) and s.message_id.host == "mail.example.net"
+    streams = {st.name: st for st in config.streams}
+    assert s.text_part(None) is True
+    assert s.text_part(streams["quiet"]) is False
+    assert s.text_part(streams["other"]) is True  # a stream that does not say follows [milter]
+
+
+@pytest.mark.parametrize(
+    "doc, where",
+    [
+        ({"milter": {"add_text_part": "yes"}}, "milter.add_text_part"),
+        ({"milter": {"message_id_repair": 1}}, "milter.message_id_repair"),
+        ({"milter": {"message_id_host": "localhost"}}, "milter.message_id_host"),
+        ({"milter": {"message_id_bad_hosts": ["a@b"]}}, "milter.message_id_bad_hosts[0]"),
+        ({"milter": {"message_id_keep_orig": True}}, "milter.message_id_keep_orig: unknown key"),
+        ({"streams": {"s": {"add_text_part": "on", "match": {"server_port": [25]}}}}, "streams.s.add_text_part"),
+    ],
+)
+def test_bad_text_part_and_message_id_keys_stop_start_up(doc, where):
+    with pytest.raises(ConfigError, match=re.escape(where)):
+        parse(doc)

@@ -39,6 +39,8 @@ from .command import sendguard_command
 Field = tuple[str, bytes]
 #: A header field the milter asked to add: name, value, index (-1: appended).
 Added = tuple[str, "str | bytes", int]
+#: A header field the milter asked to change (SMFIR_CHGHEADER): name, index (1: the first of that name), value (empty: delete).
+Changed = tuple[str, int, bytes]
 
 
 def split_message(message: bytes) -> tuple[list[Field], bytes]:
@@ -58,8 +60,32 @@ def split_message(message: bytes) -> tuple[list[Field], bytes]:
     return [(n, v) for n, v in fields], body
 
 
-def forwarded(added: Sequence[Added], headers: Sequence[Field], body: bytes) -> bytes:
-    """The message as Postfix sends it on: the added fields on top, then the received ones.
+def changed(headers: Sequence[Field], changes: Sequence[Changed]) -> list[Field]:
+    """``headers`` with the milter's SMFIR_CHGHEADER changes applied as Postfix applies them.
+
+    The ``index``-th field of that name (counted from 1) gets the new value, or
+    goes when the value is empty; an index past the last field of that name adds one.
+    """
+    out = list(headers)
+    for name, index, value in changes:
+        seen = 0
+        for i, (field_name, _) in enumerate(out):
+            if field_name.lower() == name.lower():
+                seen += 1
+                if seen == index:
+                    if value:
+                        out[i] = (field_name, value)
+                    else:
+                        del out[i]
+                    break
+        else:
+            if value:
+                out.append((name, value))
+    return out
+
+
+def forwarded(added: Sequence[Added], headers: Sequence[Field], body: bytes, changes: Sequence[Changed] = ()) -> bytes:
+    """The message as Postfix sends it on: the fields inserted at the top, then the received ones (changed), then the appended ones.
 
     Fields are folded with LF inside the milter protocol; on the wire that is CRLF.
     """
@@ -68,8 +94,10 @@ def forwarded(added: Sequence[Added], headers: Sequence[Field], body: bytes) -> 
         raw = value.encode() if isinstance(value, str) else value
         return name.encode() + b": " + raw.replace(b"\n", b"\r\n") + b"\r\n"
 
-    head = b"".join(line(n, v) for n, v, _ in added) + b"".join(line(n, v) for n, v in headers)
-    return head + b"\r\n" + body
+    top = [(n, v) for n, v, i in added if i != -1]
+    bottom = [(n, v) for n, v, i in added if i == -1]
+    fields = [*top, *changed(headers, changes), *bottom]
+    return b"".join(line(n, v) for n, v in fields) + b"\r\n" + body
 
 
 # -- in-process, through pymilter's test harness ---------------------------------------
@@ -92,6 +120,7 @@ class RecordingCtx(TestCtx):
     def __init__(self) -> None:
         super().__init__()
         self.added: list[Added] = []
+        self.changed: list[Changed] = []
         self.new_body: bytes | None = None
 
     def _connect(self, host: str = "localhost", helo: str = "spamrelay", ip: str = "1.2.3.4") -> int:
@@ -136,6 +165,9 @@ class RecordingCtx(TestCtx):
 
     def addheader(self, field: str, value: str, idx: int) -> None:
         self.added.append((field, value, idx))
+
+    def chgheader(self, field: str, idx: int, value: str | None) -> None:
+        self.changed.append((field, idx, (value or "").encode()))
 
     def replacebody(self, chunk: bytes) -> None:
         self.new_body = (self.new_body or b"") + chunk
@@ -189,6 +221,8 @@ class Outcome:
     new_body: bytes | None
     message: bytes  # added headers on top, body possibly replaced
     milter: SendguardMilter | None = field(repr=False, default=None)
+    #: Header fields the milter asked to change (chgheader).
+    changed: list[Changed] = field(default_factory=list)
 
     @property
     def signature_headers(self) -> list[bytes]:
@@ -223,8 +257,8 @@ class Driver:
     def run_parts(self, headers: Sequence[Field], body: bytes, **connection: str | None) -> Outcome:
         """Feed header fields and a body as the milter receives them."""
         ctx, rc = feed(self.runtime, headers, body, **connection)
-        sent = forwarded(ctx.added, headers, ctx.new_body if ctx.new_body is not None else body)
-        return Outcome(rc=rc, reply=ctx._reply, added=ctx.added, new_body=ctx.new_body, message=sent, milter=ctx._priv)
+        sent = forwarded(ctx.added, headers, ctx.new_body if ctx.new_body is not None else body, ctx.changed)
+        return Outcome(rc=rc, reply=ctx._reply, added=ctx.added, new_body=ctx.new_body, message=sent, milter=ctx._priv, changed=ctx.changed)
 
 
 # -- over a socket, through the real libmilter -----------------------------------------
@@ -313,6 +347,7 @@ class MilterClient:
         self._macros(b"E", {"i": queue_id})
         self._send(b"E")
         added: list[Added] = []
+        changes: list[Changed] = []
         new_body = None
         while True:
             cmd, data = self._recv()
@@ -323,10 +358,17 @@ class MilterClient:
             elif cmd == b"h":
                 name, value, _ = data.split(b"\0")
                 added.append((name.decode(), value, -1))
+            elif cmd == b"m":
+                (idx,) = struct.unpack("!I", data[:4])
+                name, value, _ = data[4:].split(b"\0")
+                changes.append((name.decode(), idx, value))
             elif cmd == b"b":
                 new_body = (new_body or b"") + data
             elif cmd in (b"a", b"c", b"r", b"t", b"y"):
-                return {"result": cmd + data.rstrip(b"\0"), "added": added, "body": new_body, "headers": headers, "raw_body": body}
+                return {
+                    "result": cmd + data.rstrip(b"\0"), "added": added, "changed": changes,
+                    "body": new_body, "headers": headers, "raw_body": body,
+                }  # fmt: skip
             else:
                 raise AssertionError(f"unexpected milter reply {cmd!r}")
 
@@ -341,7 +383,7 @@ class MilterClient:
 def final_message(result: dict) -> bytes:
     """The message as Postfix would send it on, from a :meth:`MilterClient.message` result."""
     body = result["body"] if result["body"] is not None else result["raw_body"]
-    return forwarded(result["added"], result["headers"], body)
+    return forwarded(result["added"], result["headers"], body, result.get("changed", ()))
 
 
 class MilterProcess:
