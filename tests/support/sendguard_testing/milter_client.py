@@ -58,6 +58,21 @@ def split_message(message: bytes) -> tuple[list[Field], bytes]:
     return [(n, v) for n, v in fields], body
 
 
+def top_down(added: Sequence[Added]) -> list[tuple[str, str | bytes]]:
+    """The added fields in the order they end up on top of the message.
+
+    An insert at index i goes above what is at i by then, as Postfix does it:
+    two inserts at 0 leave the second on top.
+    """
+    top: list[tuple[str, str | bytes]] = []
+    for n, v, idx in added:
+        if idx >= 0:
+            top.insert(min(idx, len(top)), (n, v))
+        else:
+            top.append((n, v))
+    return top
+
+
 def forwarded(added: Sequence[Added], headers: Sequence[Field], body: bytes) -> bytes:
     """The message as Postfix sends it on: the added fields on top, then the received ones.
 
@@ -68,7 +83,7 @@ def forwarded(added: Sequence[Added], headers: Sequence[Field], body: bytes) -> 
         raw = value.encode() if isinstance(value, str) else value
         return name.encode() + b": " + raw.replace(b"\n", b"\r\n") + b"\r\n"
 
-    head = b"".join(line(n, v) for n, v, _ in added) + b"".join(line(n, v) for n, v in headers)
+    head = b"".join(line(n, v) for n, v in top_down(added)) + b"".join(line(n, v) for n, v in headers)
     return head + b"\r\n" + body
 
 
@@ -193,7 +208,7 @@ class Outcome:
     @property
     def signature_headers(self) -> list[bytes]:
         """The values of the DKIM-Signature fields added, top first."""
-        return [v.encode() if isinstance(v, str) else v for f, v, _ in self.added if f == "DKIM-Signature"]
+        return [v.encode() if isinstance(v, str) else v for f, v in top_down(self.added) if f == "DKIM-Signature"]
 
     def tags(self, i: int = 0) -> dict[str, str]:
         """The tags of the ``i``-th added signature, white space removed."""
