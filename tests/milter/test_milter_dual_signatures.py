@@ -1,0 +1,311 @@
+"""A key entry with an RSA and an Ed25519 key (RFC 8463) signs every message twice, RSA on top.
+
+Each signature is verified on its own (dkimpy's ``verify(idx=...)``) against the
+records the keys publish, in-process and through the real milter over a socket;
+the Ed25519 header is byte-identical to dkimpy's own ed25519-sha256 signer.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import dkim
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from sendguard.cli.settings import load
+from sendguard.config_reader import ConfigError
+from sendguard_milter import dkim_sign
+from sendguard_milter import explain as explain_module
+from sendguard_milter.keys import KeyStore, load_key, open_keys
+from ports import free_port
+from sendguard_testing.command import sendguard_command
+from sendguard_testing.milter_client import MilterClient, MilterProcess, final_message
+
+ED_SELECTOR = "send-ed"
+
+
+def write_ed25519(path: Path, mode: int = 0o600) -> ed25519.Ed25519PrivateKey:
+    """Generate an Ed25519 key and write it as PKCS#8 PEM (what ``sendguard keygen --type ed25519`` writes)."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    os.chmod(path, mode)
+    return key
+
+
+def ed_txt(key: ed25519.Ed25519PrivateKey) -> bytes:
+    """The k=ed25519 record: p= is the raw 32-byte public key."""
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return b"v=DKIM1; k=ed25519; p=" + base64.b64encode(raw)
+
+
+class DualKeys:
+    """The deployment's RSA keys plus an Ed25519 key beside ``send``, and the records of all three."""
+
+    def __init__(self, test_keys, directory: Path) -> None:
+        self.rsa = test_keys
+        self.ed_file = directory / "send-ed.private"
+        self.ed = write_ed25519(self.ed_file)
+
+    def records(self) -> dict[str, bytes]:
+        return {**self.rsa.records(), f"{ED_SELECTOR}._domainkey.send.example.net": ed_txt(self.ed)}
+
+    def dnsfunc(self, name, timeout=5):
+        n = (name.decode() if isinstance(name, bytes) else name).rstrip(".").lower()
+        return self.records().get(n)
+
+
+@pytest.fixture
+def dual(test_keys, tmp_path) -> DualKeys:
+    directory = tmp_path / "edkeys"
+    directory.mkdir(mode=0o700)
+    return DualKeys(test_keys, directory)
+
+
+def with_ed25519(text: str, keys_dir: Path, ed_file: Path, selector: str = ED_SELECTOR) -> str:
+    """The config ``text`` with the Ed25519 key added to [signing.keys.send]."""
+    line = f'key_file = "{keys_dir}/send.private"\n'
+    assert line in text
+    return text.replace(line, line + f'ed25519_selector = "{selector}"\ned25519_key_file = "{ed_file}"\n')
+
+
+@pytest.fixture
+def dual_config(write_config, dual):
+    """Write the deployment's config with the Ed25519 key beside ``send``; returns its path."""
+
+    def make(**kwargs) -> Path:
+        path = write_config(**kwargs)
+        path.write_text(with_ed25519(path.read_text(), dual.rsa.dir, dual.ed_file))
+        return path
+
+    return make
+
+
+def tags(header: bytes) -> dict[str, str]:
+    """The tags of a DKIM-Signature field (or its value), white space removed."""
+    return _tags(header)
+
+
+def _tags(header: bytes) -> dict[str, str]:
+    value = header.split(b":", 1)[1] if header.lower().startswith(b"dkim-signature:") else header
+    return dict(p.split("=", 1) for p in re.sub(rb"\s+", b"", value).decode().split(";") if p)
+
+
+def signature_fields(message: bytes) -> list[bytes]:
+    """The DKIM-Signature fields of ``message``, top first, each unfolded."""
+    head = message.split(b"\r\n\r\n", 1)[0]
+    fields = re.split(rb"\r\n(?![ \t])", head)
+    return [f for f in fields if f.lower().startswith(b"dkim-signature:")]
+
+
+def assert_two_verifying_signatures_rsa_first(message: bytes, dnsfunc) -> None:
+    """Both signatures verify, each on its own, the RSA one top-most; a changed header breaks both."""
+    sigs = signature_fields(message)
+    assert len(sigs) == 2, message[:2000]
+    first, second = tags(sigs[0]), tags(sigs[1])
+    assert (first["a"], first["s"]) == ("rsa-sha256", "send")
+    assert (second["a"], second["s"]) == ("ed25519-sha256", ED_SELECTOR)
+    assert first["bh"] == second["bh"] and first["h"] == second["h"] and first["d"] == second["d"] == "send.example.net"
+    d = dkim.DKIM(message)
+    assert d.verify(idx=0, dnsfunc=dnsfunc) and d.signature_fields[b"a"] == b"rsa-sha256"
+    d = dkim.DKIM(message)
+    assert d.verify(idx=1, dnsfunc=dnsfunc) and d.signature_fields[b"a"] == b"ed25519-sha256"
+    tampered = message.replace(b"Subject: Loads this week", b"Subject: Loads this month")
+    assert tampered != message
+    assert not dkim.DKIM(tampered).verify(idx=0, dnsfunc=dnsfunc)
+    assert not dkim.DKIM(tampered).verify(idx=1, dnsfunc=dnsfunc)
+
+
+def test_both_signatures_verify_on_their_own_rsa_on_top(driver, dual, make_msg, test_keys):
+    out = driver(edit=lambda t: with_ed25519(t, test_keys.dir, dual.ed_file)).run(
+        make_msg(extra_headers="List-Unsubscribe: <mailto:u@send.example.net>"), client="172.18.0.5"
+    )
+    assert_two_verifying_signatures_rsa_first(out.message, dual.dnsfunc)
+    # The Ed25519 signature needs its own record: against the RSA record only, it cannot verify.
+    rsa_only = dual.rsa.dnsfunc
+    assert dkim.DKIM(out.message).verify(idx=0, dnsfunc=rsa_only)
+    assert not dkim.DKIM(out.message).verify(idx=1, dnsfunc=rsa_only)
+    # Another Ed25519 key's record does not verify it either: the check above can fail.
+    stranger = ed_txt(ed25519.Ed25519PrivateKey.generate())
+    assert not dkim.DKIM(out.message).verify(idx=1, dnsfunc=lambda name, timeout=5: stranger if b"send-ed" in name else rsa_only(name))
+
+
+def test_an_entry_without_ed25519_still_signs_once(driver, make_msg, test_keys):
+    out = driver().run(make_msg(), client="172.18.0.5")
+    assert len(signature_fields(out.message)) == 1 and out.tags()["a"] == "rsa-sha256"
+    assert dkim.verify(out.message, dnsfunc=test_keys.dnsfunc)
+
+
+def test_the_ed25519_header_is_dkimpys_own_byte_for_byte(dual):
+    """Ed25519 is deterministic: dkimpy's ed25519-sha256 signer must give the very same header."""
+    message = b"From: a@send.example.net\r\nTo: b@example.org\r\nSubject: hi  there\r\n\r\nbody  \r\n\r\n"
+    include = [b"from", b"to", b"subject", b"from"]
+    when = 1796300000
+    head, body = message.split(b"\r\n\r\n", 1)
+    rsa_sig, ed_sig = dkim_sign.sign_all(
+        head + b"\r\n", body, domain="send.example.net", signers=load_key(spec_of(dual)).signers(),
+        include_headers=include, timestamp=when,
+    )  # fmt: skip
+    seed = dual.ed.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    real_time = time.time
+    try:
+        time.time = lambda: when
+        theirs = dkim.sign(message, ED_SELECTOR.encode(), b"send.example.net", base64.b64encode(seed),
+                           canonicalize=(b"relaxed", b"relaxed"), include_headers=include,
+                           signature_algorithm=b"ed25519-sha256")  # fmt: skip
+    finally:
+        time.time = real_time
+    assert ed_sig == theirs
+    assert tags(rsa_sig)["a"] == "rsa-sha256"
+
+
+def spec_of(dual: DualKeys):
+    from sendguard_milter.keys import KeySpec
+
+    return KeySpec(
+        name="send", domain="send.example.net", selector="send", key_file=dual.rsa.dir / "send.private",
+        ed25519_selector=ED_SELECTOR, ed25519_key_file=dual.ed_file,
+    )  # fmt: skip
+
+
+# -- configuration ---------------------------------------------------------------------
+
+
+def config_error(path: Path) -> ConfigError:
+    with pytest.raises(ConfigError) as err:
+        settings = load(path)
+        open_keys(settings.milter.keys, settings.file)
+    return err.value
+
+
+def test_config_errors_name_the_file_the_key_and_the_reason(write_config, dual, test_keys):
+    path = write_config()
+    base = path.read_text()
+    rsa_line = f'key_file = "{test_keys.dir}/send.private"\n'
+
+    path.write_text(base.replace(rsa_line, rsa_line + f'ed25519_key_file = "{dual.ed_file}"\n'))
+    err = config_error(path)
+    assert str(path) in str(err) and "signing.keys.send.ed25519_selector" in str(err)
+    assert "required with ed25519_key_file" in str(err)
+
+    path.write_text(base.replace(rsa_line, rsa_line + 'ed25519_selector = "send-ed"\n'))
+    assert "signing.keys.send.ed25519_key_file: required with ed25519_selector" in str(config_error(path))
+
+    path.write_text(with_ed25519(base, test_keys.dir, dual.ed_file, selector="send"))
+    err = config_error(path)
+    assert "signing.keys.send.ed25519_selector" in str(err) and "must differ from selector ('send')" in str(err)
+
+    # An RSA key where the Ed25519 key belongs, and the Ed25519 key where the RSA key belongs.
+    path.write_text(with_ed25519(base, test_keys.dir, test_keys.dir / "mail.private"))
+    err = config_error(path)
+    assert "signing.keys.send.ed25519_key_file" in str(err) and "not an Ed25519 key" in str(err)
+    path.write_text(base.replace(rsa_line, f'key_file = "{dual.ed_file}"\n'))
+    err = config_error(path)
+    assert "signing.keys.send.key_file" in str(err) and "not an RSA key" in str(err)
+
+    # The Ed25519 key file passes the same file checks as the RSA one.
+    path.write_text(with_ed25519(base, test_keys.dir, dual.ed_file))
+    os.chmod(dual.ed_file, 0o604)
+    err = config_error(path)
+    assert f"signing.keys.send.ed25519_key_file: key file {dual.ed_file} is world-readable" in str(err)
+    os.chmod(dual.ed_file, 0o600)
+    missing = dual.ed_file.with_name("absent.pem")
+    path.write_text(with_ed25519(base, test_keys.dir, missing))
+    assert f"signing.keys.send.ed25519_key_file: key file {missing} does not exist" in str(config_error(path))
+
+
+def test_the_milter_does_not_start_on_a_bad_ed25519_key(dual_config, dual, tmp_path):
+    path = dual_config()
+    os.chmod(dual.ed_file, 0o644)
+    run = subprocess.run([sendguard_command(), "milter", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0
+    assert f"signing.keys.send.ed25519_key_file: key file {dual.ed_file} is world-readable" in run.stderr
+
+
+# -- reload ------------------------------------------------------------------------------
+
+
+def test_a_rotated_ed25519_key_is_reloaded_and_a_bad_one_keeps_both_old_keys(dual, tmp_path):
+    store = KeyStore([spec_of(dual)])
+    before = store.get("send")
+    assert before is not None and before.ed25519_key is not None
+    assert store.reload(only_changed=True) == {}  # nothing changed: nothing read
+
+    # Only the Ed25519 file changes: the watcher's check notices it.
+    new = write_ed25519(tmp_path / "new.pem")
+    os.replace(tmp_path / "new.pem", dual.ed_file)
+    assert store.reload(only_changed=True) == {"send": "ok"}
+    after = store.get("send")
+    raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    assert after.ed25519_key.public_key().public_bytes(*raw) == new.public_key().public_bytes(*raw)
+    assert after.private_key.private_numbers() == before.private_key.private_numbers()
+
+    # A bad Ed25519 file: the entry keeps the pair it had, so RSA and Ed25519 never come from two rotations.
+    os.chmod(dual.ed_file, 0o644)
+    assert store.reload() == {"send": "failed"}
+    assert store.get("send") is after
+    assert "is world-readable" in store.faults()["send"]
+    os.chmod(dual.ed_file, 0o600)
+
+
+def test_the_real_milter_signs_twice_counts_each_signature_and_reloads_the_ed25519_key_on_sighup(
+    dual_config, dual, make_msg, tmp_path
+):
+    port, metrics_port = free_port(), free_port()
+    m = MilterProcess(dual_config(port=port, metrics_port=metrics_port), tmp_path / "milter.log", port, metrics_port)
+    try:
+        c = MilterClient(m.port)
+        c.connect("172.18.0.5", 40001)
+        r = c.message(make_msg(extra_headers="List-Unsubscribe: <mailto:u@send.example.net>"), "bounce@send.example.net")
+        assert r["result"] in (b"c", b"a")
+        # Both inserted at index 0, the RSA one last: it is the top-most field when Postfix applies them.
+        assert [(name, idx) for name, _, idx in r["added"]] == [("DKIM-Signature", 0), ("DKIM-Signature", 0)]
+        assert_two_verifying_signatures_rsa_first(final_message(r), dual.dnsfunc)
+        m.wait_log(f"sign: d=send.example.net s=send+{ED_SELECTOR} row=send.example.net")
+
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{m.metrics_port}/metrics", timeout=5).read().decode()
+        assert 'sendguard_milter_signatures_total{domain="send.example.net",selector="send"} 1.0' in metrics
+        assert f'sendguard_milter_signatures_total{{domain="send.example.net",selector="{ED_SELECTOR}"}} 1.0' in metrics
+        assert 'sendguard_milter_messages_total{outcome="signed"} 1.0' in metrics
+
+        # Rotate the Ed25519 key (by rename, as keygen writes), SIGHUP: the open connection signs with the new one.
+        new = write_ed25519(tmp_path / "new-ed.pem")
+        os.replace(tmp_path / "new-ed.pem", dual.ed_file)
+        m.proc.send_signal(signal.SIGHUP)
+        m.wait_log("SIGHUP: configuration reloaded from")
+        dual.ed = new
+        r = c.message(make_msg(), "bounce@send.example.net")
+        assert_two_verifying_signatures_rsa_first(final_message(r), dual.dnsfunc)
+
+        # A broken Ed25519 key on SIGHUP: the configuration in service stays, and says why.
+        os.chmod(dual.ed_file, 0o644)
+        m.proc.send_signal(signal.SIGHUP)
+        log = m.wait_log("; keeping the running configuration")
+        assert f"signing.keys.send.ed25519_key_file: key file {dual.ed_file} is world-readable" in log
+        r = c.message(make_msg(), "bounce@send.example.net")
+        assert_two_verifying_signatures_rsa_first(final_message(r), dual.dnsfunc)
+        c.close()
+    finally:
+        assert m.stop() == 0
+
+
+# -- explain, metrics, the real process ----------------------------------------------------
+
+
+def test_explain_names_both_keys_and_both_signatures(dual_config):
+    settings = load(dual_config())
+    out = explain_module.explain(
+        settings.milter, settings.streams, KeyStore(settings.milter.keys), from_addr="noreply@send.example.net",
+        client="172.18.0.5", port=25,
+    )  # fmt: skip
+    assert "decision:  SIGN d=send.example.net s=send a=rsa-sha256 c=relaxed/relaxed" in out
+    assert f"           and SIGN d=send.example.net s={ED_SELECTOR} a=ed25519-sha256, the second DKIM-Signature (below the RSA one)" in out
+    assert f"           and s={ED_SELECTOR}, " in out and "(Ed25519, loaded)" in out
