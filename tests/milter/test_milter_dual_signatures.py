@@ -25,7 +25,11 @@ from sendguard.cli.settings import load
 from sendguard.config_reader import ConfigError
 from sendguard_milter import dkim_sign
 from sendguard_milter import explain as explain_module
-from sendguard_milter.keys import KeyStore, load_key, open_keys
+from sendguard_milter.dns_records import make_resolver
+from sendguard_milter.keygen import zone_text
+from sendguard_milter.keys import KeySpec, KeyStore, load_key, open_keys
+from sendguard_milter.published_keys import PublishedKeyCheck
+from nsd_server import NsdServer
 from ports import free_port
 from sendguard_testing.command import sendguard_command
 from sendguard_testing.milter_client import MilterClient, MilterProcess, final_message
@@ -91,10 +95,6 @@ def dual_config(write_config, dual):
 
 def tags(header: bytes) -> dict[str, str]:
     """The tags of a DKIM-Signature field (or its value), white space removed."""
-    return _tags(header)
-
-
-def _tags(header: bytes) -> dict[str, str]:
     value = header.split(b":", 1)[1] if header.lower().startswith(b"dkim-signature:") else header
     return dict(p.split("=", 1) for p in re.sub(rb"\s+", b"", value).decode().split(";") if p)
 
@@ -138,6 +138,39 @@ def test_both_signatures_verify_on_their_own_rsa_on_top(driver, dual, make_msg, 
     assert not dkim.DKIM(out.message).verify(idx=1, dnsfunc=lambda name, timeout=5: stranger if b"send-ed" in name else rsa_only(name))
 
 
+def without_field(message: bytes, field: bytes) -> bytes:
+    """``message`` with one header field (as :func:`signature_fields` gives it) taken out."""
+    head, body = message.split(b"\r\n\r\n", 1)
+    fields = re.split(rb"\r\n(?![ \t])", head)
+    assert field in fields
+    fields.remove(field)
+    return b"\r\n".join(fields) + b"\r\n\r\n" + body
+
+
+def test_opendkim_verifies_each_signature_on_its_own(driver, dual, make_msg, test_keys, opendkim):
+    """OpenDKIM 2.11 (opendkim-testmsg) verifies ed25519-sha256 as well as rsa-sha256.
+
+    opendkim-testmsg's exit status says whether some signature passed, not
+    each one: so each signature is handed to it alone, the other field taken
+    out (no signature covers another: DKIM-Signature is never in h=).
+    """
+    out = driver(edit=lambda t: with_ed25519(t, test_keys.dir, dual.ed_file)).run(
+        make_msg(extra_headers="List-Unsubscribe: <mailto:u@send.example.net>"), client="172.18.0.5"
+    )
+    rsa_field, ed_field = signature_fields(out.message)
+    rsa_alone, ed_alone = without_field(out.message, ed_field), without_field(out.message, rsa_field)
+    assert tags(signature_fields(ed_alone)[0])["a"] == "ed25519-sha256"
+    for message in (out.message, rsa_alone, ed_alone):
+        result = opendkim(message, dual.records())
+        assert result.returncode == 0, result.stderr
+    # The checks can fail: another Ed25519 key's record, or a changed header.
+    stranger = {**dual.records(), f"{ED_SELECTOR}._domainkey.send.example.net": ed_txt(ed25519.Ed25519PrivateKey.generate())}
+    wrong = opendkim(ed_alone, stranger)
+    assert wrong.returncode != 0 and b"Bad signature" in wrong.stderr
+    broken = opendkim(ed_alone.replace(b"Loads this week", b"Loads this month"), dual.records())
+    assert broken.returncode != 0 and b"Bad signature" in broken.stderr
+
+
 def test_an_entry_without_ed25519_still_signs_once(driver, make_msg, test_keys):
     out = driver().run(make_msg(), client="172.18.0.5")
     assert len(signature_fields(out.message)) == 1 and out.tags()["a"] == "rsa-sha256"
@@ -167,9 +200,7 @@ def test_the_ed25519_header_is_dkimpys_own_byte_for_byte(dual):
     assert tags(rsa_sig)["a"] == "rsa-sha256"
 
 
-def spec_of(dual: DualKeys):
-    from sendguard_milter.keys import KeySpec
-
+def spec_of(dual: DualKeys) -> KeySpec:
     return KeySpec(
         name="send", domain="send.example.net", selector="send", key_file=dual.rsa.dir / "send.private",
         ed25519_selector=ED_SELECTOR, ed25519_key_file=dual.ed_file,
@@ -309,3 +340,72 @@ def test_explain_names_both_keys_and_both_signatures(dual_config):
     assert "decision:  SIGN d=send.example.net s=send a=rsa-sha256 c=relaxed/relaxed" in out
     assert f"           and SIGN d=send.example.net s={ED_SELECTOR} a=ed25519-sha256, the second DKIM-Signature (below the RSA one)" in out
     assert f"           and s={ED_SELECTOR}, " in out and "(Ed25519, loaded)" in out
+
+
+# -- the DNS: dns-check and the running check read both records ----------------------------
+
+SOA = "@\tIN\tSOA\tns1.example.net. hostmaster.example.net. 1 3600 600 86400 60\n@\tIN\tNS\tns1.example.net.\n"
+
+
+@pytest.fixture
+def published(dual, tmp_path, dns_txt):
+    """NSD publishing send's RSA record, its Ed25519 record at send-ed, another Ed25519 key's at
+    send-other and an RSA record at send-rsa (the other key names are mail's: RSA, 2048 bits)."""
+    records = {
+        "send._domainkey.send.example.net.": dns_txt(dual.rsa.send).decode(),
+        f"{ED_SELECTOR}._domainkey.send.example.net.": ed_txt(dual.ed).decode(),
+        "send-other._domainkey.send.example.net.": ed_txt(ed25519.Ed25519PrivateKey.generate()).decode(),
+        "send-rsa._domainkey.send.example.net.": dns_txt(dual.rsa.send).decode(),
+        "mail._domainkey.example.net.": dns_txt(dual.rsa.mail).decode(),
+    }
+    zone = "$ORIGIN example.net.\n$TTL 60\n" + SOA + "".join(zone_text(n, v) for n, v in records.items())
+    server = NsdServer(tmp_path / "nsd", {"example.net": zone})
+    yield server
+    server.stop()
+
+
+def dns_check(path: Path, server: NsdServer) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sendguard_command(), "dns-check", "--config", str(path), "--nameserver", server.address],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_dns_check_checks_the_rsa_and_the_ed25519_record(write_config, dual, test_keys, published):
+    path = write_config()
+    base = path.read_text()
+    path.write_text(with_ed25519(base, test_keys.dir, dual.ed_file))
+    lines = dns_check(path, published).stdout.splitlines()
+    assert f"OK   dkim send._domainkey.send.example.net: published key matches {test_keys.dir}/send.private (2048 bits)" in lines
+    assert f"OK   dkim {ED_SELECTOR}._domainkey.send.example.net: published key matches {dual.ed_file} (Ed25519)" in lines
+
+    path.write_text(with_ed25519(base, test_keys.dir, dual.ed_file, selector="send-other"))
+    result = dns_check(path, published)
+    assert result.returncode == 1
+    assert (
+        f"FAIL dkim send-other._domainkey.send.example.net: the published key is not the public half of {dual.ed_file}"
+        " (key send): every Ed25519 signature fails; fix: publish TXT send-other._domainkey.send.example.net"
+        f' "{ed_txt(dual.ed).decode()}" (or point ed25519_key_file at the key that was published)'
+    ) in result.stdout.splitlines(), result.stdout
+
+    path.write_text(with_ed25519(base, test_keys.dir, dual.ed_file, selector="send-rsa"))
+    result = dns_check(path, published)
+    assert result.returncode == 1
+    assert "FAIL dkim send-rsa._domainkey.send.example.net: k=rsa, but key send at this selector is an Ed25519 key" in result.stdout
+
+    path.write_text(with_ed25519(base, test_keys.dir, dual.ed_file, selector="send-absent"))
+    result = dns_check(path, published)
+    assert result.returncode == 1 and "FAIL dkim send-absent._domainkey.send.example.net: no DKIM record (key send)" in result.stdout
+
+
+def test_the_running_check_finds_a_wrong_ed25519_record(write_config, dual, test_keys, published):
+    path = write_config()
+    path.write_text(with_ed25519(path.read_text(), test_keys.dir, dual.ed_file, selector="send-other"))
+    settings = load(path)
+    resolver = make_resolver(published.address)
+    check = PublishedKeyCheck(KeyStore(settings.milter.keys), resolver)
+    assert check.check_once() == {"send": "mismatch", "mail": "match"}
+    assert "is not the public half of" in (check.problem("send") or "")
+    path.write_text(path.read_text().replace('ed25519_selector = "send-other"', f'ed25519_selector = "{ED_SELECTOR}"'))
+    good = PublishedKeyCheck(KeyStore(load(path).milter.keys), resolver)
+    assert good.check_once() == {"send": "match", "mail": "match"}
