@@ -10,8 +10,11 @@ from __future__ import annotations
 import base64
 import os
 import re
+import shutil
 import signal
+import smtplib
 import subprocess
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -33,6 +36,7 @@ from nsd_server import NsdServer
 from ports import free_port
 from sendguard_testing.command import sendguard_command
 from sendguard_testing.milter_client import MilterClient, MilterProcess, final_message
+from sendguard_testing.postfix_instance import PostfixInstance, split_sink_file
 
 ED_SELECTOR = "send-ed"
 
@@ -409,3 +413,49 @@ def test_the_running_check_finds_a_wrong_ed25519_record(write_config, dual, test
     path.write_text(path.read_text().replace('ed25519_selector = "send-other"', f'ed25519_selector = "{ED_SELECTOR}"'))
     good = PublishedKeyCheck(KeyStore(load(path).milter.keys), resolver)
     assert good.check_once() == {"send": "match", "mail": "match"}
+
+
+# -- through a real Postfix ------------------------------------------------------------------
+
+
+class MilterOnlyPostfix(PostfixInstance):
+    """The private Postfix with the snippets' milter lines and no policy service (none runs here)."""
+
+    def write_config(self) -> None:
+        super().write_config()
+        edits = [f"{name} =" for name in ("smtpd_recipient_restrictions", "smtpd_end_of_data_restrictions")]
+        done = subprocess.run(["postconf", "-c", str(self.etc), "-e", *edits], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+
+
+def test_through_a_real_postfix_the_delivered_message_carries_two_verifying_signatures_rsa_first(
+    dual_config, dual, make_msg
+):
+    """smtpd -> sendguard milter (both keys) -> smtp-sink: what left Postfix is checked byte for byte.
+
+    This is where "RSA first" is proven: the milter inserts both at index 0,
+    and the order in the delivered message is Postfix's application of them.
+    """
+    work = Path(tempfile.mkdtemp(prefix="sendguard-dualsig-"))
+    try:
+        work.chmod(0o755)  # Postfix's daemons and the sink run as the postfix user
+        port, metrics_port = free_port(), free_port()
+        m = MilterProcess(dual_config(port=port, metrics_port=metrics_port), work / "milter.log", port, metrics_port)
+        try:
+            with MilterOnlyPostfix(work / "postfix", port, free_port()) as pf:
+                message = make_msg(extra_headers="List-Unsubscribe: <mailto:u@send.example.net>")
+                with smtplib.SMTP("127.0.0.1", pf.smtpd_port, timeout=30) as smtp:
+                    refused = smtp.sendmail("bounce@send.example.net", ["carrier@example.org"], message)
+                assert refused == {}
+                assert pf.wait_idle(60) == 0, pf.log_text()[-3000:]
+                files = pf.sink_files()
+                assert len(files) == 1, pf.log_text()[-3000:]
+                _, delivered = split_sink_file(files[0].read_bytes())
+        finally:
+            assert m.stop() == 0
+        assert_two_verifying_signatures_rsa_first(delivered, dual.dnsfunc)
+        # Both signatures are above every field they cover, Postfix's own Received included.
+        names = [f.split(b":", 1)[0].lower() for f in re.split(rb"\r\n(?![ \t])", delivered.split(b"\r\n\r\n", 1)[0])]
+        assert names[:3] == [b"dkim-signature", b"dkim-signature", b"received"], names
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
