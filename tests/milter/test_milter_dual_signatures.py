@@ -1,8 +1,10 @@
 """A key entry with an RSA and an Ed25519 key (RFC 8463) signs every message twice, RSA on top.
 
-Each signature is verified on its own (dkimpy's ``verify(idx=...)``) against the
-records the keys publish, in-process and through the real milter over a socket;
-the Ed25519 header is byte-identical to dkimpy's own ed25519-sha256 signer.
+Each signature is verified on its own (dkimpy's ``verify(idx=...)``, and OpenDKIM's
+opendkim-testmsg) against the records the keys publish: in-process, through the
+real milter over a socket, and in what a private real Postfix delivers. The
+Ed25519 header is byte-identical to dkimpy's own ed25519-sha256 signer. Also:
+the config errors, reloads, ``explain``, ``dns-check`` and the running record check.
 """
 
 from __future__ import annotations
