@@ -318,6 +318,7 @@ def test_the_real_milter_signs_twice_counts_each_signature_and_reloads_the_ed255
         assert [(name, idx) for name, _, idx in r["added"]] == [("DKIM-Signature", 0), ("DKIM-Signature", 0)]
         assert_two_verifying_signatures_rsa_first(final_message(r), dual.dnsfunc)
         m.wait_log(f"sign: d=send.example.net s=send+{ED_SELECTOR} row=send.example.net")
+        m.wait_log(f"keys send (d=send.example.net s=send+{ED_SELECTOR}), mail (d=example.net s=mail)")
 
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{m.metrics_port}/metrics", timeout=5).read().decode()
         assert 'sendguard_milter_signatures_total{domain="send.example.net",selector="send"} 1.0' in metrics
