@@ -303,15 +303,15 @@ class SendguardMilter(Milter.Base):
 
         block = header_block(self.headers)
         decision = check_body(decision, find_long_line(block, body), self.client_addr)
-        signature: bytes | None = None
+        signatures: list[bytes] = []
         if decision.action == "sign":
             try:
-                signature = self._sign(decision, block, body)
+                signatures = self._sign(decision, block, body)
             except Exception as exc:  # a message we cannot sign is a decision, not a crash
                 log.error("%s: signing failed: %s: %s", queue_id, type(exc).__name__, exc)
                 decision = after_signing_error(decision, f"{type(exc).__name__}: {exc}", self.client_addr)
 
-        return self._apply(queue_id, decision, new_body, signature, changes, additions)
+        return self._apply(queue_id, decision, new_body, signatures, changes, additions)
 
     def _repair_message_id(
         self, queue_id: str, repair: message_id.Repair, changes: list[HeaderChange], additions: list[tuple[str, str]]
@@ -332,26 +332,20 @@ class SendguardMilter(Milter.Base):
         was = f" (right-hand side {repair.bad_host!r})" if repair.reason == "bad_host" else ""
         log.info("%s: message-id: %s%s, replaced with %s", queue_id, repair.reason, was, repair.new_id)
 
-    def _sign(self, decision: Decision, block: bytes, body: bytes) -> bytes:
+    def _sign(self, decision: Decision, block: bytes, body: bytes) -> list[bytes]:
+        """The DKIM-Signature lines for the message, RSA first (an Ed25519 one follows when the key has it)."""
         settings = self.runtime.settings
         key = decision.key
         assert key is not None  # a "sign" decision always carries its key
         include = dkim_sign.header_list([n for n, _ in self.headers], settings.signed_headers, settings.oversign_headers)
-        return dkim_sign.sign_parts(
-            block,
-            body,
-            domain=key.spec.domain,
-            selector=key.spec.selector,
-            private_key=key.private_key,
-            include_headers=include,
-        )
+        return dkim_sign.sign_all(block, body, domain=key.spec.domain, signers=key.signers(), include_headers=include)
 
     def _apply(
         self,
         queue_id: str,
         decision: Decision,
         new_body: bytes | None,
-        signature: bytes | None,
+        signatures: list[bytes],
         changes: list[HeaderChange],
         additions: list[tuple[str, str]],
     ) -> int:
@@ -377,19 +371,23 @@ class SendguardMilter(Milter.Base):
         for name, value in additions:
             self.addheader(name, value)
 
-        if decision.action == "sign" and signature is not None:
-            value = signature[len(_SIG_PREFIX) :].rstrip(b"\r\n").replace(b"\r\n", b"\n")
-            # Index 0: the signature goes on top, above every header it covers.
-            self.addheader("DKIM-Signature", value.decode("ascii"), 0)
+        if decision.action == "sign" and signatures:
             assert decision.key is not None and decision.row is not None
             spec = decision.key.spec
-            metrics.SIGNATURES.labels(domain=spec.domain, selector=spec.selector).inc()
+            # Index 0: each signature goes on top, above every header it covers. The last one
+            # inserted ends up top-most, so RSA goes in last: a verifier that reads only the
+            # first DKIM-Signature meets the algorithm every verifier knows (docs/milter.md).
+            for signature, (selector, _) in reversed(list(zip(signatures, decision.key.signers()))):
+                value = signature[len(_SIG_PREFIX) :].rstrip(b"\r\n").replace(b"\r\n", b"\n")
+                self.addheader("DKIM-Signature", value.decode("ascii"), 0)
+                metrics.SIGNATURES.labels(domain=spec.domain, selector=selector).inc()
             metrics.MESSAGES.labels(outcome="signed").inc()
             for note in decision.notes:
                 log.warning("%s: sign: %s", queue_id, note)
+            selectors = "+".join(selector for selector, _ in decision.key.signers())
             log.info(
                 "%s: sign: d=%s s=%s row=%s; %s; %s; %s",
-                queue_id, spec.domain, spec.selector, decision.row.pattern, decision.scope.why, bulk, who,
+                queue_id, spec.domain, selectors, decision.row.pattern, decision.scope.why, bulk, who,
             )  # fmt: skip
             return Milter.CONTINUE
 

@@ -1,4 +1,4 @@
-"""DKIM signing on raw bytes: dkimpy's canonicalization and layout, OpenSSL's RSA.
+"""DKIM signing on raw bytes: dkimpy's canonicalization and layout, OpenSSL's RSA and Ed25519.
 
 dkimpy computes RSA in pure Python (milliseconds per 2048-bit signature). This
 module follows dkimpy's signer step for step — same parsing, canonicalization,
@@ -11,7 +11,9 @@ is byte-identical to what ``dkim.sign`` returns for the same message, key,
 header list and time (``tests/milter/test_milter_dkim_identity.py`` proves it,
 and checks both replaced steps against dkimpy's own functions).
 
-Signing policy fixed here: rsa-sha256, relaxed/relaxed, no l= tag.
+Signing policy fixed here: rsa-sha256 (and ed25519-sha256 beside it, RFC 8463),
+relaxed/relaxed, no l= tag. :func:`sign_all` makes several signatures of one
+message from one body hash: a key entry with an Ed25519 key signs twice.
 """
 
 # Why dkimpy is pinned to one minor series (pyproject.toml: dkimpy>=1.1.8,<1.2)
@@ -38,7 +40,7 @@ from typing import Sequence
 
 import dkim
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 from dkim.canonicalization import CanonicalizationPolicy, correct_empty_body, strip_trailing_lines
 
 #: c= of every signature: relaxed headers survive refolding, relaxed body survives trailing-space edits.
@@ -51,6 +53,15 @@ NEVER_SIGN = frozenset(h.decode() for h in dkim.DKIM.SHOULD_NOT)
 _SPACE_RUN = re.compile(b"  +")
 # The first empty line, where dkimpy's rfc822_parse ends the headers (lines end in CRLF or LF).
 _BLANK_LINE = re.compile(rb"\A\r?\n|\n\r?\n")
+
+
+#: A private key the signer takes: its type chooses a= (rsa-sha256 or ed25519-sha256).
+PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+
+
+def algorithm(private_key: PrivateKey) -> bytes:
+    """The a= value a signature made with ``private_key`` carries."""
+    return b"ed25519-sha256" if isinstance(private_key, ed25519.Ed25519PrivateKey) else b"rsa-sha256"
 
 
 class SigningError(Exception):
@@ -174,7 +185,7 @@ def sign(
     *,
     domain: str,
     selector: str,
-    private_key: rsa.RSAPrivateKey,
+    private_key: PrivateKey,
     include_headers: Sequence[bytes],
     timestamp: int | None = None,
 ) -> bytes:
@@ -184,11 +195,15 @@ def sign(
     canonicalize=(b"relaxed", b"relaxed"), include_headers=include_headers)``
     at the same ``timestamp``.
     """
+    headers, body = _parse_message(message)
+    return _signatures(headers, body, domain, [(selector, private_key)], include_headers, timestamp)[0]
+
+
+def _parse_message(message: bytes) -> tuple[list[list[bytes]], bytes]:
     try:
-        headers, body = _parse(message)
+        return _parse(message)
     except dkim.MessageFormatError as exc:
         raise SigningError(f"unparseable header block: {exc}") from None
-    return _signature(headers, body, domain, selector, private_key, include_headers, timestamp)
 
 
 def sign_parts(
@@ -197,7 +212,7 @@ def sign_parts(
     *,
     domain: str,
     selector: str,
-    private_key: rsa.RSAPrivateKey,
+    private_key: PrivateKey,
     include_headers: Sequence[bytes],
     timestamp: int | None = None,
 ) -> bytes:
@@ -207,49 +222,81 @@ def sign_parts(
     it would copy it once more, and splitting them again once more after that.
     ``header_block`` is the header section with each field ending in CRLF.
     """
+    return sign_all(header_block, body, domain=domain, signers=[(selector, private_key)],
+                    include_headers=include_headers, timestamp=timestamp)[0]  # fmt: skip
+
+
+def sign_all(
+    header_block: bytes,
+    body: bytes,
+    *,
+    domain: str,
+    signers: Sequence[tuple[str, PrivateKey]],
+    include_headers: Sequence[bytes],
+    timestamp: int | None = None,
+) -> list[bytes]:
+    """One ``DKIM-Signature`` header line per ``(selector, key)`` in ``signers``, in that order.
+
+    As :func:`sign_parts` for each, but the body is canonicalized and hashed
+    once for all of them: every signature here has the same c= and no l=, so
+    they share bh=. The header hash input differs only in each signature's own
+    DKIM-Signature field; none covers another (DKIM-Signature is never in h=).
+    """
     head = header_block + _CRLF
     blank = _BLANK_LINE.search(head)
     if blank is None or blank.end() != len(head):
         # An empty line inside the header block: dkimpy ends the headers there, so must we.
-        return sign(head + body, domain=domain, selector=selector, private_key=private_key,
-                    include_headers=include_headers, timestamp=timestamp)  # fmt: skip
-    try:
-        headers, _ = dkim.rfc822_parse(head)
-    except dkim.MessageFormatError as exc:
-        raise SigningError(f"unparseable header block: {exc}") from None
-    if body.count(b"\n") != body.count(_CRLF):  # a bare LF: line ends as dkimpy makes them
-        body = _CRLF.join(re.split(b"\r?\n", body))
-    return _signature(headers, body, domain, selector, private_key, include_headers, timestamp)
+        headers, body = _parse_message(head + body)
+    else:
+        try:
+            headers, _ = dkim.rfc822_parse(head)
+        except dkim.MessageFormatError as exc:
+            raise SigningError(f"unparseable header block: {exc}") from None
+        if body.count(b"\n") != body.count(_CRLF):  # a bare LF: line ends as dkimpy makes them
+            body = _CRLF.join(re.split(b"\r?\n", body))
+    return _signatures(headers, body, domain, signers, include_headers, timestamp)
 
 
-def _signature(
+def _signatures(
     headers: list[list[bytes]],
     body: bytes,
     domain: str,
-    selector: str,
-    private_key: rsa.RSAPrivateKey,
+    signers: Sequence[tuple[str, PrivateKey]],
     include_headers: Sequence[bytes],
     timestamp: int | None,
-) -> bytes:
+) -> list[bytes]:
     include = tuple(h.lower() for h in include_headers)
     if b"from" not in include:
         raise SigningError("the From header field must be signed")
     bad = sorted(h.decode() for h in set(include) & set(dkim.DKIM.SHOULD_NOT))
     if bad:
         raise SigningError(f"header field {bad[0]} must not be signed")
-
-    d = domain.encode("ascii")
-    s = selector.encode("ascii")
     policy = CanonicalizationPolicy.from_c_value(b"/".join(CANONICALIZATION))
     body_hash = base64.b64encode(relaxed_body_hash(body))  # c= .../relaxed
     when = int(time.time()) if timestamp is None else int(timestamp)
+    canonical = policy.canonicalize_headers(headers)
+    return [_signature(canonical, policy, body_hash, domain, selector, key, include, when) for selector, key in signers]
+
+
+def _signature(
+    canonical: list[tuple[bytes, bytes]],
+    policy: CanonicalizationPolicy,
+    body_hash: bytes,
+    domain: str,
+    selector: str,
+    private_key: PrivateKey,
+    include: tuple[bytes, ...],
+    when: int,
+) -> bytes:
+    d = domain.encode("ascii")
+    s = selector.encode("ascii")
 
     # Tag order and the 60-zero b= placeholder are dkimpy's: the placeholder
     # forces b= onto its own folded line, so adding the real value later
     # does not refold the tags before it (and the header hash stays valid).
     fields = [
         (b"v", b"1"),
-        (b"a", b"rsa-sha256"),
+        (b"a", algorithm(private_key)),
         (b"c", policy.to_c_value()),
         (b"d", d),
         (b"i", b"@" + d),
@@ -265,8 +312,12 @@ def _signature(
     value = dkim.RE_BTAG.sub(b"\\1", value)
 
     hasher = hashlib.sha256()
-    dkim.hash_headers(hasher, policy, policy.canonicalize_headers(headers), include, (name, b" " + value), None)
-    signature = private_key.sign(hasher.digest(), padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+    dkim.hash_headers(hasher, policy, canonical, include, (name, b" " + value), None)
+    if isinstance(private_key, ed25519.Ed25519PrivateKey):
+        # RFC 8463 section 3: PureEdDSA over the 32-byte SHA-256 of the header hash input, not over the input.
+        signature = private_key.sign(hasher.digest())
+    else:
+        signature = private_key.sign(hasher.digest(), padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
 
     fields[-1] = (b"b", base64.b64encode(signature))
     final = dkim.fold(b"; ".join(b"=".join(f) for f in fields) + b"\r\n", namelen=len(name), linesep=b"\r\n")

@@ -67,12 +67,18 @@ def explain(
         if spec is not None:
             state = f"{key.bits}-bit RSA, loaded" if key is not None else "NOT loaded"
             lines.append(f"key:       {spec.name}: d={spec.domain} s={spec.selector}, {spec.key_file} ({state})")
+            if spec.ed25519_key_file is not None:
+                state = "Ed25519, loaded" if key is not None and key.ed25519_key is not None else "NOT loaded"
+                lines.append(f"           and s={spec.ed25519_selector}, {spec.ed25519_key_file} ({state})")
     elif f.domain:
         lines.append(f"table row: none for {f.domain}")
     if d.action == "sign" and d.key is not None:
         spec = d.key.spec
         h = b":".join(dkim_sign.header_list([n for n, _ in hdrs], settings.signed_headers, settings.oversign_headers))
         lines.append(f"decision:  SIGN d={spec.domain} s={spec.selector} a=rsa-sha256 c=relaxed/relaxed h={h.decode()}")
+        for selector, private in d.key.signers()[1:]:
+            a = dkim_sign.algorithm(private).decode()
+            lines.append(f"           and SIGN d={spec.domain} s={selector} a={a}, the second DKIM-Signature (below the RSA one)")
     elif d.action == "refuse" and d.refusal is not None:
         rcode, xcode, text = reply_args(d.refusal, settings.refusal_code, settings.refusal_xcode)
         lines.append(f"decision:  REFUSE ({d.reason}): {rcode} {xcode} {text.replace('%%', '%')}")

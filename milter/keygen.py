@@ -160,15 +160,28 @@ def generate(
     )  # fmt: skip
 
 
-def config_block(key: GeneratedKey, name: str) -> str:
-    """The ``[signing.keys.NAME]`` table (and its ``[signing.table]`` row) that signs with ``key``."""
+def config_block(key: GeneratedKey, name: str | None) -> str:
+    """What to paste into the config to sign with ``key``.
+
+    For an RSA key, the ``[signing.keys.NAME]`` table and its ``[signing.table]``
+    row. An Ed25519 key signs beside the RSA key of an entry, never alone
+    (receivers that do not know ed25519-sha256 would find the mail unsigned),
+    so for it the two keys to add to that entry (``name``, when known).
+    """
+    if key.key_type == "ed25519":
+        entry = f"[signing.keys.{name}]" if name else "the [signing.keys.NAME] entry"
+        return (
+            f"# add to {entry} that signs d={key.domain} with RSA (its RSA signature stays the first):\n"
+            f'ed25519_selector = "{key.selector}"\n'
+            f'ed25519_key_file = "{key.key_file}"\n'
+        )
     lines = [
-        f"[signing.keys.{name}]",
+        f"[signing.keys.{name or key.selector}]",
         f'domain = "{key.domain}"',
         f'selector = "{key.selector}"',
         f'key_file = "{key.key_file}"',
         "",
         "[signing.table]  # add the row to your table if the file has one",
-        f'"{key.domain}" = "{name}"',
+        f'"{key.domain}" = "{name or key.selector}"',
     ]
     return "\n".join(lines) + "\n"

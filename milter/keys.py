@@ -3,7 +3,10 @@
 A key is checked the same way at start-up and on every reload: it must be
 readable, neither world-readable nor world-writable, in no directory that
 anyone may rename it out of (:func:`unsafe_directory`), an RSA key of at least 1024 bits in PEM form
-(PKCS#1 or PKCS#8, unencrypted). At start-up a failure is a config error; on a
+(PKCS#1 or PKCS#8, unencrypted). An entry may add an Ed25519 key (``ed25519_key_file``,
+PKCS#8 PEM, the same file checks): the two load and reload as one, so a message
+never leaves with a new RSA key beside an old Ed25519 one half-way through a
+rotation of both. At start-up a failure is a config error; on a
 reload (SIGHUP or a changed file) a failure keeps the old key in service and is
 logged and counted, so a half-written key file can never stop signing.
 """
@@ -20,7 +23,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from sendguard import logs
 from sendguard.config_reader import ConfigError
@@ -39,6 +43,8 @@ class KeyLoadError(Exception):
 
     #: The ``[signing.keys.NAME]`` whose file failed, when known (set at start-up).
     key_name: str = ""
+    #: Which of its keys: ``key_file`` (RSA) or ``ed25519_key_file``.
+    field: str = "key_file"
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,14 @@ class KeySpec:
     selector: str
     key_file: Path
     algorithm: str = "rsa-sha256"
+    #: The selector of the Ed25519 signature (its own record: one DNS record holds one key).
+    ed25519_selector: str | None = None
+    #: The Ed25519 key that signs beside the RSA key (RFC 8463), when set.
+    ed25519_key_file: Path | None = None
+
+    def files(self) -> tuple[Path, ...]:
+        """The key files of this entry: the RSA key's, then the Ed25519 key's if any."""
+        return (self.key_file,) if self.ed25519_key_file is None else (self.key_file, self.ed25519_key_file)
 
 
 @dataclass(frozen=True)
@@ -61,6 +75,22 @@ class LoadedKey:
     bits: int
     #: (device, inode, size, mtime_ns) of the file when it was read: a change means reload.
     file_id: tuple[int, int, int, int]
+    #: The Ed25519 key of ``spec.ed25519_key_file`` (None when the entry has none).
+    ed25519_key: ed25519.Ed25519PrivateKey | None = None
+    #: The same for the Ed25519 key file.
+    ed25519_file_id: tuple[int, int, int, int] | None = None
+
+    @property
+    def file_ids(self) -> tuple[tuple[int, int, int, int], ...]:
+        """The ids of :meth:`KeySpec.files`, in that order."""
+        return (self.file_id,) if self.ed25519_file_id is None else (self.file_id, self.ed25519_file_id)
+
+    def signers(self) -> list[tuple[str, rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey]]:
+        """(selector, key) of each signature this key makes, RSA first (it goes on top)."""
+        out: list[tuple[str, rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey]] = [(self.spec.selector, self.private_key)]
+        if self.ed25519_key is not None and self.spec.ed25519_selector is not None:
+            out.append((self.spec.ed25519_selector, self.ed25519_key))
+        return out
 
     def dns_txt(self) -> str:
         """The TXT record to publish at ``SELECTOR._domainkey.DOMAIN``."""
@@ -69,14 +99,50 @@ class LoadedKey:
         )
         return "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode("ascii")
 
+    def ed25519_dns_txt(self) -> str | None:
+        """The TXT record to publish at ``ED25519_SELECTOR._domainkey.DOMAIN`` (None without an Ed25519 key).
+
+        RFC 8463 section 4: p= is the bare 32-byte public key, not a SubjectPublicKeyInfo as for RSA.
+        """
+        if self.ed25519_key is None:
+            return None
+        raw = self.ed25519_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return "v=DKIM1; k=ed25519; p=" + base64.b64encode(raw).decode("ascii")
+
 
 def _file_id(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def load_key(spec: KeySpec) -> LoadedKey:
-    """Read and check the key file of ``spec``; raise :class:`KeyLoadError` with the reason."""
+    """Read and check the key file(s) of ``spec``; raise :class:`KeyLoadError` with the reason and field."""
     path = spec.key_file
+    key, st = _read_private_key(path)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise KeyLoadError(f"key file {path} holds a {type(key).__name__.lstrip('_')}, not an RSA key")
+    if key.key_size < MIN_KEY_BITS:
+        raise KeyLoadError(f"key file {path} holds a {key.key_size}-bit RSA key; at least {MIN_KEY_BITS} bits are required")
+    second: ed25519.Ed25519PrivateKey | None = None
+    second_id: tuple[int, int, int, int] | None = None
+    if spec.ed25519_key_file is not None:
+        try:
+            other, other_st = _read_private_key(spec.ed25519_key_file)
+            if not isinstance(other, ed25519.Ed25519PrivateKey):
+                raise KeyLoadError(
+                    f"key file {spec.ed25519_key_file} holds a {type(other).__name__.lstrip('_')}, not an Ed25519 key"
+                    " (sendguard keygen --type ed25519 writes one)"
+                )
+        except KeyLoadError as exc:
+            exc.field = "ed25519_key_file"
+            raise
+        second, second_id = other, _file_id(other_st)
+    return LoadedKey(
+        spec=spec, private_key=key, bits=key.key_size, file_id=_file_id(st), ed25519_key=second, ed25519_file_id=second_id
+    )
+
+
+def _read_private_key(path: Path) -> tuple[PrivateKeyTypes, os.stat_result]:
+    """The private key in the PEM file at ``path`` (any type) after the file checks, with the file's stat."""
     try:
         with open(path, "rb") as fh:
             st = os.fstat(fh.fileno())
@@ -108,11 +174,7 @@ def load_key(spec: KeySpec) -> LoadedKey:
         raise KeyLoadError(f"key file {path} is encrypted; sendguard needs an unencrypted PEM key") from None
     except Exception as exc:  # cryptography raises ValueError or UnsupportedAlgorithm
         raise KeyLoadError(f"key file {path} does not hold a PEM private key ({type(exc).__name__})") from None
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise KeyLoadError(f"key file {path} holds a {type(key).__name__.lstrip('_')}, not an RSA key")
-    if key.key_size < MIN_KEY_BITS:
-        raise KeyLoadError(f"key file {path} holds a {key.key_size}-bit RSA key; at least {MIN_KEY_BITS} bits are required")
-    return LoadedKey(spec=spec, private_key=key, bits=key.key_size, file_id=_file_id(st))
+    return key, st
 
 
 def unsafe_directory(path: Path) -> tuple[Path, int] | None:
@@ -202,7 +264,7 @@ class KeyStore:
                 old = keys.get(name)
                 if only_changed and old is not None and name not in self._faults:  # a fault is rechecked until it clears
                     try:
-                        if _file_id(os.stat(spec.key_file)) == old.file_id:
+                        if tuple(_file_id(os.stat(f)) for f in spec.files()) == old.file_ids:
                             continue
                     except OSError:
                         pass  # gone or unreadable: load_key below says why
@@ -221,6 +283,9 @@ class KeyStore:
                         name, self._clock() - fault.since, fault.checks, fault.reason,
                     )  # fmt: skip
                 log.info("key %s: reloaded %s (%d bits, d=%s s=%s)", name, spec.key_file, new.bits, spec.domain, spec.selector)
+                if spec.ed25519_key_file is not None:
+                    log.info("key %s: reloaded %s (Ed25519, d=%s s=%s)", name, spec.ed25519_key_file, spec.domain,
+                             spec.ed25519_selector)  # fmt: skip
             self._keys = keys
         if self._observer is not None:
             for name, result in results.items():
@@ -278,9 +343,9 @@ def open_keys(specs: Iterable[KeySpec], file: str, observer: ReloadObserver | No
     """Open every key file for service; a key that cannot serve stops start-up.
 
     The :class:`~sendguard.config_reader.ConfigError` names the config file and
-    ``signing.keys.NAME.key_file``, with the reason (missing, world-readable, too short ...).
+    ``signing.keys.NAME.key_file`` (or ``.ed25519_key_file``), with the reason (missing, world-readable, too short ...).
     """
     try:
         return KeyStore(specs, observer=observer)
     except KeyLoadError as exc:
-        raise ConfigError(file, f"signing.keys.{exc.key_name}.key_file", str(exc)) from None
+        raise ConfigError(file, f"signing.keys.{exc.key_name}.{exc.field}", str(exc)) from None

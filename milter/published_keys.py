@@ -2,7 +2,8 @@
 
 A record changed at the DNS provider, or a key file rotated without
 republishing, makes every signature fail at every receiver while the milter
-sees nothing wrong. With this on, a thread looks up each key's record every
+sees nothing wrong. With this on, a thread looks up each key's record (both,
+for an entry with an Ed25519 key) every
 ``published_key_interval`` seconds and compares it with the key in service
 (as ``sendguard dns-check`` does); while they differ, bulk mail that would be
 signed with that key is refused (reason ``published_key_mismatch``) instead
@@ -71,9 +72,10 @@ class PublishedKeyCheck:
                 self._problems = problems  # readers take the dict whole, without the lock
             self._observe(name, results[name])
             if fails and before != fails[0].message:
+                # With an Ed25519 key the entry has two records; the finding names the one that differs.
                 log.error(
                     "key %s: the record at %s does not match the key in service: %s; bulk mail signed with it is"
-                    " refused until it does (fix: %s)", name, where, fails[0].message, fails[0].fix,
+                    " refused until it does (fix: %s)", name, fails[0].record, fails[0].message, fails[0].fix,
                 )  # fmt: skip
             elif not fails and before is not None:
                 log.warning("key %s: the record at %s matches the key again; signing resumes", name, where)

@@ -174,7 +174,10 @@ def run(config: Config, settings: MilterSettings, loader: Loader | None = None) 
     signal.signal(signal.SIGINT, stop)
     switch.current().start_watching()
     scope = settings.scope
-    names = ", ".join(f"{s.name} (d={s.domain} s={s.selector})" for s in settings.keys) or "none"
+    names = ", ".join(
+        f"{s.name} (d={s.domain} s={s.selector}" + (f"+{s.ed25519_selector}" if s.ed25519_selector else "") + ")"
+        for s in settings.keys
+    ) or "none"
     log.info(
         "milter starting on %s; trusted_hosts %s; trusted_public_hosts %s; keys %s",
         settings.listen, ", ".join(str(n) for n in scope.networks),

@@ -243,9 +243,30 @@ def _parse_keys(signing: Section, config: Config) -> tuple[KeySpec, ...]:
         assert key_file is not None  # required: absent raised
         algorithm = section.get("algorithm", str, "rsa-sha256")
         if algorithm != "rsa-sha256":
-            raise section.error("algorithm", f"{algorithm!r} is not supported (only rsa-sha256)")
+            raise section.error(
+                "algorithm",
+                f"{algorithm!r} is not supported (only rsa-sha256; an Ed25519 signature beside it: ed25519_key_file)",
+            )
+        ed_selector = section.get("ed25519_selector", str, None, check_selector)
+        ed_file = section.get_path("ed25519_key_file", config.base_dir)
+        if (ed_selector is None) != (ed_file is None):
+            missing, given = ("ed25519_selector", "ed25519_key_file") if ed_selector is None else ("ed25519_key_file", "ed25519_selector")
+            raise section.error(missing, f"required with {given}: the Ed25519 signature needs its key and its own selector")
+        if ed_selector is not None and ed_selector.lower() == selector.lower():
+            # One DNS record holds one key: the same selector cannot publish both.
+            raise section.error(
+                "ed25519_selector",
+                f"must differ from selector ({selector!r}): each key has its own record at SELECTOR._domainkey.{domain}",
+            )
+        if ed_file is not None and ed_file == key_file:
+            raise section.error("ed25519_key_file", f"is key_file ({key_file}): the Ed25519 key is a file of its own")
         section.finish()
-        specs.append(KeySpec(name=name, domain=domain, selector=selector, key_file=key_file, algorithm=algorithm))
+        specs.append(
+            KeySpec(
+                name=name, domain=domain, selector=selector, key_file=key_file, algorithm=algorithm,
+                ed25519_selector=ed_selector, ed25519_key_file=ed_file,
+            )
+        )  # fmt: skip
     return tuple(specs)
 
 

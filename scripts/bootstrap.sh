@@ -101,6 +101,11 @@ cmd_test() {
     # tests start their own instances on loopback.
     without_service_start apt_install opendkim-tools redis-server util-linux iproute2 openssl logrotate \
         systemd-journal-remote nsd systemd
+    # postfix (smtpd, smtp-sink): the private real-Postfix instances of the tests
+    # (tests/support/sendguard_testing/postfix_instance.py, which would install it itself);
+    # "No configuration": no main.cf is written and the system instance never runs.
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    without_service_start apt_install postfix
     python_env "[test]"
     promtool_env
     # The venv (with podman-compose from the test extras) first on PATH, for the

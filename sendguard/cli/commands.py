@@ -351,11 +351,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     print("# the TXT value as one string, for a DNS provider's web form:")
     print(key.txt_value)
     print()
-    if key.key_type == "rsa":
-        print("# then add to the config (check with sendguard dns-check once the record is published):")
-        print(keygen.config_block(key, args.name or args.selector), end="")
-    else:
-        print("# the milter signs with rsa-sha256 only: this ed25519 key is for a second signer beside it")
+    print("# then add to the config (check with sendguard dns-check once the record is published):")
+    print(keygen.config_block(key, args.name), end="")
     return 0
 
 
@@ -426,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--dir", default="/etc/sendguard/keys", metavar="DIR", help="where DOMAIN.SELECTOR.pem and .txt go (default: %(default)s)")
     keygen.add_argument("--type", choices=("rsa", "ed25519"), default="rsa", help="key type (default: rsa)")
     keygen.add_argument("--bits", type=int, default=2048, metavar="N", help="RSA key size (default: 2048)")
-    keygen.add_argument("--name", metavar="NAME", help="the [signing.keys.NAME] of the printed block (default: the selector)")
+    keygen.add_argument("--name", metavar="NAME", help="the [signing.keys.NAME] of the printed block (default: the selector; with --type ed25519, the RSA entry it joins)")
     keygen.add_argument("--force", action="store_true", help="replace existing key and record files")
     keygen.set_defaults(func=cmd_keygen)
     dns = with_config(sub.add_parser("dns-check", help="check DKIM records, SPF, DMARC and reverse DNS (exit 1 on any problem)"))

@@ -55,7 +55,7 @@ def _check_key_files(file: str, milter: MilterSettings) -> list[ConfigError]:
         try:
             load_key(spec)
         except KeyLoadError as exc:
-            problems.append(ConfigError(file, f"signing.keys.{spec.name}.key_file", str(exc)))
+            problems.append(ConfigError(file, f"signing.keys.{spec.name}.{exc.field}", str(exc)))
     return problems
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.test.yml"
@@ -37,6 +37,8 @@ SENDGUARD_UID = 10001
 
 #: The DKIM keys the test config names (tests/e2e/sendguard.test.toml): domain -> selector.
 SELECTORS = {"send.example.net": "send", "example.net": "mail"}
+#: The Ed25519 keys that sign beside them (RFC 8463, a second signature below the RSA one): domain -> selector.
+ED25519_SELECTORS = {"send.example.net": "send-ed"}
 
 #: Fixed addresses of docker-compose.test.yml.
 ADDR = {
@@ -99,7 +101,7 @@ def detect_engine() -> Engine:
 
 
 def generate_keys(directory: Path) -> dict[str, bytes]:
-    """Write a fresh 2048-bit key per domain as ``DOMAIN.SELECTOR.pem``; return the DNS TXT records."""
+    """Write a fresh 2048-bit key per domain (and the Ed25519 keys) as ``DOMAIN.SELECTOR.pem``; return the DNS TXT records."""
     records: dict[str, bytes] = {}
     for domain, selector in SELECTORS.items():
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -112,6 +114,13 @@ def generate_keys(directory: Path) -> dict[str, bytes]:
         path.chmod(0o600)
         der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         records[f"{selector}._domainkey.{domain}."] = b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
+    for domain, selector in ED25519_SELECTORS.items():
+        ed = ed25519.Ed25519PrivateKey.generate()
+        path = directory / f"{domain}.{selector}.pem"
+        path.write_bytes(ed.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        path.chmod(0o600)
+        raw = ed.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        records[f"{selector}._domainkey.{domain}."] = b"v=DKIM1; k=ed25519; p=" + base64.b64encode(raw)
     return records
 
 
@@ -257,14 +266,14 @@ class Stack:
         self.exec("postfix", "postqueue", "-f")
 
     # -- DKIM
-    def dkim_verify(self, raw: bytes) -> bool:
-        """Verify the message's first DKIM signature with dkimpy against the generated keys."""
+    def dkim_verify(self, raw: bytes, idx: int = 0) -> bool:
+        """Verify the message's ``idx``-th DKIM signature (top first) with dkimpy against the generated keys."""
 
         def dnsfunc(name: bytes | str, timeout: int = 5) -> bytes:
             key = name.decode() if isinstance(name, bytes) else name
             return self.dns.get(key if key.endswith(".") else key + ".", b"")
 
-        return dkim.verify(raw, dnsfunc=dnsfunc)
+        return dkim.DKIM(raw).verify(idx=idx, dnsfunc=dnsfunc)
 
     # -- metrics
     def scrape(self) -> dict[str, float]:

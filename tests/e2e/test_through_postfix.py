@@ -83,6 +83,25 @@ def test_trusted_client_mail_is_signed_per_domain_and_verifies(stack: Stack, tok
     assert dkim_tags(sent.raw)[0]["h"].lower().split(":").count("from") >= 2
 
 
+def test_a_key_with_an_ed25519_half_signs_twice_rsa_first_and_both_verify(stack: Stack, token: str) -> None:
+    """send.example.net's key has an Ed25519 key beside its RSA key: two signatures leave Postfix,
+    the RSA one on top (verifiers that read only the first meet rsa-sha256), each verifying on its own."""
+    bulk = make_message(token + "-dual", "Trucking News <noreply@send.example.net>", "carrier@example.com", headers=BULK_HEADERS)
+    assert stack.submit("app", bulk, "bounces@send.example.net", ["carrier@example.com"]).accepted
+    [sent] = stack.wait_for_sink(token + "-dual")
+    tags = dkim_tags(sent.raw)
+    assert [(t["a"], t["s"]) for t in tags] == [("rsa-sha256", "send"), ("ed25519-sha256", "send-ed")], tags
+    assert tags[0]["bh"] == tags[1]["bh"] and tags[0]["h"] == tags[1]["h"]
+    assert stack.dkim_verify(sent.raw, idx=0) and stack.dkim_verify(sent.raw, idx=1)
+    changed = sent.raw.replace(b"Trucking News", b"Trucking Newz", 1)
+    assert not stack.dkim_verify(changed, idx=0) and not stack.dkim_verify(changed, idx=1)
+    # example.net's key has no Ed25519 half: one signature.
+    root = make_message(token + "-single", "Billing <billing@example.net>", "customer@example.com")
+    assert stack.submit("app", root, "billing@example.net", ["customer@example.com"]).accepted
+    [single] = stack.wait_for_sink(token + "-single")
+    assert [(t["a"], t["s"]) for t in dkim_tags(single.raw)] == [("rsa-sha256", "mail")]
+
+
 # 2 --------------------------------------------------------------------------------------------------
 
 

@@ -182,8 +182,8 @@ def opendkim(tmp_path, test_keys):
     if shutil.which("opendkim-testmsg") is None or shutil.which("unshare") is None:
         pytest.fail("opendkim-testmsg (opendkim-tools) and unshare (util-linux) are required")
 
-    def check(message: bytes) -> subprocess.CompletedProcess:
-        return opendkim_verify(message, test_keys.records(), tmp_path)
+    def check(message: bytes, records: dict[str, bytes] | None = None) -> subprocess.CompletedProcess:
+        return opendkim_verify(message, test_keys.records() if records is None else records, tmp_path)
 
     return check
 

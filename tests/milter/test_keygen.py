@@ -134,5 +134,19 @@ def test_ed25519_key_and_record_match(tmp_path):
     assert value.startswith("v=DKIM1; k=ed25519; p=")
     public = ed25519.Ed25519PublicKey.from_public_bytes(base64.b64decode(value.split("p=", 1)[1]))
     public.verify(key.sign(MESSAGE), MESSAGE)  # raises if the record is not this key's
-    # No block to paste: the milter would refuse an ed25519 key file.
-    assert "[signing.keys." not in result.stdout and "rsa-sha256 only" in result.stdout
+
+
+def test_ed25519_lines_join_an_rsa_entry_and_check_config_accepts_them(tmp_path):
+    keys = tmp_path / "keys"
+    rsa_block = keygen(keys, "--name", "bulk")
+    ed = keygen(keys, "--type", "ed25519", "--name", "bulk", selector="ed2026")
+    assert rsa_block.returncode == 0 and ed.returncode == 0, ed.stderr
+    # An Ed25519 key signs beside the RSA key of an entry: the output is the two keys to add to it.
+    lines = ed.stdout[ed.stdout.index("# add to [signing.keys.bulk]") :].splitlines()
+    assert lines[1:] == ['ed25519_selector = "ed2026"', f'ed25519_key_file = "{keys}/send.example.net.ed2026.pem"']
+    head, table = rsa_block.stdout[rsa_block.stdout.index("[signing.keys.bulk]") :].split("\n\n", 1)
+    cfg = tmp_path / "sendguard.toml"
+    cfg.write_text(f"[general]\nstate_dir = '{tmp_path}'\n\n" + head + "\n" + "\n".join(lines[1:]) + "\n\n" + table)
+    check = sendguard("check-config", str(cfg))
+    assert check.returncode == 0, check.stderr
+    assert 'ed25519_selector = "ed2026"' in check.stdout

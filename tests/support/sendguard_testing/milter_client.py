@@ -60,6 +60,21 @@ def split_message(message: bytes) -> tuple[list[Field], bytes]:
     return [(n, v) for n, v in fields], body
 
 
+def top_down(added: Sequence[Added]) -> list[tuple[str, str | bytes]]:
+    """The added fields in the order they end up on top of the message.
+
+    An insert at index i goes above what is at i by then, as Postfix does it:
+    two inserts at 0 leave the second on top.
+    """
+    top: list[tuple[str, str | bytes]] = []
+    for n, v, idx in added:
+        if idx >= 0:
+            top.insert(min(idx, len(top)), (n, v))
+        else:
+            top.append((n, v))
+    return top
+
+
 def changed(headers: Sequence[Field], changes: Sequence[Changed]) -> list[Field]:
     """``headers`` with the milter's SMFIR_CHGHEADER changes applied as Postfix applies them.
 
@@ -94,9 +109,7 @@ def forwarded(added: Sequence[Added], headers: Sequence[Field], body: bytes, cha
         raw = value.encode() if isinstance(value, str) else value
         return name.encode() + b": " + raw.replace(b"\n", b"\r\n") + b"\r\n"
 
-    top = [(n, v) for n, v, i in added if i != -1]
-    bottom = [(n, v) for n, v, i in added if i == -1]
-    fields = [*top, *changed(headers, changes), *bottom]
+    fields = [*top_down([a for a in added if a[2] != -1]), *changed(headers, changes), *[(n, v) for n, v, i in added if i == -1]]
     return b"".join(line(n, v) for n, v in fields) + b"\r\n" + body
 
 
@@ -227,7 +240,7 @@ class Outcome:
     @property
     def signature_headers(self) -> list[bytes]:
         """The values of the DKIM-Signature fields added, top first."""
-        return [v.encode() if isinstance(v, str) else v for f, v, _ in self.added if f == "DKIM-Signature"]
+        return [v.encode() if isinstance(v, str) else v for f, v in top_down(self.added) if f == "DKIM-Signature"]
 
     def tags(self, i: int = 0) -> dict[str, str]:
         """The tags of the ``i``-th added signature, white space removed."""
