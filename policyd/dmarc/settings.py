@@ -1,0 +1,88 @@
+"""``[dmarc]``: where the aggregate reports are, where they are kept, and which sending IPs are ours.
+
+::
+
+    [dmarc]
+    sources = ["/var/mail/dmarc-reports/Maildir", "/srv/dmarc/saved"]
+    our_ips = ["192.0.2.25", "2001:db8:25::/64"]
+
+Every key is in docs/dmarc.md. ``sendguard run`` ingests on its own thread, and
+exports on its metrics endpoint, when ``sources`` is set and ``enabled`` is not false.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from sendguard.addresses import IPNetwork, check_hostport, check_network, parse_client_address, parse_network
+from sendguard.config import ConfigDocument
+
+
+@dataclass(frozen=True)
+class DmarcSettings:
+    """Settings of the report ingester (see docs/dmarc.md for each key)."""
+
+    #: Ingest in ``sendguard run`` (when sources are configured).
+    enabled: bool = True
+    #: Paths to read reports from: files, folders, maildirs, mboxes.
+    sources: tuple[str, ...] = ()
+    #: The SQLite file the reports are kept in.
+    database: str = ""
+    #: Our egress addresses (IPs or CIDR blocks): each gets series of its own.
+    our_ips: tuple[IPNetwork, ...] = ()
+    #: Seconds between two passes over the sources (``--follow``, ``sendguard run``).
+    interval: float = 300.0
+    #: The ``window`` gauges count reports whose period ended within this many days.
+    window_days: int = 7
+    #: Source IPs that are not ours with series of their own in the window gauges (the most failing ones).
+    top_others: int = 10
+    max_file_bytes: int = 20 * 1024 * 1024
+    max_report_bytes: int = 50 * 1024 * 1024
+    #: Where ``sendguard dmarc --follow`` serves its metrics (in ``sendguard run``: policyd.metrics_listen).
+    metrics_listen: str = "127.0.0.1:9467"
+
+    @property
+    def configured(self) -> bool:
+        """Whether there is any source to read."""
+        return bool(self.sources)
+
+    def ours(self, ip: str) -> bool:
+        """Whether ``ip`` is one of our egress addresses."""
+        addr = parse_client_address(ip)
+        return addr is not None and any(addr.version == net.version and addr in net for net in self.our_ips)
+
+
+def _between(low: float, high: float, unit: str):  # type: ignore[no-untyped-def]
+    return lambda v: None if low <= v <= high else f"must be between {low:g} and {high:g}{unit}"
+
+
+def parse_dmarc(doc: ConfigDocument) -> DmarcSettings:
+    """Parse ``[dmarc]``; relative paths are read against the config file's folder."""
+    section = doc.top.sub("dmarc")
+    defaults = DmarcSettings()
+    enabled = section.get("enabled", bool, defaults.enabled)
+    sources = section.get_list("sources", str, [], check=lambda v: None if v.strip() else "cannot be empty")
+    database = section.get("database", str, os.path.join(doc.config.general.state_dir, "dmarc.sqlite"))
+    our_ips = section.get_list("our_ips", str, [], check=check_network)
+    interval = section.get("interval", float, defaults.interval, _between(10, 86400, " seconds"))
+    window = section.get("window_days", int, defaults.window_days, _between(1, 90, " days"))
+    top = section.get("top_others", int, defaults.top_others, _between(0, 100, ""))
+    max_file = section.get("max_file_bytes", int, defaults.max_file_bytes, _between(1024, 1024**3, " bytes"))
+    max_report = section.get("max_report_bytes", int, defaults.max_report_bytes, _between(1024, 1024**3, " bytes"))
+    metrics = section.get("metrics_listen", str, defaults.metrics_listen, check_hostport)
+    if not database:
+        raise section.error("database", "cannot be empty")
+    section.finish()
+    return DmarcSettings(
+        enabled=enabled,
+        sources=tuple(str(doc.config.resolve(s)) for s in sources),
+        database=str(doc.config.resolve(database)),
+        our_ips=tuple(parse_network(v) for v in our_ips),
+        interval=float(interval),
+        window_days=window,
+        top_others=top,
+        max_file_bytes=max_file,
+        max_report_bytes=max_report,
+        metrics_listen=metrics,
+    )
