@@ -80,3 +80,9 @@ def write_mbox(path: Path, messages: list[EmailMessage]) -> Path:
 def with_id(xml: bytes, report_id: str) -> bytes:
     """The same report under another report id (a second day's report)."""
     return re.sub(rb"<report_id>[^<]*</report_id>", b"<report_id>" + report_id.encode() + b"</report_id>", xml, count=1)
+
+
+def dated(xml: bytes, end: int) -> bytes:
+    """The same report for the day ending at ``end`` (a report inside the metrics' window)."""
+    xml = re.sub(rb"<begin>\d+</begin>", b"<begin>%d</begin>" % (end - 86399), xml, count=1)
+    return re.sub(rb"<end>\d+</end>", b"<end>%d</end>" % end, xml, count=1)
