@@ -25,7 +25,7 @@ def promtool() -> str:
 def test_the_rules_are_valid():
     out = subprocess.run([promtool(), "check", "rules", str(RULES)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 7 rules found" in out.stdout
+    assert "SUCCESS: 9 rules found" in out.stdout
 
 
 def test_each_alert_fires_on_its_threshold_and_not_under_it():
