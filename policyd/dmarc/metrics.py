@@ -79,7 +79,7 @@ class DmarcCollector(Collector):
         """The metrics of the module docstring."""
         up = GaugeMetricFamily("sendguard_dmarc_database_up", "1 when the DMARC reports database could be read at this scrape.")
         try:
-            store = ReportStore(self.settings.database)
+            store = ReportStore.reader(self.settings.database)
             try:
                 reports = store.report_count()
                 everything = store.totals()
@@ -143,8 +143,8 @@ class DmarcCollector(Collector):
         for t in totals:
             if not self.settings.ours(t.source_ip):
                 failing[t.source_ip] += t.messages - t.dmarc_pass
-        ranked = sorted((n, ip) for ip, n in failing.items() if n > 0)
-        keep = {ip for _n, ip in sorted(ranked, key=lambda x: (-x[0], x[1]))[: self.settings.top_others]}
+        worst = sorted((ip for ip, n in failing.items() if n > 0), key=lambda ip: (-failing[ip], ip))
+        keep = set(worst[: self.settings.top_others])
         sums: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
         for t in totals:
             s = sums[self._key(t, keep)]

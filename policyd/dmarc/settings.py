@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 from sendguard.addresses import IPNetwork, check_hostport, check_network, parse_client_address, parse_network
 from sendguard.config import ConfigDocument
@@ -53,7 +54,7 @@ class DmarcSettings:
         return addr is not None and any(addr.version == net.version and addr in net for net in self.our_ips)
 
 
-def _between(low: float, high: float, unit: str):  # type: ignore[no-untyped-def]
+def _between(low: float, high: float, unit: str) -> Callable[[float], str | None]:
     return lambda v: None if low <= v <= high else f"must be between {low:g} and {high:g}{unit}"
 
 

@@ -76,6 +76,15 @@ class ReportStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.executescript(SCHEMA)
 
+    @classmethod
+    def reader(cls, path: str | os.PathLike[str]) -> ReportStore:
+        """A read-only connection (a scrape): the file must exist; nothing is created or written."""
+        store = cls.__new__(cls)
+        store.path = Path(path)
+        uri = f"{store.path.absolute().as_uri()}?mode=ro"
+        store._conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+        return store
+
     def close(self) -> None:
         """Close the connection."""
         self._conn.close()

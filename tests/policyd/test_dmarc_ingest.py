@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -18,6 +19,7 @@ from dmarc_reports import (
 )  # fmt: skip
 from sendguard.cli.settings import parse
 from sendguard.config_reader import ConfigError
+from sendguard_policyd.dmarc.ingest import Limits, Unit, read_unit
 from sendguard_policyd.dmarc.report import ReportError, parse_report
 from sendguard_policyd.dmarc.service import ingest_pass, register_metrics
 from sendguard_policyd.dmarc.settings import DmarcSettings
@@ -223,3 +225,25 @@ def test_relative_paths_are_read_against_the_config_file(tmp_path: Path):
     assert settings.sources == (str(tmp_path / "reports"),)
     assert settings.database == "/var/lib/sg/dmarc.sqlite"
     assert settings.ours("192.0.2.1") is False
+
+
+@hsettings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(0, 3000), junk=st.binary(max_size=40), wrap=st.sampled_from(["xml", "gz", "zip", "mail"]))
+def test_any_damage_to_a_report_is_a_one_line_problem_never_a_crash(tmp_path: Path, cut: int, junk: bytes, wrap: str):
+    """A report cut short or with bytes spliced in, in any wrapping: a report, or a one-line reason."""
+    xml = GOOGLE.read_bytes()
+    damaged = xml[:cut] + junk + xml[cut + len(junk):]
+    data = {"xml": damaged, "gz": gzipped(damaged)[: cut or None], "zip": zipped(damaged),
+            "mail": report_mail(gzipped(damaged), "r.xml.gz").as_bytes()}[wrap]  # fmt: skip
+    f = tmp_path / "damaged"
+    f.write_bytes(data)
+    for found in read_unit(Unit(f, len(data), 0), Limits(max_report_bytes=64 * 1024)):
+        if found.problem:
+            assert "\n" not in found.problem
+            continue
+        try:
+            report = parse_report(found.xml)
+        except ReportError as exc:
+            assert "\n" not in str(exc)
+        else:
+            assert report.messages >= 0
