@@ -105,15 +105,6 @@ def register_metrics(settings: DmarcSettings, registry: CollectorRegistry = REGI
     return collector
 
 
-def run_once(settings: DmarcSettings) -> PassResult:
-    """One pass with a connection of its own (``sendguard dmarc`` without ``--follow``)."""
-    store = ReportStore(settings.database)
-    try:
-        return ingest_pass(settings, store)
-    finally:
-        store.close()
-
-
 @dataclass
 class DmarcHandle:
     """The ingester running on a thread of its own."""

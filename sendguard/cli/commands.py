@@ -269,12 +269,17 @@ def cmd_dmarc(args: argparse.Namespace) -> int:
     if not dmarc.configured:
         raise ConfigError(settings.file, "dmarc.sources", "sendguard dmarc needs at least one source (a file, folder, maildir or mbox)")
     from sendguard_policyd.dmarc import service as dmarc_service
+    from sendguard_policyd.dmarc.store import ReportStore
 
     if not args.follow:
         try:
-            result = dmarc_service.run_once(dmarc)
+            store = ReportStore(dmarc.database)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(settings.file, "dmarc.database", f"cannot open {dmarc.database}: {exc}") from None
+        try:
+            result = dmarc_service.ingest_pass(dmarc, store)
+        finally:
+            store.close()
         print(f"dmarc: {result.text()}")
         return 0
     from sendguard import metrics_http
@@ -290,7 +295,11 @@ def cmd_dmarc(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, lambda *_: logs.get("dmarc").warning(
         "SIGHUP: the DMARC ingester does not reload its configuration ([dmarc]); restart it to apply changes"))
     handle = _start_dmarc(settings)
-    metrics_http.serve(args.listen or dmarc.metrics_listen, "the DMARC ingester")
+    try:
+        metrics_http.serve(args.listen or dmarc.metrics_listen, "the DMARC ingester")
+    except ListenError:
+        handle.stop()
+        raise
     try:
         _wait_for_signal(stop)
     finally:

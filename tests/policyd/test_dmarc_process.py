@@ -139,3 +139,12 @@ listen = "inet:{milter}@127.0.0.1"
     finally:
         proc.terminate()
         assert proc.wait(timeout=20) == 0
+
+
+def test_a_database_that_cannot_be_opened_stops_start_up_naming_the_key(tmp_path: Path):
+    (tmp_path / "state").write_text("a file where the state folder should be\n")
+    cfg = setup(tmp_path, free_port())
+    for args in ((), ("--follow",)):
+        done = run(cfg, *args)
+        assert done.returncode == 78, done.stdout + done.stderr
+        assert f"sendguard: config error: {cfg}: dmarc.database: cannot open {tmp_path}/state/dmarc.sqlite" in done.stderr
