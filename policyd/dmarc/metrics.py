@@ -16,8 +16,10 @@ From the reports whose period ended in the last ``window_days`` days (gauges, ``
 * ``sendguard_dmarc_window_messages{reporter,source_ip,ours,window}`` and
   ``sendguard_dmarc_window_pass_messages``: what the alerts compare.
 
-Labels are bounded. ``reporter`` is the reporting organisation (the receivers that
-send reports: a few dozen at most). ``source_ip`` is one of our IPs (``[dmarc] our_ips``)
+Labels are bounded. ``reporter`` is the reporting organisation: the first
+``max_reporters`` seen (in the order their first report was stored, so the set
+only grows and the counters stay monotonic); reports from any later one count as
+``other`` (anyone can mail a forged report to the rua address). ``source_ip`` is one of our IPs (``[dmarc] our_ips``)
 for ``ours="true"``; for the others it is ``other`` in the counters (every
 address on the internet could appear: one series for them all, so the counters stay
 monotonic), and in the window gauges the ``top_others`` addresses with the most
@@ -82,6 +84,7 @@ class DmarcCollector(Collector):
             store = ReportStore.reader(self.settings.database)
             try:
                 reports = store.report_count()
+                named = set(store.first_reporters(self.settings.max_reporters))
                 everything = store.totals()
                 since = int(self.clock()) - self.settings.window_days * 86400
                 recent = store.totals(since)
@@ -102,16 +105,17 @@ class DmarcCollector(Collector):
         count = GaugeMetricFamily("sendguard_dmarc_reports", "DMARC aggregate reports stored (each reporter's report id once).")
         count.add_metric([], reports)
         yield count
-        yield from self._counters(everything)
-        yield from self._window(recent)
+        yield from self._counters(everything, named)
+        yield from self._window(recent, named)
 
-    def _key(self, t: Totals, keep: set[str] | None) -> tuple[str, str, str]:
+    def _key(self, t: Totals, named: set[str], keep: set[str] | None) -> tuple[str, str, str]:
+        reporter = t.reporter if t.reporter in named else OTHER
         if self.settings.ours(t.source_ip):
-            return (t.reporter, t.source_ip, "true")
+            return (reporter, t.source_ip, "true")
         ip = t.source_ip if keep is not None and t.source_ip in keep else OTHER
-        return (t.reporter, ip, "false")
+        return (reporter, ip, "false")
 
-    def _counters(self, totals: list[Totals]) -> Iterable[Metric]:
+    def _counters(self, totals: list[Totals], named: set[str]) -> Iterable[Metric]:
         families = {
             "messages": CounterMetricFamily("sendguard_dmarc_messages", "Messages DMARC aggregate reports counted, by reporter and source IP.", labels=_LABELS),
             "dkim_aligned": CounterMetricFamily("sendguard_dmarc_dkim_aligned", "Of them, with an aligned DKIM signature that verified.", labels=_LABELS),
@@ -120,7 +124,7 @@ class DmarcCollector(Collector):
         }  # fmt: skip
         sums: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
         for t in totals:
-            s = sums[self._key(t, None)]
+            s = sums[self._key(t, named, None)]
             for i, value in enumerate((t.messages, t.dkim_aligned, t.spf_aligned, t.dmarc_pass)):
                 s[i] += value
         for key, values in sorted(sums.items()):
@@ -128,7 +132,7 @@ class DmarcCollector(Collector):
                 family.add_metric(list(key), value)
         yield from families.values()
 
-    def _window(self, totals: list[Totals]) -> Iterable[Metric]:
+    def _window(self, totals: list[Totals], named: set[str]) -> Iterable[Metric]:
         labels = [*_LABELS, "window"]
         window = f"{self.settings.window_days}d"
         messages = GaugeMetricFamily(
@@ -147,7 +151,7 @@ class DmarcCollector(Collector):
         keep = set(worst[: self.settings.top_others])
         sums: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
         for t in totals:
-            s = sums[self._key(t, keep)]
+            s = sums[self._key(t, named, keep)]
             s[0] += t.messages
             s[1] += t.dmarc_pass
         for key, (n, p) in sorted(sums.items()):

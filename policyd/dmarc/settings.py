@@ -38,6 +38,8 @@ class DmarcSettings:
     window_days: int = 7
     #: Source IPs that are not ours with series of their own in the window gauges (the most failing ones).
     top_others: int = 10
+    #: Reporters with series of their own (the first ones seen); reports from any later one count as ``other``.
+    max_reporters: int = 50
     max_file_bytes: int = 20 * 1024 * 1024
     max_report_bytes: int = 50 * 1024 * 1024
     #: Where ``sendguard dmarc --follow`` serves its metrics (in ``sendguard run``: policyd.metrics_listen).
@@ -69,6 +71,7 @@ def parse_dmarc(doc: ConfigDocument) -> DmarcSettings:
     interval = section.get("interval", float, defaults.interval, _between(10, 86400, " seconds"))
     window = section.get("window_days", int, defaults.window_days, _between(1, 90, " days"))
     top = section.get("top_others", int, defaults.top_others, _between(0, 100, ""))
+    reporters = section.get("max_reporters", int, defaults.max_reporters, _between(1, 1000, ""))
     max_file = section.get("max_file_bytes", int, defaults.max_file_bytes, _between(1024, 1024**3, " bytes"))
     max_report = section.get("max_report_bytes", int, defaults.max_report_bytes, _between(1024, 1024**3, " bytes"))
     metrics = section.get("metrics_listen", str, defaults.metrics_listen, check_hostport)
@@ -83,6 +86,7 @@ def parse_dmarc(doc: ConfigDocument) -> DmarcSettings:
         interval=float(interval),
         window_days=window,
         top_others=top,
+        max_reporters=reporters,
         max_file_bytes=max_file,
         max_report_bytes=max_report,
         metrics_listen=metrics,

@@ -130,6 +130,13 @@ class ReportStore:
         """Reports stored."""
         return int(self._conn.execute("SELECT COUNT(*) FROM reports").fetchone()[0])
 
+    def first_reporters(self, limit: int) -> list[str]:
+        """The ``limit`` reporters whose first report was stored first: a set that only grows, up to ``limit``."""
+        rows = self._conn.execute(
+            "SELECT reporter FROM reports GROUP BY reporter ORDER BY MIN(id) LIMIT ?", (limit,)
+        ).fetchall()
+        return [r[0] for r in rows]
+
     def totals(self, since: int | None = None) -> list[Totals]:
         """Per reporter and source IP: every report's rows, or only those of reports ending at ``since`` or later."""
         where = "" if since is None else "WHERE r.end >= ?"

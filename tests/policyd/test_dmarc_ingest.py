@@ -247,3 +247,21 @@ def test_any_damage_to_a_report_is_a_one_line_problem_never_a_crash(tmp_path: Pa
             assert "\n" not in str(exc)
         else:
             assert report.messages >= 0
+
+
+def test_reporters_past_max_reporters_count_as_other_and_the_first_ones_keep_their_series(tmp_path: Path):
+    """Anyone can mail a report to the rua address: a flood of invented reporters cannot grow the series."""
+    src = tmp_path / "in"
+    src.mkdir()
+    g = GOOGLE.read_bytes()
+    (src / "0.xml").write_bytes(g)
+    for i in range(1, 6):
+        forged = g.replace(b"<org_name>google.com</org_name>", b"<org_name>forger-%d.example</org_name>" % i)
+        (src / f"{i}.xml").write_bytes(with_id(forged, f"forged-{i}"))
+    settings = settings_for(tmp_path, [src], max_reporters=2)
+    ingest_pass(settings, ReportStore(settings.database))
+    m = scrape(settings)
+    reporters = {dict(k[1])["reporter"] for k in m if k[0] == "sendguard_dmarc_messages_total"}
+    assert reporters == {"google.com", "forger-1.example", "other"}
+    assert sample(m, "sendguard_dmarc_messages_total", reporter="other", source_ip="192.0.2.25", ours="true") == 4000
+    assert sample(m, "sendguard_dmarc_messages_total", reporter="google.com", source_ip="192.0.2.25", ours="true") == 1000
