@@ -116,21 +116,24 @@ class DmarcCollector(Collector):
         return (reporter, ip, "false")
 
     def _counters(self, totals: list[Totals], named: set[str]) -> Iterable[Metric]:
-        families = {
-            "messages": CounterMetricFamily("sendguard_dmarc_messages", "Messages DMARC aggregate reports counted, by reporter and source IP.", labels=_LABELS),
-            "dkim_aligned": CounterMetricFamily("sendguard_dmarc_dkim_aligned", "Of them, with an aligned DKIM signature that verified.", labels=_LABELS),
-            "spf_aligned": CounterMetricFamily("sendguard_dmarc_spf_aligned", "Of them, with SPF passing for an aligned domain.", labels=_LABELS),
-            "dmarc_pass": CounterMetricFamily("sendguard_dmarc_pass", "Of them, passing DMARC (DKIM or SPF aligned).", labels=_LABELS),
-        }  # fmt: skip
+        families = [
+            CounterMetricFamily(name, text, labels=_LABELS)
+            for name, text in (
+                ("sendguard_dmarc_messages", "Messages DMARC aggregate reports counted, by reporter and source IP."),
+                ("sendguard_dmarc_dkim_aligned", "Of them, with an aligned DKIM signature that verified."),
+                ("sendguard_dmarc_spf_aligned", "Of them, with SPF passing for an aligned domain."),
+                ("sendguard_dmarc_pass", "Of them, passing DMARC (DKIM or SPF aligned)."),
+            )
+        ]
         sums: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
         for t in totals:
             s = sums[self._key(t, named, None)]
             for i, value in enumerate((t.messages, t.dkim_aligned, t.spf_aligned, t.dmarc_pass)):
                 s[i] += value
         for key, values in sorted(sums.items()):
-            for family, value in zip(families.values(), values):
+            for family, value in zip(families, values):
                 family.add_metric(list(key), value)
-        yield from families.values()
+        yield from families
 
     def _window(self, totals: list[Totals], named: set[str]) -> Iterable[Metric]:
         labels = [*_LABELS, "window"]
