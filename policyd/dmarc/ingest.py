@@ -210,6 +210,14 @@ def _message(data: bytes) -> Message:
     return email.message_from_bytes(data, policy=email.policy.compat32)
 
 
+def read_message(where: str, data: bytes, limits: Limits = Limits()) -> Iterator[Found]:
+    """The reports attached to one mail's bytes (one fetched over IMAP), or why there are none."""
+    if len(data) > limits.max_file_bytes:
+        yield Found(where, problem=f"{len(data)} bytes, past max_file_bytes ({limits.max_file_bytes} bytes): not read")
+        return
+    yield from _attachments(where, _message(data), limits.max_report_bytes)
+
+
 def read_unit(unit: Unit, limits: Limits = Limits()) -> Iterator[Found]:
     """Every report in one file (an mbox message by message), or why a piece gave none."""
     where = str(unit.path)

@@ -15,12 +15,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from sendguard import logs
 from sendguard_policyd.dmarc import metrics
-from sendguard_policyd.dmarc.ingest import Limits, read_unit, units
+from sendguard_policyd.dmarc.imap import ImapError, fetch
+from sendguard_policyd.dmarc.ingest import Found, Limits, read_message, read_unit, units
 from sendguard_policyd.dmarc.report import ReportError, parse_report
 from sendguard_policyd.dmarc.settings import DmarcSettings
 from sendguard_policyd.dmarc.store import ReportStore
@@ -37,7 +39,7 @@ class PassResult:
     bad: int = 0
     #: Files not opened: read before, unchanged since.
     unchanged: int = 0
-    #: Sources that do not exist (or cannot be listed).
+    #: Sources that do not exist (or cannot be listed), and an IMAP mailbox that could not be read.
     missing: list[str] = field(default_factory=list)
 
     def text(self) -> str:
@@ -63,6 +65,37 @@ def _store_one(where: str, xml: bytes, store: ReportStore, result: PassResult) -
         log.debug("%s: report %s from %s already stored", where, report.report_id, report.org_name)
 
 
+def _store_all(where: str, found: Callable[[], Iterator[Found]], store: ReportStore, result: PassResult) -> None:
+    try:
+        for one in found():
+            if one.problem:
+                log.warning("%s: skipped: %s", one.where, one.problem)
+                result.bad += 1
+            else:
+                _store_one(one.where, one.xml, store, result)
+    except Exception as exc:  # one strange file or mail must not end the pass
+        log.warning("%s: skipped: %s: %s", where, type(exc).__name__, exc)
+        result.bad += 1
+
+
+def _imap_pass(settings: DmarcSettings, store: ReportStore, limits: Limits, result: PassResult) -> None:
+    imap = settings.imap
+    assert imap is not None
+    # A message's key (mailbox, UIDVALIDITY, UID) is kept beside the files read, size and time 0.
+    known = lambda key: store.file_known(key, 0, 0)  # noqa: E731
+    try:
+        for message in fetch(imap, known, limits.max_file_bytes):
+            if message.problem:
+                log.warning("%s: skipped: %s", message.where, message.problem)
+                result.bad += 1
+            else:
+                _store_all(message.where, lambda m=message: read_message(m.where, m.data, limits), store, result)
+            store.remember_file(message.key, 0, 0)
+    except ImapError as exc:
+        log.warning("dmarc IMAP mailbox not read in this pass: %s", exc)
+        result.missing.append(f"imap://{imap.host}")
+
+
 def ingest_pass(settings: DmarcSettings, store: ReportStore) -> PassResult:
     """Read every source once; store the reports not stored yet."""
     result = PassResult()
@@ -78,20 +111,13 @@ def ingest_pass(settings: DmarcSettings, store: ReportStore) -> PassResult:
                 if store.file_known(unit.path, unit.size, unit.mtime_ns):
                     result.unchanged += 1
                     continue
-                try:
-                    for found in read_unit(unit, limits):
-                        if found.problem:
-                            log.warning("%s: skipped: %s", found.where, found.problem)
-                            result.bad += 1
-                        else:
-                            _store_one(found.where, found.xml, store, result)
-                except Exception as exc:  # one strange file must not end the pass
-                    log.warning("%s: skipped: %s: %s", unit.path, type(exc).__name__, exc)
-                    result.bad += 1
+                _store_all(str(unit.path), lambda unit=unit: read_unit(unit, limits), store, result)
                 store.remember_file(unit.path, unit.size, unit.mtime_ns)
         except OSError as exc:
             log.warning("dmarc source %s cannot be listed: %s (skipped in this pass)", source, exc.strerror or exc)
             result.missing.append(source)
+    if settings.imap is not None:
+        _imap_pass(settings, store, limits, result)
     for name in metrics.RESULTS:
         metrics.INGESTED.labels(name).inc(getattr(result, name))
     metrics.LAST_PASS.set(time.time())

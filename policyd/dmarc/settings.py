@@ -13,11 +13,34 @@ exports on its metrics endpoint, when ``sources`` is set and ``enabled`` is not 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from sendguard.addresses import IPNetwork, check_hostport, check_network, parse_client_address, parse_network
 from sendguard.config import ConfigDocument
+from sendguard.config_reader import REQUIRED, Section, check_one_of
+from sendguard_policyd.redis_settings import read_password_file
+
+
+#: How the IMAP connection is protected: TLS from the first byte (993), STARTTLS (143), or not at all
+#: (allowed to a loopback address only: a password in clear must not cross a network).
+IMAP_TLS = ("implicit", "starttls", "none")
+
+
+@dataclass(frozen=True)
+class ImapSettings:
+    """``[dmarc.imap]``: a mailbox the reports are fetched from (read-only: nothing is marked or moved)."""
+
+    host: str
+    username: str
+    password_file: str
+    #: Read from ``password_file`` at start; never printed.
+    password: str = field(default="", repr=False)
+    port: int = 993
+    tls: str = "implicit"
+    mailbox: str = "INBOX"
+    #: Seconds a connection or a command may take.
+    timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -42,13 +65,15 @@ class DmarcSettings:
     max_reporters: int = 50
     max_file_bytes: int = 20 * 1024 * 1024
     max_report_bytes: int = 50 * 1024 * 1024
+    #: An IMAP mailbox to fetch reports from too (None: none).
+    imap: ImapSettings | None = None
     #: Where ``sendguard dmarc --follow`` serves its metrics (in ``sendguard run``: policyd.metrics_listen).
     metrics_listen: str = "127.0.0.1:9467"
 
     @property
     def configured(self) -> bool:
         """Whether there is any source to read."""
-        return bool(self.sources)
+        return bool(self.sources) or self.imap is not None
 
     def ours(self, ip: str) -> bool:
         """Whether ``ip`` is one of our egress addresses."""
@@ -77,6 +102,7 @@ def parse_dmarc(doc: ConfigDocument) -> DmarcSettings:
     metrics = section.get("metrics_listen", str, defaults.metrics_listen, check_hostport)
     if not database:
         raise section.error("database", "cannot be empty")
+    imap = _parse_imap(section.sub("imap"), doc) if section.has("imap") else None
     section.finish()
     return DmarcSettings(
         enabled=enabled,
@@ -90,4 +116,32 @@ def parse_dmarc(doc: ConfigDocument) -> DmarcSettings:
         max_file_bytes=max_file,
         max_report_bytes=max_report,
         metrics_listen=metrics,
+        imap=imap,
     )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    addr = parse_client_address(host)
+    return addr is not None and addr.is_loopback
+
+
+def _parse_imap(section: Section, doc: ConfigDocument) -> ImapSettings:
+    defaults = ImapSettings("", "", "")
+    host = section.get("host", str, check=lambda v: None if v and not any(c.isspace() for c in v) else "a host name or address")
+    tls = section.get("tls", str, defaults.tls, check_one_of(*IMAP_TLS))
+    port = section.get("port", int, 993 if tls == "implicit" else 143, _between(1, 65535, ""))
+    username = section.get("username", str, check=lambda v: None if v else "cannot be empty")
+    password_path = section.get_path("password_file", doc.config.base_dir, default=REQUIRED)
+    mailbox = section.get("mailbox", str, defaults.mailbox, lambda v: None if v else "cannot be empty")
+    timeout = section.get("timeout", float, defaults.timeout, _between(1, 300, " seconds"))
+    section.finish()
+    if tls == "none" and not _loopback(host):
+        raise section.error("tls", f'"none" sends the password in clear: only to a loopback address, not {host!r}')
+    assert password_path is not None
+    try:
+        password = read_password_file(str(password_path))
+    except ValueError as exc:
+        raise section.error("password_file", str(exc)) from None
+    return ImapSettings(host, username, str(password_path), password, port, tls, mailbox, float(timeout))

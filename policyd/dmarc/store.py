@@ -117,12 +117,12 @@ class ReportStore:
     def _transaction(self) -> _Transaction:
         return _Transaction(self._conn)
 
-    def file_known(self, path: Path, size: int, mtime_ns: int) -> bool:
+    def file_known(self, path: Path | str, size: int, mtime_ns: int) -> bool:
         """Whether this file was read whole as it is now (same size and modification time)."""
         row = self._conn.execute("SELECT size, mtime_ns FROM files_read WHERE path = ?", (str(path),)).fetchone()
         return row is not None and row[0] == size and row[1] == mtime_ns
 
-    def remember_file(self, path: Path, size: int, mtime_ns: int) -> None:
+    def remember_file(self, path: Path | str, size: int, mtime_ns: int) -> None:
         """Note that this file was read whole (its reports stored, its problems logged)."""
         self._conn.execute(
             "INSERT INTO files_read (path, size, mtime_ns) VALUES (?, ?, ?)"

@@ -267,7 +267,7 @@ def cmd_dmarc(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     dmarc = settings.dmarc
     if not dmarc.configured:
-        raise ConfigError(settings.file, "dmarc.sources", "sendguard dmarc needs at least one source (a file, folder, maildir or mbox)")
+        raise ConfigError(settings.file, "dmarc.sources", "sendguard dmarc needs at least one source (a file, folder, maildir or mbox), or [dmarc.imap]")
     from sendguard_policyd.dmarc import service as dmarc_service
     from sendguard_policyd.dmarc.store import ReportStore
 
