@@ -96,11 +96,12 @@ cmd_test() {
     # (unshare), iproute2 and openssl: the private DNS namespace the OpenDKIM test builds;
     # logrotate and systemd-journal-remote: the watcher's rotations and journal files, for real;
     # nsd: the authoritative server dns-check's tests ask (tests/support/nsd_server.py);
-    # systemd: systemd-analyze verifies the units in systemd/ (tests/core/test_install.py).
+    # systemd: systemd-analyze verifies the units in systemd/ (tests/core/test_install.py);
+    # dovecot-imapd: the IMAP server sendguard dmarc fetches reports from (tests/support/dovecot_server.py).
     # These are tools for the tests: their services are not started (policy-rc.d), and the
     # tests start their own instances on loopback.
     without_service_start apt_install opendkim-tools redis-server util-linux iproute2 openssl logrotate \
-        systemd-journal-remote nsd systemd
+        systemd-journal-remote nsd systemd dovecot-imapd
     python_env "[test]"
     promtool_env
     # The venv (with podman-compose from the test extras) first on PATH, for the
