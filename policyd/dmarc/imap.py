@@ -35,11 +35,20 @@ class Fetched:
 
 
 def _connect(s: ImapSettings) -> imaplib.IMAP4:
+    # Certificates are always verified (host name included): the login's password goes over this.
+    context = ssl.create_default_context(cafile=s.ca_file or None)
     if s.tls == "implicit":
-        return imaplib.IMAP4_SSL(s.host, s.port, ssl_context=ssl.create_default_context(), timeout=s.timeout)
+        return imaplib.IMAP4_SSL(s.host, s.port, ssl_context=context, timeout=s.timeout)
     conn = imaplib.IMAP4(s.host, s.port, timeout=s.timeout)
     if s.tls == "starttls":
-        conn.starttls(ssl.create_default_context())
+        try:
+            conn.starttls(context)
+        except BaseException:
+            try:
+                conn.shutdown()
+            except OSError:  # the failed handshake may have closed the socket already
+                pass
+            raise
     return conn
 
 

@@ -41,6 +41,8 @@ class ImapSettings:
     mailbox: str = "INBOX"
     #: Seconds a connection or a command may take.
     timeout: float = 30.0
+    #: CA certificates (PEM) the server's certificate is verified against ("" = the system's).
+    ca_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,10 @@ def _parse_imap(section: Section, doc: ConfigDocument) -> ImapSettings:
     password_path = section.get_path("password_file", doc.config.base_dir, default=REQUIRED)
     mailbox = section.get("mailbox", str, defaults.mailbox, lambda v: None if v else "cannot be empty")
     timeout = section.get("timeout", float, defaults.timeout, _between(1, 300, " seconds"))
+    ca_file = section.get_path("ca_file", doc.config.base_dir)
     section.finish()
+    if ca_file is not None and not ca_file.is_file():
+        raise section.error("ca_file", f"{ca_file} is not a readable file")
     if tls == "none" and not _loopback(host):
         raise section.error("tls", f'"none" sends the password in clear: only to a loopback address, not {host!r}')
     assert password_path is not None
@@ -144,4 +149,6 @@ def _parse_imap(section: Section, doc: ConfigDocument) -> ImapSettings:
         password = read_password_file(str(password_path))
     except ValueError as exc:
         raise section.error("password_file", str(exc)) from None
-    return ImapSettings(host, username, str(password_path), password, port, tls, mailbox, float(timeout))
+    return ImapSettings(
+        host, username, str(password_path), password, port, tls, mailbox, float(timeout), str(ca_file or "")
+    )

@@ -117,3 +117,25 @@ def test_a_password_file_every_user_can_read_is_refused(tmp_path: Path):
     with pytest.raises(ConfigError) as exc:
         settings_of(tmp_path, data)
     assert exc.value.key == "dmarc.imap.password_file" and "readable by every user" in exc.value.reason
+
+
+@pytest.fixture(scope="module")
+def dovecot_tls():
+    server = DovecotServer(tls=True).start()
+    server.deliver(report_mail(gzipped(GOOGLE.read_bytes()), "google.com!example.org.xml.gz").as_bytes())
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("tls", ["implicit", "starttls"])
+def test_tls_verified_against_the_ca_file(tmp_path: Path, dovecot_tls: DovecotServer, tls: str, caplog):
+    port = dovecot_tls.tls_port if tls == "implicit" else dovecot_tls.port
+    settings = settings_of(tmp_path, imap_config(tmp_path, port, tls=tls, ca_file=str(dovecot_tls.ca_file)))
+    result = ingest_pass(settings, ReportStore(settings.database))
+    assert (result.new, result.missing) == (1, []), caplog.text
+    # Without the CA the self-signed certificate is refused: no password is sent to it.
+    unverified = settings_of(tmp_path / "no-ca", imap_config(tmp_path, port, tls=tls))
+    with caplog.at_level(logging.WARNING, logger="sendguard.dmarc"):
+        refused = ingest_pass(unverified, ReportStore(unverified.database))
+    assert (refused.new, refused.missing) == (0, ["imap://127.0.0.1"])
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
