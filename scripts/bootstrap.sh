@@ -96,11 +96,12 @@ cmd_test() {
     # (unshare), iproute2 and openssl: the private DNS namespace the OpenDKIM test builds;
     # logrotate and systemd-journal-remote: the watcher's rotations and journal files, for real;
     # nsd: the authoritative server dns-check's tests ask (tests/support/nsd_server.py);
-    # systemd: systemd-analyze verifies the units in systemd/ (tests/core/test_install.py).
+    # systemd: systemd-analyze verifies the units in systemd/ (tests/core/test_install.py);
+    # dovecot-imapd: the IMAP server sendguard dmarc fetches reports from (tests/support/dovecot_server.py).
     # These are tools for the tests: their services are not started (policy-rc.d), and the
     # tests start their own instances on loopback.
     without_service_start apt_install opendkim-tools redis-server util-linux iproute2 openssl logrotate \
-        systemd-journal-remote nsd systemd
+        systemd-journal-remote nsd systemd dovecot-imapd
     # postfix (smtpd, smtp-sink): the private real-Postfix instances of the tests
     # (tests/support/sendguard_testing/postfix_instance.py, which would install it itself);
     # "No configuration": no main.cf is written and the system instance never runs.

@@ -14,7 +14,7 @@
 #   /etc/sendguard/sendguard.toml  from examples/sendguard.toml, only when there is none (never overwritten)
 #   /etc/sendguard/keys            0750 root:sendguard, for the DKIM keys (each 0640 root:sendguard)
 #   /var/lib/sendguard             0750 sendguard:sendguard, the state (counters, stamps, pauses)
-#   /etc/systemd/system/sendguard-{milter,policyd,release,watch}.service  from systemd/ (rewritten
+#   /etc/systemd/system/sendguard-{milter,policyd,release,watch,dmarc}.service  from systemd/ (rewritten
 #                                  each run: local changes go in drop-ins, systemctl edit UNIT)
 # It enables and starts nothing: see the lines it prints at the end.
 set -euo pipefail
@@ -135,6 +135,7 @@ cat >&2 <<EOF
    1. edit $etc/sendguard.toml (sendguard check-config $etc/sendguard.toml says what is wrong)
    2. put each DKIM key in $etc/keys (install -o root -g $user -m 0640 KEY $etc/keys/)
    3. systemctl enable --now sendguard-milter sendguard-policyd
-      and on the Postfix host sendguard-release; sendguard-watch once [watch] names a log
+      and on the Postfix host sendguard-release; sendguard-watch once [watch] names a log,
+      sendguard-dmarc once [dmarc] names the report mailbox
    4. wire Postfix in with postfix-snippets/ (README.md)
 EOF

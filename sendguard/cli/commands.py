@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sqlite3
 import sys
 import threading
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -21,6 +22,7 @@ from sendguard.metrics_http import ListenError
 if TYPE_CHECKING:
     from sendguard.config import Config
     from sendguard_milter.settings import MilterSettings
+    from sendguard_policyd.dmarc.service import DmarcHandle
     from sendguard_policyd.listmonk.service import ListmonkHandle
     from sendguard_policyd.stop_signal_rules import Rule
 
@@ -137,6 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     releaser = None
     watcher = None
     listmonk = None
+    dmarc = None
     try:
         if release_service.wanted_in_run(settings.policyd):
             releaser = _start_releaser(settings)
@@ -146,10 +149,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             watcher = watch_service.start(settings.config, settings.policyd, settings.stop_signals.rules)
         listmonk = _start_listmonk(settings)
+        if settings.dmarc.enabled and settings.dmarc.configured:
+            dmarc = _start_dmarc(settings)
         freeze_start_up_heap()
         # The milter's SIGHUP reloads the milter's part only, and says so for the policy daemon's.
         milter_service.run(settings.config, settings.milter, _milter_loader(args.config, policyd_too=True))
     finally:
+        if dmarc is not None:
+            dmarc.stop()
         if watcher is not None:
             watcher.stop()
         if listmonk is not None:
@@ -253,6 +260,63 @@ def cmd_watch(args: argparse.Namespace) -> int:
     finally:
         handle.stop()
     return 0
+
+
+def cmd_dmarc(args: argparse.Namespace) -> int:
+    """Ingest DMARC aggregate reports: one pass (the default), or ``--follow``: a pass every interval, metrics served."""
+    settings = _load(args.config)
+    dmarc = settings.dmarc
+    if not dmarc.configured:
+        raise ConfigError(settings.file, "dmarc.sources", "sendguard dmarc needs at least one source (a file, folder, maildir or mbox), or [dmarc.imap]")
+    from sendguard_policyd.dmarc import service as dmarc_service
+    from sendguard_policyd.dmarc.store import ReportStore
+
+    if not args.follow:
+        try:
+            store = ReportStore(dmarc.database)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(settings.file, "dmarc.database", f"cannot open {dmarc.database}: {exc}") from None
+        try:
+            result = dmarc_service.ingest_pass(dmarc, store)
+        finally:
+            store.close()
+        print(f"dmarc: {result.text()}")
+        return 0
+    from sendguard import metrics_http
+    from sendguard.addresses import parse_hostport
+
+    if args.listen:
+        try:
+            parse_hostport(args.listen)
+        except ValueError as exc:
+            print(f"sendguard dmarc: --listen {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    stop = _stop_on_signal()
+    signal.signal(signal.SIGHUP, lambda *_: logs.get("dmarc").warning(
+        "SIGHUP: the DMARC ingester does not reload its configuration ([dmarc]); restart it to apply changes"))
+    handle = _start_dmarc(settings)
+    try:
+        metrics_http.serve(args.listen or dmarc.metrics_listen, "the DMARC ingester")
+    except ListenError:
+        handle.stop()
+        raise
+    try:
+        _wait_for_signal(stop)
+    finally:
+        handle.stop()
+    return 0
+
+
+def _start_dmarc(settings: Settings) -> DmarcHandle:
+    """The DMARC ingester on its thread, its totals exported on the default registry."""
+    from sendguard_policyd.dmarc import service as dmarc_service
+
+    try:
+        handle = dmarc_service.start(settings.dmarc)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(settings.file, "dmarc.database", f"cannot open {settings.dmarc.database}: {exc}") from None
+    dmarc_service.register_metrics(settings.dmarc)
+    return handle
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -391,6 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     release.set_defaults(func=cmd_release)
     with_config(sub.add_parser("watch", help="follow Postfix's log: deliveries per stream and receiving operator")
                 ).set_defaults(func=cmd_watch)  # fmt: skip
+    dmarc = with_config(sub.add_parser("dmarc", help="ingest DMARC aggregate reports ([dmarc] sources) for the metrics"))
+    dmarc.add_argument("--follow", action="store_true", help="a pass every [dmarc] interval, metrics served, until stopped")
+    dmarc.add_argument("--listen", metavar="HOST:PORT", help="with --follow: serve metrics here (default: [dmarc] metrics_listen)")
+    dmarc.set_defaults(func=cmd_dmarc)
     check = sub.add_parser("check-config", help="validate a config and print the effective configuration")
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=cmd_check_config)

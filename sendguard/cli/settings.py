@@ -19,6 +19,7 @@ from sendguard.config_reader import ConfigError, Section
 from sendguard.streams import Stream
 from sendguard_milter.keys import KeyLoadError, load_key
 from sendguard_milter.settings import MilterSettings, parse_milter
+from sendguard_policyd.dmarc.settings import DmarcSettings, parse_dmarc
 from sendguard_policyd.listmonk.settings import ListmonkSettings, parse_listmonk
 from sendguard_policyd.settings import PolicydSettings, parse_policyd
 from sendguard_policyd.stop_signals_settings import StopSignalSettings, parse_stop_signals
@@ -37,6 +38,8 @@ class Settings:
     source: Section = field(default_factory=lambda: Section({}, "", core.EMBEDDED), compare=False, repr=False)
     #: ``[stop_signals.*]``: the rules that pause a stream (read by the watcher's consumers).
     stop_signals: StopSignalSettings = field(default_factory=StopSignalSettings)
+    #: ``[dmarc]``: where the DMARC aggregate reports are read from.
+    dmarc: DmarcSettings = field(default_factory=DmarcSettings)
 
     @property
     def file(self) -> str:
@@ -65,12 +68,14 @@ def _compose(doc: core.ConfigDocument, check_keys: bool = False) -> Settings:
     milter = doc.errors.attempt(lambda: parse_milter(doc))
     stop_signals = doc.errors.attempt(lambda: parse_stop_signals(doc))
     listmonk = parse_listmonk(doc)  # collects its own problems, one per table
+    dmarc = doc.errors.attempt(lambda: parse_dmarc(doc))
     if check_keys and milter is not None:
         doc.errors.errors.extend(_check_key_files(doc.config.file, milter))
     doc.finish()  # raises every problem collected
-    assert policyd is not None and milter is not None and stop_signals is not None
+    assert policyd is not None and milter is not None and stop_signals is not None and dmarc is not None
     return Settings(
-        config=doc.config, policyd=policyd, milter=milter, listmonk=listmonk, source=doc.top, stop_signals=stop_signals
+        config=doc.config, policyd=policyd, milter=milter, listmonk=listmonk, source=doc.top, stop_signals=stop_signals,
+        dmarc=dmarc,
     )
 
 

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
+from dmarc_reports import GOOGLE, dated
 from cryptography.hazmat.primitives.asymmetric import rsa
 from ports import free_port, wait_listening
 from prometheus_client.parser import text_string_to_metric_families
@@ -116,6 +117,10 @@ daily_cap = 4000
 start_date = {start}
 [streams.trucking.match]
 client_address = ["172.18.0.5/32"]
+
+[dmarc]
+sources = ["{reports}"]
+our_ips = ["192.0.2.25"]
 """
 
 MESSAGE = (
@@ -145,7 +150,10 @@ def test_every_metric_a_panel_asks_for_is_exported(tmp_path):
     ports = {"policyd": free_port(), "metrics": free_port(), "milter": free_port()}
     start = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
     config = tmp_path / "sendguard.toml"
-    config.write_text(CONFIG.format(state=tmp_path / "state", key=key_file, start=start, **ports))
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "google.xml").write_bytes(dated(GOOGLE.read_bytes(), int(time.time())))  # the DMARC panels' series
+    config.write_text(CONFIG.format(state=tmp_path / "state", key=key_file, start=start, reports=reports, **ports))
     log = tmp_path / "run.log"
     proc = subprocess.Popen([sendguard_command(), "run", "--config", str(config)], stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     try:
@@ -167,6 +175,10 @@ def test_every_metric_a_panel_asks_for_is_exported(tmp_path):
         untrusted.close()
         assert refused["result"].startswith(b"y550")
 
+        deadline = time.monotonic() + 20
+        while "sendguard_dmarc_window_messages" not in _scrape(ports["metrics"]):  # the first pass is on its thread
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
         samples = _scrape(ports["metrics"])
     finally:
         proc.terminate()

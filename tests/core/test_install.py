@@ -75,7 +75,8 @@ def test_the_shipped_units_are_installed_with_only_paths_and_user_changed(staged
             f"Group={staged.user}\n", "Group=sendguard\n")  # fmt: skip
         assert back == unit.read_text(), unit.name
     assert {u.name for u in UNITS} == {
-        "sendguard-milter.service", "sendguard-policyd.service", "sendguard-release.service", "sendguard-watch.service"
+        "sendguard-milter.service", "sendguard-policyd.service", "sendguard-release.service", "sendguard-watch.service",
+        "sendguard-dmarc.service",
     }  # fmt: skip
 
 
