@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from typing import Callable
 
 from sendguard import logs
+
+from .own_listener import wait_for_own_listener
 
 log = logs.get("milter")
 
@@ -43,30 +44,13 @@ def _listening_inodes(port: int) -> set[str]:
     return inodes
 
 
-def _own_fds_for(inodes: set[str]) -> list[int]:
-    fds = []
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            continue
-        if target.startswith("socket:[") and target[8:-1] in inodes:
-            fds.append(int(name))
-    return fds
-
-
 def set_nodelay_on_listener(port: int, alive: Callable[[], bool], timeout: float = 10.0) -> bool:
     """Wait until this process listens on TCP ``port``, then set TCP_NODELAY on that socket.
 
     Returns whether it was set; a failure is logged and the milter runs on with Nagle on.
     ``alive`` says whether libmilter still runs: once it has stopped there is nothing to wait for.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        fds = _own_fds_for(_listening_inodes(port))
-        if fds or time.monotonic() > deadline or not alive():
-            break
-        time.sleep(0.02)
+    fds = wait_for_own_listener(lambda: _listening_inodes(port), alive, timeout)
     if not fds:
         if not alive():
             return False  # it never listened: the caller reports why

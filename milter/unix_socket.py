@@ -11,9 +11,9 @@ inode, so a stale file of an earlier run is never taken for it — and then sets
 
 from __future__ import annotations
 
-import os
-import time
 from typing import Callable
+
+from .own_listener import wait_for_own_listener
 
 #: /proc/net/unix Flags of a listening socket (__SO_ACCEPTCON).
 _ACCEPTING = 0x10000
@@ -35,26 +35,9 @@ def _listening_inodes(path: str) -> set[str]:
     return inodes
 
 
-def _own_socket(inodes: set[str]) -> bool:
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            continue
-        if target.startswith("socket:[") and target[8:-1] in inodes:
-            return True
-    return False
-
-
 def wait_for_unix_listener(path: str, alive: Callable[[], bool], timeout: float = 10.0) -> bool:
     """Wait until this process listens on the unix socket ``path``; return whether it does.
 
     ``alive`` says whether libmilter still runs: once it has stopped there is nothing to wait for.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        if _own_socket(_listening_inodes(path)):
-            return True
-        if time.monotonic() > deadline or not alive():
-            return False
-        time.sleep(0.02)
+    return bool(wait_for_own_listener(lambda: _listening_inodes(path), alive, timeout))

@@ -22,18 +22,8 @@ need_root() {
     fi
 }
 
-apt_install() {
-    # Install the Debian packages that are not installed yet; `apt-get update` only if needed.
-    local missing=()
-    for pkg in "$@"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    log "apt-get install ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
+# apt_install PACKAGE...
+. "$here/scripts/apt.sh"
 
 without_service_start() {
     # Run "$@" with Debian's policy-rc.d answering "no" (101): packages installed meanwhile do

@@ -55,18 +55,8 @@ etc="$root/etc/sendguard"
 state="$root/var/lib/sendguard"
 units="$root/etc/systemd/system"
 
-apt_install() {
-    # The Debian packages that are not installed yet; `apt-get update` only if needed.
-    local missing=() pkg
-    for pkg in "$@"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    log "apt-get install ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
+# apt_install PACKAGE...
+. "$here/scripts/apt.sh"
 
 # The milter's C extension (pymilter) builds against libmilter.
 apt_install python3 python3-venv python3-dev gcc libc6-dev libmilter-dev ca-certificates
