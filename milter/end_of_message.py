@@ -12,12 +12,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from sendguard import logs
+
 from . import dkim_sign, message_id, metrics
 from .decision import Decision, Facts, after_signing_error, check_body, decide, find_long_line
 from .links import log as link_log, metrics as link_metrics, rewrite as link_rewrite
 from .runtime import Runtime
 from .text_part.add import HeaderChange, add_text_part, changed_headers
-from sendguard import logs
 
 log = logs.get("milter")
 
