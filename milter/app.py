@@ -2,13 +2,11 @@
 
 It collects what the decision needs — client address and port, ``{daemon_port}``,
 ``{auth_authen}``, the envelope sender, every header as raw bytes and the raw
-body — and at end of message: decides on the client and headers, repairs links,
-adds a text part to HTML-only mail and repairs the Message-ID (in-scope mail
-only, each when configured), checks the message as it will be sent, signs it
-(header fields as Postfix will hold them after the milter's changes) or
-refuses, and logs one line with the queue id. Header values and the body are
-taken as bytes (``@Milter.decode('bytes')``) and never re-encoded, so 8-bit
-headers and bodies are signed exactly as they will be sent.
+body — and at end of message hands them to :mod:`.end_of_message` (decide,
+repair links, text part and Message-ID, check, sign), then answers Postfix with
+the verdict and its changes and logs one line with the queue id. Header values
+and the body are taken as bytes (``@Milter.decode('bytes')``) and never
+re-encoded, so 8-bit headers and bodies are signed exactly as they will be sent.
 
 If the milter itself fails (an exception of its own), the message is answered
 ``451 4.3.0``: Postfix keeps or retries it, and unsigned bulk mail never leaves.
@@ -16,7 +14,6 @@ If the milter itself fails (an exception of its own), the message is answered
 
 from __future__ import annotations
 
-import re
 import socket
 import tempfile
 import time
@@ -25,67 +22,23 @@ from typing import Callable
 import Milter
 
 from sendguard import logs
-from sendguard.streams import Stream
 
-from . import dkim_sign, message_id, metrics
+from . import metrics
 from .command_size import COMMAND_LIMIT
-from .links import log as link_log, metrics as link_metrics, rewrite as link_rewrite
-from .decision import Decision, Facts, after_signing_error, check_body, decide, find_long_line
-from .keys import KeyStore
-from .published_keys import PublishedKeyCheck
+from .decision import Facts
+from .end_of_message import Prepared, prepare
 from .refusal import INTERNAL_ERROR, reply_args
-from .settings import MilterSettings
-from .text_part.add import HeaderChange, add_text_part, changed_headers
+from .runtime import Runtime
 from .trusted_scope import is_local_submission
+
+__all__ = ["BODY_SPILL_BYTES", "Runtime", "SendguardMilter"]
 
 log = logs.get("milter")
 
-_NEWLINE = re.compile(rb"\r?\n")
 _SIG_PREFIX = b"DKIM-Signature: "
 
 #: A body larger than this is kept in a temporary file while it arrives, not in memory.
 BODY_SPILL_BYTES = 1 << 20
-
-
-class Runtime:
-    """What every connection shares: the settings, the streams and the keys in service."""
-
-    def __init__(
-        self, settings: MilterSettings, streams: tuple[Stream, ...], keys: KeyStore, published: PublishedKeyCheck | None = None
-    ) -> None:
-        self.settings = settings
-        self.streams = streams
-        self.keys = keys
-        #: The published-record check, with ``[signing] verify_published_keys``.
-        self.published = published
-
-    def key_problem(self, name: str) -> str | None:
-        """Why key ``name``'s published record does not match it (None when it does or is not checked)."""
-        return self.published.problem(name) if self.published is not None else None
-
-    def start_watching(self) -> None:
-        """Start the key-file watcher and the published-record check."""
-        self.keys.watch(self.settings.key_check_interval)
-        if self.published is not None:
-            self.published.watch(self.settings.published_key_interval)
-
-    def stop_watching(self) -> None:
-        """Stop both threads."""
-        self.keys.stop()
-        if self.published is not None:
-            self.published.stop()
-
-
-def header_block(headers: list[tuple[str, bytes]]) -> bytes:
-    """The header section as it will be sent (CRLF line ends), from the values the MTA passed."""
-    out = []
-    for name, value in headers:
-        raw_name = name.encode("utf-8", "surrogateescape") if isinstance(name, str) else name
-        value = _NEWLINE.sub(b"\r\n", value)
-        # Without SMFIP_HDR_LEADSPC the MTA strips the space after the colon; put one back.
-        sep = b":" if value[:1] in (b" ", b"\t") else b": "
-        out.append(raw_name + sep + value + b"\r\n")
-    return b"".join(out)
 
 
 class SendguardMilter(Milter.Base):
@@ -264,92 +217,12 @@ class SendguardMilter(Milter.Base):
         )
 
     def _end_of_message(self, queue_id: str) -> int:
+        return self._apply(queue_id, prepare(self.runtime, self.facts(), self._take_body(), queue_id))
+
+    def _apply(self, queue_id: str, prepared: Prepared) -> int:
+        """Answer Postfix with the verdict and its changes, and log it in one line with the queue id."""
         settings = self.runtime.settings
-        body = self._take_body()
-        # Scope, stream, bulk, From, row and key depend on the headers only, which
-        # link repair leaves alone: decide once, check the final body afterwards.
-        decision = decide(settings, self.runtime.streams, self.runtime.keys.get, self.facts(), self.runtime.key_problem)
-
-        new_body: bytes | None = None
-        changes: list[HeaderChange] = []
-        additions: list[tuple[str, str]] = []
-        if decision.scope.trusted:
-            # Only our own outgoing mail is repaired; inbound mail passes untouched.
-            policy = settings.link_policy(decision.stream)
-            if policy.mode != "off":
-                result = link_rewrite.rewrite_message(self.headers, body, policy)
-                link_log.log_result(log, queue_id, result, policy.mode)
-                link_metrics.record(result, policy.mode)
-                if result.body is not None and result.body != body:
-                    new_body = result.body
-                    body = new_body
-            if settings.text_part(decision.stream):
-                # After link repair, so the text part shows the repaired links.
-                added = add_text_part(self.headers, body)
-                if added.body is not None:
-                    new_body = body = added.body
-                    changes += added.header_changes
-                    additions += added.header_additions
-                    # Signed as Postfix will send it: with the changed Content-Type.
-                    self.headers = changed_headers(self.headers, added)
-                    log.info("%s: text part: added a text/plain part rendered from the HTML", queue_id)
-                elif added.outcome != "not_html_only":
-                    log.warning("%s: text part: not added: %s: %s", queue_id, added.outcome, added.detail)
-                if added.outcome != "not_html_only":
-                    metrics.TEXT_PARTS.labels(outcome=added.outcome).inc()
-            repair = message_id.needed_repair(self.headers, settings.message_id, decision.sender_from.domain)
-            if repair is not None:
-                self._repair_message_id(queue_id, repair, changes, additions)
-
-        block = header_block(self.headers)
-        decision = check_body(decision, find_long_line(block, body), self.client_addr)
-        signatures: list[bytes] = []
-        if decision.action == "sign":
-            try:
-                signatures = self._sign(decision, block, body)
-            except Exception as exc:  # a message we cannot sign is a decision, not a crash
-                log.error("%s: signing failed: %s: %s", queue_id, type(exc).__name__, exc)
-                decision = after_signing_error(decision, f"{type(exc).__name__}: {exc}", self.client_addr)
-
-        return self._apply(queue_id, decision, new_body, signatures, changes, additions)
-
-    def _repair_message_id(
-        self, queue_id: str, repair: message_id.Repair, changes: list[HeaderChange], additions: list[tuple[str, str]]
-    ) -> None:
-        """Note the new Message-ID for Postfix (in ``changes``/``additions``) and in self.headers, which is signed."""
-        headers = self.headers
-        if repair.original is None:
-            additions.append(("Message-ID", repair.new_id))
-            headers.append(("Message-ID", repair.new_id.encode("ascii")))
-        else:
-            changes.append(HeaderChange("Message-ID", repair.new_id))
-            i = next(i for i, (n, _) in enumerate(headers) if n.lower() == "message-id")
-            headers[i] = (headers[i][0], repair.new_id.encode("ascii"))
-        if self.runtime.settings.message_id.keep_original and repair.original:
-            additions.append(("X-Original-Message-ID", repair.original))
-            headers.append(("X-Original-Message-ID", repair.original.encode("utf-8")))
-        metrics.MESSAGE_ID_REPAIRED.labels(reason=repair.reason).inc()
-        was = f" (right-hand side {repair.bad_host!r})" if repair.reason == "bad_host" else ""
-        log.info("%s: message-id: %s%s, replaced with %s", queue_id, repair.reason, was, repair.new_id)
-
-    def _sign(self, decision: Decision, block: bytes, body: bytes) -> list[bytes]:
-        """The DKIM-Signature lines for the message, RSA first (an Ed25519 one follows when the key has it)."""
-        settings = self.runtime.settings
-        key = decision.key
-        assert key is not None  # a "sign" decision always carries its key
-        include = dkim_sign.header_list([n for n, _ in self.headers], settings.signed_headers, settings.oversign_headers)
-        return dkim_sign.sign_all(block, body, domain=key.spec.domain, signers=key.signers(), include_headers=include)
-
-    def _apply(
-        self,
-        queue_id: str,
-        decision: Decision,
-        new_body: bytes | None,
-        signatures: list[bytes],
-        changes: list[HeaderChange],
-        additions: list[tuple[str, str]],
-    ) -> int:
-        settings = self.runtime.settings
+        decision = prepared.decision
         bulk = "bulk (" + ", ".join(decision.bulk) + ")" if decision.bulk else "not bulk"
         stream = f" stream={decision.stream.name}" if decision.stream is not None else ""
         who = f"client={self.client_addr} from=<{decision.sender_from.address or ''}>{stream}"
@@ -364,20 +237,20 @@ class SendguardMilter(Milter.Base):
             log.warning("%s: refuse: %s: %s %s %s; %s", queue_id, refusal.reason, rcode, xcode, text, who)
             return Milter.REJECT if rcode.startswith("5") else Milter.TEMPFAIL
 
-        if new_body is not None:
-            self.replacebody(new_body)
-        for change in changes:
+        if prepared.new_body is not None:
+            self.replacebody(prepared.new_body)
+        for change in prepared.changes:
             self.chgheader(change.name, change.index, change.value)
-        for name, value in additions:
+        for name, value in prepared.additions:
             self.addheader(name, value)
 
-        if decision.action == "sign" and signatures:
+        if decision.action == "sign" and prepared.signatures:
             assert decision.key is not None and decision.row is not None
             spec = decision.key.spec
             # Index 0: each signature goes on top, above every header it covers. The last one
             # inserted ends up top-most, so RSA goes in last: a verifier that reads only the
             # first DKIM-Signature meets the algorithm every verifier knows (docs/milter.md).
-            for signature, (selector, _) in reversed(list(zip(signatures, decision.key.signers()))):
+            for signature, (selector, _) in reversed(list(zip(prepared.signatures, decision.key.signers()))):
                 value = signature[len(_SIG_PREFIX) :].rstrip(b"\r\n").replace(b"\r\n", b"\n")
                 self.addheader("DKIM-Signature", value.decode("ascii"), 0)
                 metrics.SIGNATURES.labels(domain=spec.domain, selector=selector).inc()

@@ -1,23 +1,43 @@
 """``sendguard explain``: the decision the milter would take for a sender and client, and why.
 
 It runs the milter's own decision (decision.decide) on a message made of the
-given From and headers, so what it prints is what the milter does.
+given From and headers, so what it prints is what the milter does. Given a
+whole message (``--message FILE``) it runs the milter's whole end of message
+(end_of_message.prepare: link repair, text part, Message-ID, check, sign) and
+can write the message as Postfix would send it on.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
 from typing import Sequence
 
 from sendguard.streams import Stream
 
 from . import dkim_sign
-from .decision import Facts, decide
+from .decision import Decision, Facts, decide
+from .end_of_message import Field, Prepared, as_sent, prepare
 from .keys import KeyStore
+from .message_file import read_message
 from .refusal import reply_args
+from .runtime import Runtime
 from .settings import MilterSettings
 
+#: The queue id the milter's own log lines carry for an explained message.
+QUEUE_ID = "EXPLAIN"
 
-def _headers(from_addr: str, headers: Sequence[str]) -> list[tuple[str, bytes]]:
+
+@dataclass(frozen=True)
+class Explained:
+    """What ``explain_message`` found: the lines to print, and the message as Postfix would send it on."""
+
+    text: str
+    message: bytes
+    prepared: Prepared
+
+
+def _headers(from_addr: str, headers: Sequence[str]) -> list[Field]:
     out = [("From", from_addr.encode("utf-8", "surrogateescape"))]
     for line in headers:
         name, sep, value = line.partition(":")
@@ -25,6 +45,17 @@ def _headers(from_addr: str, headers: Sequence[str]) -> list[tuple[str, bytes]]:
             raise ValueError(f"--header {line!r} is not 'Name: value'")
         out.append((name.strip(), value.strip().encode("utf-8", "surrogateescape")))
     return out
+
+
+def _facts(hdrs: list[Field], client: str, sasl: str | None, port: int | str | None, sender: str | None) -> Facts:
+    from_addr = next((v.decode("utf-8", "surrogateescape") for n, v in hdrs if n.lower() == "from"), "")
+    return Facts(
+        client_addr=client,
+        sasl_user=sasl or None,
+        daemon_port=str(port) if port is not None else None,
+        envelope_sender=sender or from_addr.strip().rpartition("<")[2].rstrip(">").strip(),
+        headers=hdrs,
+    )
 
 
 def explain(
@@ -40,16 +71,76 @@ def explain(
 ) -> str:
     """Describe, line by line, what the milter would do with such a message and why."""
     hdrs = _headers(from_addr, headers)
-    facts = Facts(
-        client_addr=client,
-        sasl_user=sasl or None,
-        daemon_port=str(port) if port is not None else None,
-        envelope_sender=sender or from_addr.strip().rpartition("<")[2].rstrip(">").strip(),
-        headers=hdrs,
-    )
+    facts = _facts(hdrs, client, sasl, port, sender)
     d = decide(settings, streams, keys.get, facts)
+    return "\n".join(_describe(settings, keys, facts, d, hdrs)) + "\n"
+
+
+def explain_message(
+    settings: MilterSettings,
+    streams: Sequence[Stream],
+    keys: KeyStore,
+    message: bytes,
+    client: str,
+    sasl: str | None = None,
+    port: int | str | None = None,
+    sender: str | None = None,
+) -> Explained:
+    """Run the milter's end of message on a saved message: what it decides, what it repairs, what it sends on."""
+    hdrs, body = read_message(message)
+    if not any(n.lower() == "from" for n, _ in hdrs):
+        raise ValueError("the message has no From header field (the milter refuses or passes it on that alone)")
+    facts = _facts(hdrs, client, sasl, port, sender)
+    prepared = prepare(Runtime(settings, tuple(streams), keys), facts, body, QUEUE_ID)
+    lines = _describe(settings, keys, facts, prepared.decision, prepared.headers, _repairs(settings, prepared))
+    return Explained("\n".join(lines) + "\n", as_sent(prepared) if prepared.decision.action != "refuse" else b"", prepared)
+
+
+def _repairs(settings: MilterSettings, p: Prepared) -> list[str]:
+    """What the milter changed in the message before signing: links, text part, Message-ID."""
+    if not p.decision.scope.trusted:
+        return ["repairs:   none: only mail in scope is repaired"]
+    lines = []
+    mode = settings.link_policy(p.decision.stream).mode
+    if p.links is None:
+        lines.append(f"links:     not looked at (mode = {mode!r})")
+    elif p.links.error:
+        lines.append(f"links:     body left unchanged ({p.links.reason}): {p.links.error}")
+    elif not p.links.changes:
+        lines.append("links:     nothing to repair")
+    else:
+        verb = "would " if mode == "report-only" else ""
+        kinds = Counter(c.kind for c in p.links.changes)
+        lines.append(
+            f"links:     {verb}strip {kinds['marker_stripped']} @TrackLink marker(s), "
+            f"{verb}repair {kinds['query_repaired']} query string(s)"
+        )
+        for c in p.links.changes:
+            action = "strip marker" if c.kind == "marker_stripped" else "repair query"
+            lines.append(f"           {action}: {c.host}{c.path or ''} (part {c.part_index})")
+    if p.text_part is None:
+        lines.append("text part: not asked for (add_text_part = false)")
+    elif p.text_part == "added":
+        lines.append("text part: added a text/plain part rendered from the HTML")
+    elif p.text_part == "not_html_only":
+        lines.append("text part: not needed: the message is not HTML-only")
+    else:
+        lines.append(f"text part: not added: {p.text_part}: {p.text_part_detail}")
+    r = p.message_id
+    if r is None:
+        lines.append("message-id: kept")
+    else:
+        was = f" (right-hand side {r.bad_host!r})" if r.reason == "bad_host" else ""
+        lines.append(f"message-id: {r.reason}{was}, replaced with {r.new_id}")
+    return lines
+
+
+def _describe(
+    settings: MilterSettings, keys: KeyStore, facts: Facts, d: Decision, hdrs: list[Field], repairs: Sequence[str] = ()
+) -> list[str]:
     lines = []
     f = d.sender_from
+    client, sasl, port = facts.client_addr, facts.sasl_user, facts.daemon_port
     lines.append(f"from:      {f.address} (domain {f.domain})" if f.address else f"from:      {f.detail}")
     lines.append(f"client:    {client}" + (f", SASL user {sasl}" if sasl else ", no SASL") + (f", port {port}" if port else ""))
     lines.append(f"scope:     {'in scope' if d.scope.trusted else 'NOT in scope'}: {d.scope.why}")
@@ -72,6 +163,7 @@ def explain(
                 lines.append(f"           and s={spec.ed25519_selector}, {spec.ed25519_key_file} ({state})")
     elif f.domain:
         lines.append(f"table row: none for {f.domain}")
+    lines.extend(repairs)
     if d.action == "sign" and d.key is not None:
         spec = d.key.spec
         h = b":".join(dkim_sign.header_list([n for n, _ in hdrs], settings.signed_headers, settings.oversign_headers))
@@ -88,4 +180,4 @@ def explain(
         lines.append(f"decision:  PASS unsigned: {why}" + (f" ({notes})" if notes else ""))
     for note in d.notes if d.action == "sign" else ():
         lines.append(f"warning:   {note}")
-    return "\n".join(lines) + "\n"
+    return lines

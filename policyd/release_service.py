@@ -8,9 +8,8 @@ second process would: through the store's own locks and atomic steps.
 from __future__ import annotations
 
 import shutil
-import threading
-from dataclasses import dataclass, field
 
+from sendguard.background import Background
 from sendguard.config import Config
 from sendguard_policyd.backend import open_store
 from sendguard_policyd.postfix_queue import PostfixQueue
@@ -44,29 +43,9 @@ def run_once(config: Config, settings: PolicydSettings) -> PassResult:
         store.close()
 
 
-@dataclass
-class ReleaseHandle:
-    """A releaser running in a thread of its own."""
-
-    store: CounterStore
-    _thread: threading.Thread = field(repr=False)
-    _stop: threading.Event = field(repr=False)
-
-    def stop(self) -> None:
-        """Let the current pass finish, stop, close the store (idempotent)."""
-        if self._stop.is_set():
-            return
-        self._stop.set()
-        self._thread.join(timeout=60)
-        self.store.close()
-
-
-def start(config: Config, settings: PolicydSettings) -> ReleaseHandle:
-    """Start the releaser loop in a daemon thread; return at once."""
+def start(config: Config, settings: PolicydSettings) -> Background:
+    """Start the releaser loop in a daemon thread; return at once (stopping lets the pass in hand finish, then closes the store)."""
     releaser, store = _releaser(config, settings)
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=releaser.serve, args=(settings.release.interval, stop), name="sendguard-release", daemon=True
-    )
-    thread.start()
-    return ReleaseHandle(store, thread, stop)
+    return Background(
+        "sendguard-release", lambda stop: releaser.serve(settings.release.interval, stop), join_seconds=60, closers=[store.close]
+    ).start()

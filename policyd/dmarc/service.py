@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from sendguard import logs
+from sendguard.background import Background
 from sendguard_policyd.dmarc import metrics
 from sendguard_policyd.dmarc.imap import ImapError, fetch
 from sendguard_policyd.dmarc.ingest import Found, Limits, read_message, read_unit, units
@@ -106,13 +107,17 @@ def ingest_pass(settings: DmarcSettings, store: ReportStore) -> PassResult:
             log.warning("dmarc source %s does not exist (skipped in this pass)", source)
             result.missing.append(source)
             continue
+        seen: set[str] = set()
         try:
             for unit in units(path):
+                seen.add(str(unit.path))
                 if store.file_known(unit.path, unit.size, unit.mtime_ns):
                     result.unchanged += 1
                     continue
                 _store_all(str(unit.path), lambda unit=unit: read_unit(unit, limits), store, result)
                 store.remember_file(unit.path, unit.size, unit.mtime_ns)
+            # Only after a whole listing: a source that failed half-way keeps what it had.
+            store.forget_files_under(path, seen)
         except OSError as exc:
             log.warning("dmarc source %s cannot be listed: %s (skipped in this pass)", source, exc.strerror or exc)
             result.missing.append(source)
@@ -131,22 +136,6 @@ def register_metrics(settings: DmarcSettings, registry: CollectorRegistry = REGI
     return collector
 
 
-@dataclass
-class DmarcHandle:
-    """The ingester running on a thread of its own."""
-
-    _thread: threading.Thread = field(repr=False)
-    _stop: threading.Event = field(repr=False)
-
-    def stop(self) -> None:
-        """Stop after the report in hand (idempotent)."""
-        if self._stop.is_set():
-            return
-        self._stop.set()
-        self._thread.join(timeout=30)
-        log.info("dmarc ingester stopped")
-
-
 def _loop(settings: DmarcSettings, store: ReportStore, stop: threading.Event) -> None:
     try:
         while not stop.is_set():
@@ -160,13 +149,13 @@ def _loop(settings: DmarcSettings, store: ReportStore, stop: threading.Event) ->
         store.close()
 
 
-def start(settings: DmarcSettings) -> DmarcHandle:
+def start(settings: DmarcSettings) -> Background:
     """Open the database (an OSError or sqlite3.Error when it cannot be), then pass every ``interval`` on a thread."""
     store = ReportStore(settings.database)
-    stop = threading.Event()
-    # The connection is used by the thread only from here on.
-    store_thread = threading.Thread(target=_loop, args=(settings, store, stop), name="sendguard-dmarc", daemon=True)
-    store_thread.start()
+    # The connection is used by the thread only from here on (the loop closes it); stopping waits for the report in hand.
+    handle = Background(
+        "sendguard-dmarc", lambda stop: _loop(settings, store, stop), join_seconds=30, closers=[lambda: log.info("dmarc ingester stopped")]
+    ).start()
     log.info("ingesting DMARC reports from %s every %g s into %s",
              ", ".join(settings.sources), settings.interval, settings.database)  # fmt: skip
-    return DmarcHandle(store_thread, stop)
+    return handle

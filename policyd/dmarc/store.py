@@ -7,7 +7,8 @@ gives the same totals, and the metrics, read from here at each scrape, come
 out the same after a restart.
 
 The files already read (path, size, modification time) are remembered too, so
-a pass over a folder of thousands of reports opens only the new ones.
+a pass over a folder of thousands of reports opens only the new ones; a file
+no longer there at the end of a full pass over its source is forgotten.
 """
 
 from __future__ import annotations
@@ -129,6 +130,27 @@ class ReportStore:
             " ON CONFLICT (path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns",
             (str(path), size, mtime_ns),
         )
+
+    def forget_files_under(self, source: Path | str, keep: set[str]) -> int:
+        """Forget the files read under ``source`` (the path, or below it) but not in ``keep``; how many were forgotten.
+
+        A maildir's mail moves from ``new/`` to ``cur/`` and is deleted in the end: without this the
+        table would grow by every report mail ever read.
+        """
+        root = str(source).rstrip("/") or "/"
+        below = root if root.endswith("/") else root + "/"
+        rows = self._conn.execute(
+            "SELECT path FROM files_read WHERE path = ? OR substr(path, 1, length(?)) = ?", (root, below, below)
+        ).fetchall()
+        gone = [(path,) for (path,) in rows if path not in keep]
+        if gone:
+            with self._transaction():
+                self._conn.executemany("DELETE FROM files_read WHERE path = ?", gone)
+        return len(gone)
+
+    def files_known(self) -> int:
+        """Rows in the table of files read (and IMAP messages seen)."""
+        return int(self._conn.execute("SELECT COUNT(*) FROM files_read").fetchone()[0])
 
     def report_count(self) -> int:
         """Reports stored."""

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from sendguard import logs
+from sendguard.background import Background
 from sendguard.config import Config
 from sendguard.config_reader import ConfigError
 from sendguard_policyd.backend import open_store, store_key
@@ -124,27 +124,7 @@ def build(config: Config, settings: PolicydSettings, store: CounterStore, rules:
     return Watcher(follower_for(settings), parser, configured_consumers(config, settings, store, rules))
 
 
-@dataclass
-class WatchHandle:
-    """A watcher running on a thread of its own."""
-
-    watcher: Watcher
-    store: CounterStore
-    _thread: threading.Thread = field(repr=False)
-    _stop: threading.Event = field(repr=False)
-
-    def stop(self) -> None:
-        """Finish the batch in hand (its position saved), stop, close (idempotent)."""
-        if self._stop.is_set():
-            return
-        self._stop.set()
-        self._thread.join(timeout=30)
-        self.watcher.close()
-        self.store.close()
-        log.info("watcher stopped")
-
-
-def start(config: Config, settings: PolicydSettings, rules: Sequence[Rule] = ()) -> WatchHandle:
+def start(config: Config, settings: PolicydSettings, rules: Sequence[Rule] = ()) -> Background:
     """Start the watcher on a daemon thread; a ConfigError when no source is configured or the store cannot open."""
     w = settings.watch
     if not w.configured:
@@ -158,9 +138,10 @@ def start(config: Config, settings: PolicydSettings, rules: Sequence[Rule] = ())
     except BaseException:
         store.close()
         raise
-    stop = threading.Event()
-    thread = threading.Thread(target=watcher.run, args=(stop,), name="sendguard-watch", daemon=True)
-    thread.start()
+    # Stopping finishes the batch in hand (its position saved), then closes the follower and the store.
+    handle = Background(
+        "sendguard-watch", watcher.run, join_seconds=30, closers=[watcher.close, store.close, lambda: log.info("watcher stopped")]
+    ).start()
     source = f"the journal (unit {w.journal_unit or 'any'})" if w.journal else w.log
     log.info("watching %s; position in %s", source, w.position_file)
-    return WatchHandle(watcher, store, thread, stop)
+    return handle

@@ -22,7 +22,7 @@ from sendguard.metrics_http import ListenError
 if TYPE_CHECKING:
     from sendguard.config import Config
     from sendguard_milter.settings import MilterSettings
-    from sendguard_policyd.dmarc.service import DmarcHandle
+    from sendguard.background import Background
     from sendguard_policyd.listmonk.service import ListmonkHandle
     from sendguard_policyd.stop_signal_rules import Rule
 
@@ -30,6 +30,7 @@ EXIT_USAGE = 64  # EX_USAGE from sysexits.h
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h, as Postfix's own tools use it
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: a listener could not be opened
 EXIT_CANTCREAT = 73  # EX_CANTCREAT: an output file exists or cannot be written
+EXIT_NOINPUT = 66  # EX_NOINPUT: an input file cannot be read
 
 
 def _load(path: str | None) -> Settings:
@@ -307,7 +308,7 @@ def cmd_dmarc(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_dmarc(settings: Settings) -> DmarcHandle:
+def _start_dmarc(settings: Settings) -> Background:
     """The DMARC ingester on its thread, its totals exported on the default registry."""
     from sendguard_policyd.dmarc import service as dmarc_service
 
@@ -366,29 +367,61 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    """Print the decision the milter would take for a sender and client, and why."""
+    """Print the decision the milter would take for a sender and client, and why (with --message, for a whole message)."""
     from sendguard_milter import explain
     from sendguard_milter.keys import open_keys
 
+    if (args.message is None) == (args.from_addr is None):
+        print("sendguard explain: give --from ADDR (with --header) or --message FILE", file=sys.stderr)
+        return EXIT_USAGE
+    if args.message is not None and args.header:
+        print("sendguard explain: --header is for --from; with --message the message's own header fields count", file=sys.stderr)
+        return EXIT_USAGE
+    if args.output is not None and args.message is None:
+        print("sendguard explain: --output needs --message", file=sys.stderr)
+        return EXIT_USAGE
     settings = load(args.config)
     keys = open_keys(settings.milter.keys, settings.file)
+    milter, streams = settings.milter, settings.config.streams
     try:
-        text = explain.explain(
-            settings.milter,
-            settings.config.streams,
-            keys,
-            from_addr=args.from_addr,
-            client=args.client,
-            sasl=args.sasl,
-            headers=args.header,
-            port=args.port,
-            sender=args.sender,
-        )
+        if args.message is None:
+            text = explain.explain(
+                milter, streams, keys, from_addr=args.from_addr, client=args.client, sasl=args.sasl,
+                headers=args.header, port=args.port, sender=args.sender,
+            )  # fmt: skip
+        else:
+            data = sys.stdin.buffer.read() if args.message == "-" else _read_file(args.message)
+            if data is None:
+                return EXIT_NOINPUT
+            done = explain.explain_message(
+                milter, streams, keys, data, client=args.client, sasl=args.sasl, port=args.port, sender=args.sender
+            )
+            text = done.text
+            if args.output is not None:
+                if not done.message:
+                    print("sendguard explain: refused: nothing written to --output", file=sys.stderr)
+                else:
+                    try:
+                        with open(args.output, "wb") as out:
+                            out.write(done.message)
+                    except OSError as exc:
+                        print(f"sendguard explain: {args.output}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+                        return EXIT_CANTCREAT
+                    text += f"written:   {args.output}, as Postfix would send it on (CRLF line ends)\n"
     except ValueError as exc:
         print(f"sendguard explain: {exc}", file=sys.stderr)
         return EXIT_USAGE
     sys.stdout.write(text)
     return 0
+
+
+def _read_file(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        print(f"sendguard explain: {path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        return None
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -476,7 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--operator", metavar="OP", help="end the pause of this operator's mail (default: the whole-stream pause)")
     resume.set_defaults(func=cmd_resume)
     explain = with_config(sub.add_parser("explain", help="what the milter would do with a message, and why"))
-    explain.add_argument("--from", dest="from_addr", required=True, metavar="ADDR", help="RFC 5322 From address")
+    explain.add_argument("--from", dest="from_addr", metavar="ADDR", help="RFC 5322 From address (or --message)")
+    explain.add_argument("--message", metavar="FILE", help="a whole message (- for standard input): run the milter's repairs and signing on it")
+    explain.add_argument("--output", metavar="FILE", help="with --message: write the message as Postfix would send it on")
     explain.add_argument("--client", required=True, metavar="IP", help="SMTP client address")
     explain.add_argument("--sasl", metavar="USER", help="SASL login name, if the client authenticated")
     explain.add_argument("--port", type=int, metavar="PORT", help="Postfix port the client connected to (for port-based streams)")

@@ -9,7 +9,7 @@ import Milter
 import pytest
 from prometheus_client import REGISTRY
 
-from sendguard_milter import app
+from sendguard_milter import end_of_message
 
 LISTMONK = "172.18.0.5"
 UNTRUSTED = "172.18.0.99"
@@ -131,7 +131,7 @@ def test_internal_error_is_a_temporary_failure(driver, make_msg, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(app, "decide", boom)  # a unit test of the error path only
+    monkeypatch.setattr(end_of_message, "decide", boom)  # a unit test of the error path only
     before = REGISTRY.get_sample_value("sendguard_milter_internal_errors_total") or 0.0
     out = driver().run(make_msg(extra_headers=BULK), client=LISTMONK)
     assert out.rc == Milter.TEMPFAIL

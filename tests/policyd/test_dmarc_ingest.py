@@ -107,6 +107,27 @@ def test_every_wrapping_is_read_and_a_second_pass_changes_nothing(tmp_path: Path
     assert by_ip(store) == totals and store.report_count() == 8
 
 
+def test_mail_read_then_moved_or_deleted_is_forgotten_and_a_second_source_keeps_its_own(tmp_path: Path):
+    g, m = GOOGLE.read_bytes(), MICROSOFT.read_bytes()
+    box = write_maildir(tmp_path / "Maildir", [report_mail(gzipped(g), "google.xml.gz"), report_mail(gzipped(m), "outlook.xml.gz")])
+    other = tmp_path / "saved"
+    other.mkdir()
+    (other / "copy.xml").write_bytes(g)
+    settings = settings_for(tmp_path, [box, other])
+    store = ReportStore(settings.database)
+    assert ingest_pass(settings, store).new == 2
+    assert store.files_known() == 3
+    # The mail client reads one (new/ to cur/) and the user deletes the other.
+    first, second = sorted((box / "new").iterdir())
+    first.rename(box / "cur" / f"{first.name}:2,S")
+    second.unlink()
+    result = ingest_pass(settings, store)
+    assert (result.new, result.duplicate, result.unchanged) == (0, 1, 1)  # the moved one read again: already stored
+    assert store.files_known() == 2  # cur/ mail and the saved copy; new/ paths forgotten
+    assert store.forget_files_under(other, set()) == 1 and store.files_known() == 1  # only under that source
+    assert store.report_count() == 2  # forgetting a file never forgets its reports
+
+
 def test_a_report_counts_once_by_reporter_and_id(tmp_path: Path):
     g = GOOGLE.read_bytes()
     src = tmp_path / "in"

@@ -32,6 +32,7 @@ from ports import wait_listening
 from sendguard.cli.settings import load
 from sendguard_milter.app import Runtime, SendguardMilter
 from sendguard_milter.keys import KeyStore
+from sendguard_milter.message_file import split_message as split_message  # Postfix's hand-over, as the milter reads a file
 
 from .command import sendguard_command
 
@@ -41,23 +42,6 @@ Field = tuple[str, bytes]
 Added = tuple[str, "str | bytes", int]
 #: A header field the milter asked to change (SMFIR_CHGHEADER): name, index (1: the first of that name), value (empty: delete).
 Changed = tuple[str, int, bytes]
-
-
-def split_message(message: bytes) -> tuple[list[Field], bytes]:
-    """Split raw bytes into (name, value) pairs as Postfix hands them to a milter, and the body.
-
-    Postfix strips the whitespace after the colon and joins continuation lines with LF.
-    """
-    m = re.search(rb"\r?\n\r?\n", message)
-    head, body = (message[: m.start()], message[m.end() :]) if m else (message, b"")
-    fields: list[list] = []
-    for line in re.split(rb"\r?\n", head):
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1][1] += b"\n" + line
-        else:
-            name, _, value = line.partition(b":")
-            fields.append([name.decode("ascii"), value.lstrip(b" \t")])
-    return [(n, v) for n, v in fields], body
 
 
 def top_down(added: Sequence[Added]) -> list[tuple[str, str | bytes]]:
