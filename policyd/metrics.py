@@ -9,15 +9,14 @@ binds the collector's source with :func:`bind` and clears it on stop.
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Callable, Iterable, Protocol, Sequence
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from sendguard import logs
+from sendguard.bound_collector import BoundCollector
 from sendguard_policyd.effective_day import RampDay
 from sendguard_policyd.store import Backlog
 
@@ -114,34 +113,11 @@ class StreamGauges(Protocol):
     ramp: RampDay | None
 
 
-class StreamCollector(Collector):
+class StreamCollector(BoundCollector[Callable[[], Sequence[StreamGauges]]]):
     """Yields the per-stream gauges from whatever source is bound (nothing when none is)."""
 
-    def __init__(self) -> None:
-        self._source: Callable[[], Sequence[StreamGauges]] | None = None
-        self._lock = threading.Lock()
-
-    def bind(self, source: Callable[[], Sequence[StreamGauges]] | None) -> None:
-        """Set (or clear, with None) the function a scrape reads."""
-        with self._lock:
-            self._source = source
-
-    def unbind(self, source: Callable[[], Sequence[StreamGauges]]) -> None:
-        """Clear the source if it is still ``source``."""
-        with self._lock:
-            if self._source is source:
-                self._source = None
-
-    def describe(self) -> Iterable[GaugeMetricFamily]:
-        """No fixed description: the families depend on the bound source."""
-        return []
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect_from(self, source: Callable[[], Sequence[StreamGauges]]) -> Iterable[GaugeMetricFamily]:
         """Read the source once and yield every per-stream family."""
-        with self._lock:
-            source = self._source
-        if source is None:
-            return
         up = GaugeMetricFamily("sendguard_policyd_store_up", "1 when the counter store could be read at this scrape.")
         try:
             rows = source()

@@ -31,8 +31,8 @@ from typing import Callable, Iterable
 
 from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
+from sendguard.bound_collector import BoundCollector
 from sendguard_policyd.watch import Delivery
 
 DELIVERIES = Counter(
@@ -130,30 +130,11 @@ class DeliveryMetrics:
         return out
 
 
-class RatioCollector(Collector):
+class RatioCollector(BoundCollector[DeliveryMetrics]):
     """Yields the ratio gauges of the bound :class:`DeliveryMetrics` (nothing when none is bound)."""
 
-    def __init__(self) -> None:
-        self._source: DeliveryMetrics | None = None
-        self._lock = threading.Lock()
-
-    def bind(self, source: DeliveryMetrics | None) -> None:
-        with self._lock:
-            self._source = source
-
-    def unbind(self, source: DeliveryMetrics) -> None:
-        with self._lock:
-            if self._source is source:
-                self._source = None
-
-    def describe(self) -> Iterable[GaugeMetricFamily]:
-        return []
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        with self._lock:
-            source = self._source
-        if source is None:
-            return
+    def collect_from(self, source: DeliveryMetrics) -> Iterable[GaugeMetricFamily]:
+        """The delivery ratio and its denominator per stream and window."""
         ratio = GaugeMetricFamily(
             "sendguard_watch_delivery_ratio",
             "Of the recipients with a delivery attempt in the window, the share whose latest attempt was sent.",
