@@ -134,8 +134,7 @@ def _repair_message_id(out: Prepared, repair: message_id.Repair, keep_original: 
         headers.append(("X-Original-Message-ID", repair.original.encode("utf-8")))
     out.message_id = repair
     metrics.MESSAGE_ID_REPAIRED.labels(reason=repair.reason).inc()
-    was = f" (right-hand side {repair.bad_host!r})" if repair.reason == "bad_host" else ""
-    log.info("%s: message-id: %s%s, replaced with %s", queue_id, repair.reason, was, repair.new_id)
+    log.info("%s: message-id: %s", queue_id, repair.text())
 
 
 def _sign(runtime: Runtime, decision: Decision, headers: list[Field], block: bytes, body: bytes) -> list[bytes]:

@@ -19,6 +19,7 @@ from . import dkim_sign
 from .decision import Decision, Facts, decide
 from .end_of_message import Field, Prepared, as_sent, prepare
 from .keys import KeyStore
+from .links.log import describe_change
 from .message_file import read_message
 from .refusal import reply_args
 from .runtime import Runtime
@@ -34,7 +35,6 @@ class Explained:
 
     text: str
     message: bytes
-    prepared: Prepared
 
 
 def _headers(from_addr: str, headers: Sequence[str]) -> list[Field]:
@@ -93,7 +93,7 @@ def explain_message(
     facts = _facts(hdrs, client, sasl, port, sender)
     prepared = prepare(Runtime(settings, tuple(streams), keys), facts, body, QUEUE_ID)
     lines = _describe(settings, keys, facts, prepared.decision, prepared.headers, _repairs(settings, prepared))
-    return Explained("\n".join(lines) + "\n", as_sent(prepared) if prepared.decision.action != "refuse" else b"", prepared)
+    return Explained("\n".join(lines) + "\n", as_sent(prepared) if prepared.decision.action != "refuse" else b"")
 
 
 def _repairs(settings: MilterSettings, p: Prepared) -> list[str]:
@@ -115,9 +115,7 @@ def _repairs(settings: MilterSettings, p: Prepared) -> list[str]:
             f"links:     {verb}strip {kinds['marker_stripped']} @TrackLink marker(s), "
             f"{verb}repair {kinds['query_repaired']} query string(s)"
         )
-        for c in p.links.changes:
-            action = "strip marker" if c.kind == "marker_stripped" else "repair query"
-            lines.append(f"           {action}: {c.host}{c.path or ''} (part {c.part_index})")
+        lines.extend(f"           {describe_change(c)}" for c in p.links.changes)
     if p.text_part is None:
         lines.append("text part: not asked for (add_text_part = false)")
     elif p.text_part == "added":
@@ -126,12 +124,7 @@ def _repairs(settings: MilterSettings, p: Prepared) -> list[str]:
         lines.append("text part: not needed: the message is not HTML-only")
     else:
         lines.append(f"text part: not added: {p.text_part}: {p.text_part_detail}")
-    r = p.message_id
-    if r is None:
-        lines.append("message-id: kept")
-    else:
-        was = f" (right-hand side {r.bad_host!r})" if r.reason == "bad_host" else ""
-        lines.append(f"message-id: {r.reason}{was}, replaced with {r.new_id}")
+    lines.append("message-id: " + ("kept" if p.message_id is None else p.message_id.text()))
     return lines
 
 

@@ -49,6 +49,11 @@ class Repair:
     original: str | None
     bad_host: str | None = None
 
+    def text(self) -> str:
+        """The repair as the log and ``sendguard explain`` name it."""
+        was = f" (right-hand side {self.bad_host!r})" if self.reason == "bad_host" else ""
+        return f"{self.reason}{was}, replaced with {self.new_id}"
+
 
 def right_hand_side(value: str) -> str | None:
     """The host part of a Message-ID value (``<left@right>``), lower case; None when there is no ``@``."""

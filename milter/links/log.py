@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import logging
 
-from .rewrite import RewriteResult
+from .rewrite import LinkChange, RewriteResult
+
+
+def describe_change(change: LinkChange) -> str:
+    """One change as the log and ``sendguard explain`` name it: ``strip marker: HOST/PATH (part N)``."""
+    action = "strip marker" if change.kind == "marker_stripped" else "repair query"
+    where = f"{change.host}{change.path}" or "(unrendered template link)"
+    return f"{action}: {where} (part {change.part_index})"
 
 
 def log_result(log: logging.Logger, queue_id: str, result: RewriteResult, mode: str) -> None:
@@ -19,6 +26,4 @@ def log_result(log: logging.Logger, queue_id: str, result: RewriteResult, mode: 
         return
     verb = "would " if mode == "report-only" else ""
     for change in result.changes:
-        action = "strip marker" if change.kind == "marker_stripped" else "repair query"
-        where = f"{change.host}{change.path}" or "(unrendered template link)"
-        log.info("%s: links: %s%s: %s (part %d)", qid, verb, action, where, change.part_index)
+        log.info("%s: links: %s%s", qid, verb, describe_change(change))
